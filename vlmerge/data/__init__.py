@@ -1,0 +1,1 @@
+"""Data: synthetic raw datasets, raw → ViLT Arrow converters, readers, transforms, collators."""
