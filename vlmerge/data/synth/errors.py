@@ -1,0 +1,7 @@
+"""The one error the synthetic generator raises for bad requests (unknown names, bad counts, foreign folders)."""
+
+from __future__ import annotations
+
+
+class SynthError(ValueError):
+    """A generation request that cannot be honoured; the message names the offending value or path."""
