@@ -1,0 +1,198 @@
+"""Arrow readers against naive per-row references, on small tables written here with pyarrow."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import torch
+from PIL import Image
+
+from vlmerge.data.readers import (ArrowTables, CaptionPairs, NLVR2Dataset, ReaderError, RetrievalDataset,
+                                  VQADataset)
+from vlmerge.data.schema import CAPTION, NLVR2, VQA
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """uint8 [3, H, W], exact pixel values (module level so datasets pickle)."""
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1)
+
+
+def colour(i: int) -> tuple[int, int, int]:
+    return (i * 37 % 256, i * 91 % 256, i * 53 % 256)
+
+
+def png(i: int, size: tuple[int, int] = (6, 4)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour(i)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write(path: Path, schema: pa.Schema, rows: dict[str, list]) -> Path:
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        writer.write_table(pa.table(rows, schema=schema))
+    return path
+
+
+def caption_rows(first: int, captions: list[list[str]]) -> dict[str, list]:
+    n = len(captions)
+    return {"image": [png(first + i) for i in range(n)], "caption": captions,
+            "image_id": [f"img{first + i}" for i in range(n)], "split": ["train"] * n}
+
+
+CAPTIONS_A = [["a red circle", "one circle"], [], ["two squares", "a b", "c d e"]]
+CAPTIONS_B = [["a blue triangle"], ["x", "y", "z", "w"]]
+
+
+@pytest.fixture()
+def caption_files(tmp_path: Path) -> list[Path]:
+    return [write(tmp_path / "sbu_0.arrow", CAPTION, caption_rows(0, CAPTIONS_A)),
+            write(tmp_path / "sbu_1.arrow", CAPTION, caption_rows(3, CAPTIONS_B))]
+
+
+def naive_pairs(captions: list[list[str]]) -> list[tuple[int, str]]:
+    return [(row, text) for row, texts in enumerate(captions) for text in texts]
+
+
+def test_caption_pairs_match_naive_enumeration(caption_files: list[Path]) -> None:
+    data = CaptionPairs(caption_files, to_tensor)
+    expected = naive_pairs(CAPTIONS_A + CAPTIONS_B)
+    assert len(data) == len(expected)
+    for index, (row, text) in enumerate(expected):
+        sample = data[index]
+        assert (sample["text"], sample["image_index"], sample["text_index"]) == (text, row, index)
+        assert sample["image"].shape == (3, 4, 6)
+        assert sample["image"][:, 0, 0].tolist() == list(colour(row))  # the right image was decoded
+
+
+def test_tables_are_memory_mapped(tmp_path: Path) -> None:
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")
+    path = write(tmp_path / "big.arrow", CAPTION, {"image": [buffer.getvalue()] * 200, "caption": [["x"]] * 200,
+                                                     "image_id": ["i"] * 200, "split": ["train"] * 200})
+    before = pa.total_allocated_bytes()
+    data = CaptionPairs([path], to_tensor)
+    assert pa.total_allocated_bytes() - before < path.stat().st_size / 10
+    assert len(pickle.dumps(data)) < path.stat().st_size / 10  # pickles by path, re-maps on load
+    clone = pickle.loads(pickle.dumps(data))
+    assert torch.equal(clone[199]["image"], data[199]["image"])
+
+
+def test_vilt_pandas_written_tables_read_the_same(tmp_path: Path, caption_files: list[Path]) -> None:
+    # ViLT writes through pandas: pandas metadata, its own column order, maybe large string types.
+    frame = pd.DataFrame(caption_rows(0, CAPTIONS_A))[["split", "image_id", "caption", "image"]]
+    table = pa.Table.from_pandas(frame)
+    assert table.schema.metadata and b"pandas" in table.schema.metadata
+    path = tmp_path / "vilt.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    ours, theirs = CaptionPairs(caption_files[:1], to_tensor), CaptionPairs([path], to_tensor)
+    assert len(ours) == len(theirs)
+    for index in range(len(ours)):
+        a, b = ours[index], theirs[index]
+        assert a["text"] == b["text"] and torch.equal(a["image"], b["image"])
+
+
+def test_missing_or_malformed_inputs_name_the_file(tmp_path: Path, caption_files: list[Path]) -> None:
+    with pytest.raises(ReaderError, match="nope.arrow"):
+        CaptionPairs([caption_files[0], tmp_path / "nope.arrow"], to_tensor)
+    not_arrow = tmp_path / "junk.arrow"
+    not_arrow.write_bytes(b"not arrow at all")
+    with pytest.raises(ReaderError, match="junk.arrow"):
+        CaptionPairs([not_arrow], to_tensor)
+    with pytest.raises(ReaderError, match="sbu_0.arrow: no column 'questions'"):
+        VQADataset(caption_files[:1], to_tensor, num_answers=3)
+    rows = caption_rows(0, CAPTIONS_B)
+    rows["image"][1] = b"\x89PNG broken"
+    broken = CaptionPairs([write(tmp_path / "broken.arrow", CAPTION, rows)], to_tensor)
+    assert broken.caption(1) == "x"
+    with pytest.raises(ReaderError, match="broken.arrow row 1"):
+        broken[1]
+
+
+def test_retrieval_sides_and_index(caption_files: list[Path]) -> None:
+    data = RetrievalDataset(caption_files, to_tensor)
+    expected = naive_pairs(CAPTIONS_A + CAPTIONS_B)
+    assert (data.num_images, data.num_texts) == (5, len(expected))
+    assert data.text_to_image.tolist() == [row for row, _ in expected]
+    assert [t.tolist() for t in data.image_to_texts] == [[0, 1], [], [2, 3, 4], [5], [6, 7, 8, 9]]
+    assert [data.text_side[j]["text"] for j in range(data.num_texts)] == [text for _, text in expected]
+    assert [data.image_side[i]["image"][:, 0, 0].tolist() for i in range(5)] == [list(colour(i)) for i in range(5)]
+    capped = RetrievalDataset(caption_files, to_tensor, captions_per_image=2)
+    assert [(s["image_index"], s["text"]) for s in capped] == [
+        (r, t) for r, texts in enumerate(CAPTIONS_A + CAPTIONS_B) for t in texts[:2]]
+
+
+def vqa_rows() -> dict[str, list]:
+    return {
+        "image": [png(0), png(1), png(2)],
+        "questions": [["what colour?", "how many?"], ["is it red?"], ["test question?"]],
+        "answers": [[["red", "blue"], ["2"]], [["yes"]], []],
+        "answer_labels": [[[0, 1], [2]], [[3]], []],
+        "answer_scores": [[[1.0, 0.3], [0.9]], [[0.6]], []],
+        "image_id": [10, 11, 12],
+        "question_id": [[100, 101], [110], [120]],
+        "split": ["train", "train", "test"],
+    }
+
+
+def test_vqa_one_sample_per_question_with_soft_targets(tmp_path: Path) -> None:
+    data = VQADataset([write(tmp_path / "vqav2_train.arrow", VQA, vqa_rows())], to_tensor, num_answers=5)
+    assert len(data) == 4
+    assert [data[i]["question_id"] for i in range(4)] == [100, 101, 110, 120]
+    first = data[0]
+    assert first["text"] == "what colour?" and first["answers"] == ["red", "blue"] and first["image_index"] == 0
+    assert first["target"].tolist() == pytest.approx([1.0, 0.3, 0, 0, 0])
+    assert data[2]["target"].tolist() == pytest.approx([0, 0, 0, 0.6, 0])
+    assert data[2]["image"][:, 0, 0].tolist() == list(colour(1))
+    test = data[3]
+    assert test["answers"] == [] and test["answer_labels"] == [] and test["target"].sum() == 0
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("answer_labels", [[[0, 1]], [[3]], []], "row 0"),          # one label list for two questions
+    ("question_id", [[100], [110], [120]], "row 0"),
+    ("answer_scores", [[[1.0], [0.9]], [[0.6]], []], "unequal label and score"),
+    ("answer_labels", [[[0, 1], [2]], [[7]], []], "outside"),     # label beyond num_answers
+])
+def test_vqa_inconsistent_rows_are_errors(tmp_path: Path, field: str, value: list, needle: str) -> None:
+    rows = vqa_rows()
+    rows[field] = value
+    with pytest.raises(ReaderError, match=needle):
+        VQADataset([write(tmp_path / "vqa.arrow", VQA, rows)], to_tensor, num_answers=5)
+
+
+def nlvr2_rows(answers: list[list[str]]) -> dict[str, list]:
+    return {"image_0": [png(0), png(2)], "image_1": [png(1), png(3)],
+            "questions": [["left has more", "both have dogs"], ["right is empty"]], "answers": answers,
+            "identifier": ["dev-1-0", "dev-1-1"]}
+
+
+def test_nlvr2_statements_labels_and_image_pairs(tmp_path: Path) -> None:
+    data = NLVR2Dataset([write(tmp_path / "nlvr2_dev.arrow", NLVR2, nlvr2_rows([["True", "False"], ["False"]]))],
+                        to_tensor)
+    got = [(s["text"], s["label"], s["identifier"], s["statement_index"]) for s in data]
+    assert got == [("left has more", 1, "dev-1-0", 0), ("both have dogs", 0, "dev-1-0", 1),
+                   ("right is empty", 0, "dev-1-1", 0)]
+    last = data[2]
+    assert last["image_0"][:, 0, 0].tolist() == list(colour(2)) and last["image_1"][:, 0, 0].tolist() == list(colour(3))
+
+
+@pytest.mark.parametrize("answers, needle", [([["True", "maybe"], ["False"]], "maybe"),
+                                             ([["True"], ["False"]], "2 statements but 1 answers")])
+def test_nlvr2_bad_answers_are_errors(tmp_path: Path, answers: list[list[str]], needle: str) -> None:
+    with pytest.raises(ReaderError, match=needle):
+        NLVR2Dataset([write(tmp_path / "nlvr2.arrow", NLVR2, nlvr2_rows(answers))], to_tensor)
+
+
+def test_arrow_tables_locate_rows_across_files(caption_files: list[Path]) -> None:
+    tables = ArrowTables(caption_files, CAPTION, ("caption",))
+    assert len(tables) == 5
+    assert tables.where(2).endswith("sbu_0.arrow row 2") and tables.where(4).endswith("sbu_1.arrow row 1")
+    assert tables.list_lengths("caption").tolist() == [2, 0, 3, 1, 4]

@@ -1,0 +1,151 @@
+"""BERT uncased WordPiece tokenizer (SPEC §3): train one, write it, load one safely.
+
+A tokenizer directory holds ``vocab.txt`` (one token per line, line number = id),
+``tokenizer.json`` and ``tokenizer_config.json``, so that
+``transformers.BertTokenizerFast.from_pretrained(dir)`` loads it. Loading goes through
+:func:`load_tokenizer`, which checks what transformers 5.x does not: a missing or unreadable
+vocabulary silently becomes a 5-token one there (every word → [UNK]).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+if TYPE_CHECKING:  # transformers costs ~1.7 s to import; only loading needs it
+    from transformers import BertTokenizerFast
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0-4 in a trained vocabulary
+MAX_TEXT_LEN = 40
+_CHUNK = 4096  # texts normalised per call: amortises the Python↔Rust crossing
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file is missing, unreadable or not a usable BERT WordPiece vocabulary."""
+
+
+def _backend(vocab: dict[str, int] | None = None) -> Tokenizer:
+    """The BERT uncased pipeline: clean + lowercase + strip accents, split on spaces/punctuation."""
+    model = models.WordPiece(vocab, unk_token="[UNK]") if vocab else models.WordPiece(unk_token="[UNK]")
+    backend = Tokenizer(model)
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece()
+    if vocab:
+        backend.post_processor = processors.BertProcessing(("[SEP]", vocab["[SEP]"]), ("[CLS]", vocab["[CLS]"]))
+        backend.add_special_tokens(list(SPECIAL_TOKENS))
+    return backend
+
+
+def _word_counts(texts: Iterable[str], backend: Tokenizer) -> collections.Counter[str]:
+    """Normalised, pre-tokenised word counts, streaming ``texts`` in chunks."""
+    counts: collections.Counter[str] = collections.Counter()
+    stream = iter(texts)
+    while chunk := list(itertools.islice(stream, _CHUNK)):
+        # The pre-tokenizer splits on whitespace, so joining texts with a space changes no word.
+        normalised = backend.normalizer.normalize_str(" ".join(chunk))
+        counts.update(word for word, _ in backend.pre_tokenizer.pre_tokenize_str(normalised))
+    return counts
+
+
+def _repeat_words(counts: collections.Counter[str]) -> Iterator[str]:
+    """The counted words in sorted order, up to 1000 copies per string (re-normalising them is a no-op)."""
+    for word in sorted(counts):
+        for start in range(0, counts[word], 1000):
+            yield " ".join([word] * min(counts[word] - start, 1000))
+
+
+def train_wordpiece(texts: Iterable[str], out_dir: Path, vocab_size: int = 4096, min_frequency: int = 2) -> Path:
+    """Train an uncased WordPiece vocabulary on ``texts`` and write a tokenizer directory into ``out_dir``.
+
+    Deterministic: the same texts give an identical ``vocab.txt``. ``tokenizers``' trainer numbers the
+    continuing-subword tokens (``##x``) in hash-map order and breaks count ties by those numbers
+    (huggingface/tokenizers#1794), so we register every ``##x`` up front, in sorted order.
+    """
+    backend = _backend()
+    counts = _word_counts(texts, backend)
+    if not counts:
+        raise TokenizerError("no text to train a WordPiece vocabulary on")
+    subwords = sorted({"##" + char for word in counts for char in word[1:]})
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency,
+        special_tokens=[*SPECIAL_TOKENS, *subwords], show_progress=False,
+    )
+    backend.train_from_iterator(_repeat_words(counts), trainer)
+    vocab = backend.get_vocab(with_added_tokens=False)
+    log.info("trained WordPiece: %d words (%d distinct) -> %d tokens",
+             sum(counts.values()), len(counts), len(vocab))
+    return write_tokenizer(sorted(vocab, key=vocab.__getitem__), out_dir)
+
+
+def write_tokenizer(tokens: list[str], out_dir: Path, max_length: int = MAX_TEXT_LEN) -> Path:
+    """Write ``tokens`` (index = id) as a BERT uncased tokenizer directory; returns ``out_dir``."""
+    vocab = {token: i for i, token in enumerate(tokens)}
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if len(vocab) != len(tokens) or missing:
+        raise TokenizerError(f"vocabulary for {out_dir} has duplicate tokens or lacks {missing}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "vocab.txt").write_text("".join(f"{t}\n" for t in tokens), encoding="utf-8")
+    (out_dir / "tokenizer.json").write_text(_backend(vocab).to_str(pretty=True) + "\n", encoding="utf-8")
+    config = {
+        "tokenizer_class": "BertTokenizer", "do_lower_case": True, "strip_accents": None,
+        "tokenize_chinese_chars": True, "model_max_length": max_length,
+        "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]",
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def read_vocab(path: Path) -> dict[str, int]:
+    """``vocab.txt`` → {token: line number}; duplicate or empty lines are errors."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise TokenizerError(f"cannot read vocabulary {path}: {err}") from err
+    vocab = {token: i for i, token in enumerate(lines)}
+    if len(vocab) != len(lines) or "" in vocab:
+        raise TokenizerError(f"{path}: duplicate or empty lines, not a WordPiece vocab.txt")
+    return vocab
+
+
+def load_tokenizer(path: Path, max_length: int = MAX_TEXT_LEN) -> BertTokenizerFast:
+    """Load a lower-casing BERT WordPiece tokenizer from a directory or a ``vocab.txt`` path, offline.
+
+    Raises :class:`TokenizerError` naming ``path`` when the files are missing, the vocabulary has
+    5 tokens or fewer (transformers' silent fallback) or lacks a special token.
+    """
+    from transformers import BertTokenizerFast
+
+    path = Path(path)
+    if path.is_file():
+        tok = BertTokenizerFast(vocab=read_vocab(path), do_lower_case=True, model_max_length=max_length)
+    elif (path / "vocab.txt").is_file() or (path / "tokenizer.json").is_file():
+        try:
+            tok = BertTokenizerFast.from_pretrained(
+                path, local_files_only=True, do_lower_case=True, model_max_length=max_length)
+        except Exception as err:  # noqa: BLE001 — the Rust backend raises bare Exception on bad files
+            raise TokenizerError(f"cannot load tokenizer from {path}: {err}") from err
+    else:
+        raise TokenizerError(f"{path}: no vocab.txt or tokenizer.json (expected a tokenizer directory or a vocab.txt)")
+    _check(tok, path)
+    return tok
+
+
+def _check(tok: BertTokenizerFast, path: Path) -> None:
+    vocab = tok.backend_tokenizer.get_vocab(with_added_tokens=False)
+    if len(vocab) <= len(SPECIAL_TOKENS):
+        raise TokenizerError(f"{path}: vocabulary has only {len(vocab)} tokens (unreadable or empty vocab.txt?)")
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        raise TokenizerError(f"{path}: special tokens {missing} are not in the vocabulary")
+    if tok.tokenize("A") != tok.tokenize("a"):
+        raise TokenizerError(f"{path}: tokenizer does not lower-case its input")

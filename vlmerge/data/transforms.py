@@ -1,0 +1,72 @@
+"""Image transforms (SPEC §4): PIL RGB image → float tensor [3, S, S] in [-1, 1].
+
+"square" evaluation: bicubic resize to S×S. Training: random-resized-crop (scale 0.5–1, bicubic),
+optional horizontal flip (off for tasks whose text says "left"/"right"), RandAugment(2 ops,
+magnitude 7). Normalisation mean = std = 0.5 as in ViLT/VLMo ("inception normalise").
+
+RandAugment draws from the op list vl-merging/VLMo use (BLIP's ``RandomAugment`` list, no
+colour-changing ops: Solarize would turn a saturated red black, Color/Posterize/Contrast alter
+hues and tones that captions name); ``randaug_ops=TORCHVISION_OPS`` gives torchvision's full set.
+Magnitude uses torchvision's 31-bin scale, milder than upstream's 10-level one at the same number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+UPSTREAM_OPS = ("Identity", "AutoContrast", "Equalize", "Brightness", "Sharpness",
+                "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+TORCHVISION_OPS = tuple(v2.RandAugment._AUGMENTATION_SPACE)
+
+ImageTransform = Callable[[Image.Image], torch.Tensor]
+
+
+class _RandAugmentSubset(v2.RandAugment):
+    """torchvision's RandAugment drawing only from ``ops`` (TrivialAugmentWide overrides the same table)."""
+
+    def __init__(self, ops: Sequence[str], num_ops: int, magnitude: int) -> None:
+        unknown = sorted(set(ops) - set(TORCHVISION_OPS))
+        if unknown or not ops:
+            raise ValueError(f"unknown or empty RandAugment ops {unknown or list(ops)}; known: {TORCHVISION_OPS}")
+        super().__init__(num_ops=num_ops, magnitude=magnitude)
+        self.ops = tuple(ops)
+
+    @property  # type: ignore[override]
+    def _AUGMENTATION_SPACE(self) -> dict:  # noqa: N802 — the name torchvision's forward reads
+        # Built per call from names, so the transform pickles (the library table holds lambdas).
+        return {name: v2.RandAugment._AUGMENTATION_SPACE[name] for name in self.ops}
+
+
+def _to_normalised_tensor() -> list[v2.Transform]:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)]
+
+
+def eval_transform(size: int) -> ImageTransform:
+    """Deterministic "square" transform: PIL image → Tensor[3, size, size] in [-1, 1]."""
+    return v2.Compose([v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC),
+                       *_to_normalised_tensor()])
+
+
+def train_transform(size: int, horizontal_flip: bool = True, randaugment: bool = True,
+                    randaug_ops: Sequence[str] = UPSTREAM_OPS, scale: tuple[float, float] = (0.5, 1.0),
+                    ) -> ImageTransform:
+    """Random crop + flip + RandAugment(2, 7): PIL image → Tensor[3, size, size] in [-1, 1].
+
+    Randomness comes from torch's global generator, which DataLoader seeds per worker.
+    """
+    steps: list[v2.Transform] = [
+        v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC)]
+    if horizontal_flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if randaugment:
+        steps.append(_RandAugmentSubset(randaug_ops, num_ops=2, magnitude=7))
+    return v2.Compose([*steps, *_to_normalised_tensor()])
+
+
+def build_transform(train: bool, size: int, horizontal_flip: bool = True) -> ImageTransform:
+    """The training or evaluation transform for ``size`` px images."""
+    return train_transform(size, horizontal_flip) if train else eval_transform(size)

@@ -1,0 +1,155 @@
+"""Stage ``vocab``: the text tokenizer every later stage loads.
+
+    python -m vlmerge.vocab --arrow data/arrow --out data/arrow/tokenizer [--bert-vocab PATH] [--vocab-size N]
+
+With ``--bert-vocab`` (a bert-base-uncased ``vocab.txt`` or a folder holding one), that vocabulary
+is validated and written to OUT; otherwise a WordPiece vocabulary is trained on the ``caption`` and
+``questions`` text of every ``*.arrow`` file in ARROW (sorted by name). OUT appears all at once
+(built in a temporary folder, then renamed) and holds a record, ``vocab_record.json`` (source,
+vocab size, sha256 of vocab.txt, provenance). Bad input ends with a one-line error and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+
+from vlmerge.data.readers import ReaderError, open_ipc
+from vlmerge.data.tokenizer import SPECIAL_TOKENS, TokenizerError, load_tokenizer, train_wordpiece, write_tokenizer
+from vlmerge.runtime import Progress, atomic_write_json, provenance, setup_logging, sha256_file
+
+log = logging.getLogger(__name__)
+
+TEXT_COLUMNS = ("caption", "questions")
+RECORD_FILE = "vocab_record.json"
+
+
+@dataclass(frozen=True)
+class VocabConfig:
+    out: Path
+    arrow: Path | None
+    bert_vocab: Path | None
+    vocab_size: int
+    min_frequency: int
+    verbose: bool = False
+
+    def resolved(self) -> dict[str, Any]:
+        return {"out": str(self.out), "arrow": _text(self.arrow), "bert_vocab": _text(self.bert_vocab),
+                "vocab_size": self.vocab_size, "min_frequency": self.min_frequency}
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _absolute(path: Path | None) -> Path | None:
+    return None if path is None else path.resolve()
+
+
+def parse_args(argv: list[str] | None) -> VocabConfig:
+    parser = argparse.ArgumentParser(prog="python -m vlmerge.vocab", description=__doc__.split("\n")[0])
+    parser.add_argument("--arrow", type=Path, help="folder of arrow tables whose text trains the vocabulary")
+    parser.add_argument("--out", required=True, type=Path, help="tokenizer folder to write")
+    parser.add_argument("--bert-vocab", type=Path, help="local BERT uncased vocab.txt (or its folder) to use instead")
+    parser.add_argument("--vocab-size", type=int, default=4096, help="size of a trained vocabulary")
+    parser.add_argument("--min-frequency", type=int, default=2, help="least count of a merged sub-word pair")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    if args.bert_vocab is None and args.arrow is None:
+        parser.error("give --arrow (to train a vocabulary) or --bert-vocab")
+    if args.vocab_size <= len(SPECIAL_TOKENS) or args.min_frequency < 1:
+        parser.error(f"--vocab-size must exceed {len(SPECIAL_TOKENS)} and --min-frequency be at least 1")
+    return VocabConfig(args.out.resolve(), _absolute(args.arrow), _absolute(args.bert_vocab),
+                       args.vocab_size, args.min_frequency, args.verbose)
+
+
+def arrow_texts(arrow_dir: Path) -> Iterator[str]:
+    """Every caption and question of the ``*.arrow`` files in ``arrow_dir``, file by file in name order."""
+    files = sorted(arrow_dir.glob("*.arrow"))
+    if not files:
+        raise ReaderError(f"no *.arrow files in {arrow_dir}")
+    with Progress(len(files), "vocab text", unit="file", logger=log) as progress:
+        for path in files:
+            reader = open_ipc(path)
+            columns = [c for c in TEXT_COLUMNS if c in reader.schema.names]
+            if not columns:
+                raise ReaderError(f"{path}: none of the text columns {TEXT_COLUMNS}")
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i)
+                for name in columns:
+                    yield from (t for t in pc.list_flatten(batch.column(name)).to_pylist() if t is not None)
+            progress.update()
+
+
+def _check_uncased(tokens: list[str], path: Path) -> None:
+    # A lower-casing tokenizer never produces upper-case tokens: their presence means a cased vocabulary.
+    cased = [t for t in tokens if t != t.lower() and not (t.startswith("[") and t.endswith("]"))]
+    if cased:
+        raise TokenizerError(f"{path}: {len(cased)} upper-case tokens (e.g. {cased[:3]}); "
+                             "expected an uncased vocabulary")
+
+
+def build(config: VocabConfig, tmp: Path) -> str:
+    """Write the tokenizer files into ``tmp``; returns a description of the source."""
+    if config.bert_vocab is not None:
+        vocab = load_tokenizer(config.bert_vocab).backend_tokenizer.get_vocab(with_added_tokens=False)
+        tokens = sorted(vocab, key=vocab.__getitem__)
+        if [vocab[t] for t in tokens] != list(range(len(tokens))):
+            raise TokenizerError(f"{config.bert_vocab}: token ids are not 0..{len(tokens) - 1}")
+        _check_uncased(tokens, config.bert_vocab)
+        write_tokenizer(tokens, tmp)
+        return f"bert-vocab {config.bert_vocab}"
+    train_wordpiece(arrow_texts(config.arrow), tmp, config.vocab_size, config.min_frequency)
+    return f"wordpiece trained on {config.arrow}"
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename the finished folder onto ``out`` (a previous ``out`` is moved aside, then removed)."""
+    old = out.with_name(f".old-{out.name}.{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run(config: VocabConfig) -> Path:
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{config.out.name}.", dir=config.out.parent))
+    try:
+        source = build(config, tmp)
+        tokenizer = load_tokenizer(tmp)  # what later stages will see
+        record = {"source": source, "vocab_size": tokenizer.vocab_size,
+                  "vocab_sha256": sha256_file(tmp / "vocab.txt"), "provenance": provenance("vocab", config.resolved())}
+        atomic_write_json(tmp / RECORD_FILE, record)
+        os.chmod(tmp, 0o755)
+        _publish(tmp, config.out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("tokenizer %s: %d tokens from %s", config.out, record["vocab_size"], source)
+    return config.out
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    setup_logging(config.verbose)
+    try:
+        run(config)
+    except (ReaderError, TokenizerError) as err:
+        print(f"vlmerge.vocab: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
