@@ -1,0 +1,112 @@
+"""The Snakemake workflow: config validation, the job graph, lint, and the data stage end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import yaml
+
+from vlmerge.data import schema
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
+# Rules call `python -m vlmerge.<stage>`: the interpreter running the tests must be the one they find.
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def write_config(tmp_path: Path, **data_overrides: object) -> Path:
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["data"]["synthetic"]["size"] = "tiny"
+    config["data"]["prepare"]["rest_val_images"] = 4
+    config["data"]["prepare"]["min_answer_count"] = 2
+    config["data"]["tokenizer"]["vocab_size"] = 300
+    config["data"].update(data_overrides)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def snakemake(tmp_path: Path, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # --configfile takes several files: it goes last so that targets are not read as config files.
+    return subprocess.run([*SNAKEMAKE, *args, "-d", str(tmp_path), "--configfile", str(config)],
+                          capture_output=True, text=True, timeout=600, env=ENV)
+
+
+def planned_jobs(tmp_path: Path, config: Path, *targets: str) -> dict[str, int]:
+    """Job counts per rule from a dry run (``snakemake -n`` prints a 'job count' table)."""
+    out = snakemake(tmp_path, config, *targets, "-n", "--quiet", "rules")
+    assert out.returncode == 0, out.stderr
+    counts: dict[str, int] = {}
+    for line in (out.stdout + out.stderr).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_default_config_matches_schema() -> None:
+    import jsonschema
+
+    spec = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    jsonschema.validate(yaml.safe_load((ROOT / "config.yaml").read_text()), spec)
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"colour": "red"}, "'colour' was unexpected"),
+        ({"prepare": {"strict": False, "shard_size": "many", "min_answer_count": 9, "rest_val_images": 1}},
+         "shard_size"),
+        ({"datasets": ["coco", "imagenet"]}, "imagenet"),
+    ],
+)
+def test_bad_config_fails_naming_the_key(tmp_path: Path, override: dict, named: str) -> None:
+    out = snakemake(tmp_path, write_config(tmp_path, **override), "-n")
+    assert out.returncode != 0
+    assert named in out.stdout + out.stderr
+
+
+def test_dry_run_plans_the_data_stage(tmp_path: Path) -> None:
+    jobs = planned_jobs(tmp_path, write_config(tmp_path))
+    assert jobs == {"all": 1, "synth": 1, "prepare": 7, "vocab": 1}
+
+
+def test_one_dataset_target_builds_only_its_lineage(tmp_path: Path) -> None:
+    jobs = planned_jobs(tmp_path, write_config(tmp_path), "data/arrow/vqa.manifest.json")
+    assert jobs == {"synth": 1, "prepare": 1}
+
+
+def test_real_root_skips_the_generator(tmp_path: Path) -> None:
+    config = write_config(tmp_path, datasets=["coco"], raw={"coco": str(tmp_path / "real_coco")})
+    jobs = planned_jobs(tmp_path, config)
+    assert jobs == {"all": 1, "prepare": 1, "vocab": 1}
+
+
+def test_lint_is_clean() -> None:
+    out = subprocess.run([*SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=ROOT, timeout=300, env=ENV)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_data_stage_end_to_end(tmp_path: Path) -> None:
+    """synth -> prepare (all seven datasets) -> vocab through Snakemake on the tiny size."""
+    out = snakemake(tmp_path, write_config(tmp_path), "-c2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    arrow = tmp_path / "data/arrow"
+    for dataset in schema.DATASETS:
+        manifest = json.loads((arrow / schema.manifest_name(dataset)).read_text())
+        assert manifest["files"], dataset
+        for name in [n for n in manifest["files"] if n.endswith(".arrow")]:
+            with pa.memory_map(str(arrow / name)) as source:
+                table = pa.ipc.open_file(source).read_all()
+            assert table.schema.equals(schema.SCHEMAS[dataset]), name
+    assert (arrow / schema.TOKENIZER_DIR / "vocab.txt").is_file()
+    # Nothing is left to do: a second run plans no job.
+    again = snakemake(tmp_path, write_config(tmp_path), "-n")
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr

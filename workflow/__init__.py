@@ -1,0 +1,1 @@
+"""The workflow's own helpers: path layout and target functions used by rules/*.smk."""

@@ -1,0 +1,69 @@
+"""Where every workflow file lives, derived from the validated config in one place.
+
+Rules ask this object for paths instead of formatting strings themselves, so the layout can change
+without touching the rules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ("coco", "f30k", "vqa", "nlvr2", "vg", "sbu", "gcc")
+
+# Package sources each stage runs; declared as rule inputs so a code change reruns the stage.
+_STAGE_CODE = {
+    "synth": ["vlmerge/synth.py", "vlmerge/data/synth"],
+    "prepare": ["vlmerge/prepare.py", "vlmerge/data/arrow", "vlmerge/data/schema.py", "vlmerge/metrics/normalize.py"],
+    "vocab": ["vlmerge/vocab.py", "vlmerge/data/tokenizer.py"],
+}
+
+
+def stage_code(stage: str) -> list[str]:
+    """The .py files of the package that ``python -m vlmerge.<stage>`` depends on (sorted, absolute)."""
+    files: list[Path] = []
+    for entry in _STAGE_CODE[stage]:
+        path = ROOT / entry
+        files.extend(sorted(path.rglob("*.py")) if path.is_dir() else [path])
+    return [str(f) for f in files]
+
+
+def parent_of_output(wildcards: Any, output: Any) -> str:
+    """The folder of a rule's first output (a params function, so paths follow the outputs)."""
+    return str(Path(output[0]).parent)
+
+
+class Paths:
+    all_datasets = DATASETS
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.data = config["data"]
+        root = Path(self.data["dir"])
+        self.synth_record = str(root / "raw" / "synthetic" / "synth.json")
+        self.arrow_dir = str(root / "arrow")
+        self.tokenizer_dir = str(root / "arrow" / "tokenizer")
+
+    def log(self, name: str) -> str:
+        return str(Path("logs") / name)
+
+    def manifest(self, dataset: str) -> str:
+        return str(Path(self.arrow_dir) / f"{dataset}.manifest.json")
+
+    def synthetic_datasets(self) -> list[str]:
+        """Configured datasets without a real root: the synthetic generator stands in for them."""
+        return [d for d in self.data["datasets"] if not self.data["raw"].get(d)]
+
+    def raw_root(self, wildcards: Any, input: Any) -> str:
+        """A real dataset's configured root, or its folder beside the generator's record."""
+        real = self.data["raw"].get(wildcards.dataset)
+        return real if real else str(Path(input.raw[0]).parent / wildcards.dataset)
+
+    def raw_input(self, wildcards: Any) -> list[str]:
+        """A synthetic dataset depends on the generator's record; a real root is outside the DAG."""
+        return [] if self.data["raw"].get(wildcards.dataset) else [self.synth_record]
+
+    @property
+    def bert_vocab_arg(self) -> str:
+        vocab = self.data["tokenizer"]["bert_vocab"]
+        return f"--bert-vocab {vocab}" if vocab else ""
