@@ -1,0 +1,7 @@
+"""The error raised when an objective receives tensors of the wrong shape or content."""
+
+from __future__ import annotations
+
+
+class ObjectiveInputError(ValueError):
+    """Inputs of a loss do not match its documented contract (shape, range, length)."""
