@@ -1,0 +1,140 @@
+"""Checkpoints: weights as safetensors plus a JSON sidecar that says how to rebuild the model.
+
+``x.safetensors`` holds the state dict; ``x.json`` holds preset, config overrides, sharing layout,
+heads, token types, training steps, config hash, git SHA, the checksums of the inputs that made
+it and of the weights file itself. Both are written atomically; loading is strict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from vlmerge.model.config import ModelConfig, config_hash, model_config
+from vlmerge.model.errors import CheckpointError, ModelConfigError
+from vlmerge.model.heads import Heads
+from vlmerge.model.layout import Sharing
+from vlmerge.model.model import VLModel
+from vlmerge.runtime import atomic_path, atomic_write_json, sha256_file
+from vlmerge.runtime.logs import git_sha
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a sidecar records. ``inputs``: name → sha256; ``extra``: the writing stage's own record."""
+
+    preset: str
+    overrides: dict[str, Any]
+    sharing: Sharing
+    heads: Heads
+    token_types: int = 2
+    steps: int = 0
+    inputs: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> ModelConfig:
+        return model_config(self.preset, **self.overrides)
+
+    def to_json(self) -> dict[str, Any]:
+        record = dataclasses.asdict(self) | {"sharing": self.sharing.value, "format": FORMAT}
+        config = self.config  # the resolved sizes, for readers; rebuilding uses preset + overrides
+        return record | {"config": dataclasses.asdict(config), "git_sha": git_sha(),
+                         "config_hash": config_hash(config, self.sharing.value)}
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any], source: Path) -> CheckpointMeta:
+        if record.get("format") != FORMAT:
+            raise CheckpointError(f"{source}: sidecar format {record.get('format')!r}, expected {FORMAT}")
+        try:
+            meta = cls(record["preset"], record["overrides"], Sharing.parse(record["sharing"]),
+                       Heads(**record["heads"]), record["token_types"], record["steps"],
+                       record["inputs"], record["extra"])
+            expected = config_hash(meta.config, meta.sharing.value)
+        except (KeyError, TypeError, ModelConfigError) as err:
+            raise CheckpointError(f"{source}: malformed sidecar ({type(err).__name__}: {err})") from err
+        if record.get("config_hash") != expected:
+            raise CheckpointError(f"{source}: config_hash does not match its preset and overrides "
+                                  "(the preset definitions changed since it was written)")
+        return meta
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def checkpoint_meta(model: VLModel, *, steps: int = 0, inputs: Mapping[str, str | os.PathLike[str]] | None = None,
+                    extra: Mapping[str, Any] | None = None) -> CheckpointMeta:
+    """Describe ``model``; ``inputs`` are files (name → path) whose checksums are recorded."""
+    checksums = {name: sha256_file(p) for name, p in sorted((inputs or {}).items())}
+    return CheckpointMeta(model.config.preset, model.config.overrides(), model.sharing, model.heads,
+                          model.token_type_embeddings.num_embeddings, steps, checksums, dict(extra or {}))
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, torch.Tensor], meta: CheckpointMeta) -> None:
+    """Write ``state`` to ``path`` (safetensors) and ``meta`` to its sidecar, each atomically."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+    atomic_write_json(sidecar_path(path), meta.to_json() | {"weights_sha256": sha256_file(path)})
+
+
+def save_model(path: str | os.PathLike[str], model: VLModel, **meta: Any) -> None:
+    """:func:`save_checkpoint` of ``model.state_dict()``; ``meta`` as for :func:`checkpoint_meta`."""
+    save_checkpoint(path, model.state_dict(), checkpoint_meta(model, **meta))
+
+
+def _read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
+    sidecar = sidecar_path(path)
+    try:
+        return json.loads(sidecar.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot read the sidecar {sidecar} of {path}: {err}") from err
+
+
+def read_meta(path: str | os.PathLike[str]) -> CheckpointMeta:
+    """The sidecar of checkpoint ``path``, validated."""
+    return CheckpointMeta.from_json(_read_sidecar(path), sidecar_path(path))
+
+
+def load_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
+    """The state dict (CPU) and sidecar of a checkpoint, after checking they belong together."""
+    record = _read_sidecar(path)
+    meta = CheckpointMeta.from_json(record, sidecar_path(path))
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint weights {path} do not exist")
+    if record.get("weights_sha256") != sha256_file(path):
+        raise CheckpointError(f"{path} does not match the weights_sha256 in {sidecar_path(path)}")
+    return load_file(str(path)), meta
+
+
+def strict_load(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str | os.PathLike[str]) -> None:
+    """``load_state_dict(strict=True)`` with one readable error listing every key and shape problem."""
+    own = model.state_dict()
+    problems = [f"missing {k}" for k in own if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in own]
+    problems += [f"shape of {k}: file {tuple(v.shape)}, model {tuple(own[k].shape)}"
+                 for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if problems:
+        shown = "; ".join(problems[:12]) + (f"; … {len(problems) - 12} more" if len(problems) > 12 else "")
+        raise CheckpointError(f"{source} does not fit the model: {shown}")
+    model.load_state_dict(state, strict=True)
+
+
+def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[VLModel, CheckpointMeta]:
+    """Rebuild the model its sidecar describes and strict-load the weights into it."""
+    state, meta = load_state(path)
+    model = VLModel(meta.config, meta.sharing, meta.heads)
+    model.grow_token_types(meta.token_types)
+    strict_load(model, state, path)
+    return model.to(device), meta

@@ -1,0 +1,79 @@
+"""Model sizes: a frozen config, the named presets and a stable hash of an architecture."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from vlmerge.model.errors import ModelConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the multiway transformer. ``preset`` names the row of PRESETS it started from."""
+
+    preset: str
+    num_layers: int
+    dim: int
+    num_heads: int
+    mlp_dim: int
+    image_size: int
+    patch_size: int = 16
+    max_text_len: int = 40
+    vocab_size: int = 30522
+    drop_path: float = 0.1
+    embed_dropout: float = 0.1  # text embedding dropout (BERT's hidden_dropout_prob)
+
+    def __post_init__(self) -> None:
+        if self.dim % self.num_heads:
+            raise ModelConfigError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.image_size % self.patch_size:
+            raise ModelConfigError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.num_layers < 3:
+            raise ModelConfigError(f"num_layers {self.num_layers} < 3 leaves no unimodal layer before fusion")
+        if self.max_text_len < 2:
+            raise ModelConfigError(f"max_text_len {self.max_text_len} < 2")
+
+    @property
+    def fusion_start(self) -> int:
+        """F: the first layer with a ``vl`` expert (vl-merging's ``vlffn_start_layer_index``)."""
+        return self.num_layers - 2
+
+    @property
+    def grid(self) -> int:
+        """Patches per image side."""
+        return self.image_size // self.patch_size
+
+    def overrides(self) -> dict[str, Any]:
+        """Fields that differ from this config's preset (what a sidecar records)."""
+        base = PRESETS[self.preset]
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != getattr(base, f.name)}
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # The embedded default and the tests: one synthetic-scene grid cell per 16-pixel patch.
+    "tiny": ModelConfig("tiny", num_layers=4, dim=128, num_heads=4, mlp_dim=512, image_size=48, vocab_size=4096),
+    "base": ModelConfig("base", num_layers=12, dim=768, num_heads=12, mlp_dim=3072, image_size=224),
+    "large": ModelConfig("large", num_layers=24, dim=1024, num_heads=16, mlp_dim=4096, image_size=224),
+}
+
+
+def model_config(preset: str, **overrides: Any) -> ModelConfig:
+    """The preset's config with ``overrides`` applied (e.g. ``vocab_size`` from the tokenizer)."""
+    if preset not in PRESETS:
+        raise ModelConfigError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
+    names = {f.name for f in dataclasses.fields(ModelConfig)} - {"preset"}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ModelConfigError(f"unknown model config key(s) {unknown}; valid keys are {sorted(names)}")
+    return dataclasses.replace(PRESETS[preset], **overrides)
+
+
+def config_hash(config: ModelConfig, sharing: str) -> str:
+    """sha256 of every config field and the sharing layout (the identity recorded in a sidecar)."""
+    record = {"config": dataclasses.asdict(config), "sharing": sharing}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()

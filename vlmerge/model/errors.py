@@ -1,0 +1,11 @@
+"""Errors raised on bad model configurations and bad weight files (CLIs turn them into one line)."""
+
+from __future__ import annotations
+
+
+class ModelConfigError(ValueError):
+    """An unknown preset, sharing layout or override, or inconsistent sizes."""
+
+
+class CheckpointError(ValueError):
+    """A weight file that cannot be read, or whose keys or shapes do not fit the model it is meant for."""

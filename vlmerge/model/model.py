@@ -1,0 +1,227 @@
+"""The vision-language multiway transformer with vl-merging's routing (SPEC §3).
+
+| input      | layers < F                                 | layers ≥ F                               |
+|------------|--------------------------------------------|------------------------------------------|
+| image      | v expert                                   | v expert                                 |
+| text       | l expert                                   | l expert                                 |
+| image+text | text → l, image → v, attention within each | vl expert, joint attention [text; image] |
+
+Below F an image+text input is therefore exactly the two unimodal paths side by side, and that is
+how it is computed. A shared (MA) model runs the same routing with one set of weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, overload
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlmerge.model.config import ModelConfig, model_config
+from vlmerge.model.embeddings import TextEmbeddings
+from vlmerge.model.errors import ModelConfigError
+from vlmerge.model.heads import Heads, Pooler, missing_heads, present_heads
+from vlmerge.model.initialization import init_module, rescale_residual_branches
+from vlmerge.model.layout import ExpertLayout, Modality, Sharing, expert_layout
+from vlmerge.model.relpos import RelPosLayout, image_index, joint_index, resize_image_table, text_index
+from vlmerge.model.transformer import MultiwayTransformer
+
+# Additive score of a padded key: exp(-1e4) is exactly 0 in float32, and unlike -inf or float32's
+# minimum it stays finite when autocast turns the mask into float16/bfloat16.
+MASKED = -1e4
+
+
+class VLModel(nn.Module):
+    """Backbone + heads. Build with :func:`create_model`; encode with ``encode_image``,
+    ``encode_text``, ``encode_pair``; every encoder returns final-norm hidden states [B, N, D]."""
+
+    def __init__(self, config: ModelConfig, sharing: Sharing | str, heads: Heads = Heads()) -> None:
+        super().__init__()
+        self.config = config
+        self.sharing = Sharing.parse(sharing)
+        dim, layers = config.dim, config.num_layers
+        self.text_embeddings = TextEmbeddings(config.vocab_size, dim, config.embed_dropout)
+        self.token_type_embeddings = nn.Embedding(2, dim)  # 0 text, 1 image (2: NLVR2's second image)
+        self.transformer = MultiwayTransformer(config, self.expert_layout())
+        rows = RelPosLayout(config.grid, config.max_text_len).num_rows
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, layers * config.num_heads))
+        self.pooler = Pooler(dim)
+        init_module(self)
+        nn.init.trunc_normal_(self.transformer.cls_token, std=0.02)
+        rescale_residual_branches(self.transformer.blocks)
+        self._set_relpos_index()
+        self.add_heads(heads)
+
+    def expert_layout(self) -> ExpertLayout:
+        return expert_layout(self.config, self.sharing)
+
+    # ----------------------------------------------------------------- encoders
+    @overload
+    def encode_image(self, images: torch.Tensor, token_type: int = 1, *,
+                     return_fusion_input: Literal[False] = False) -> torch.Tensor: ...
+    @overload
+    def encode_image(self, images: torch.Tensor, token_type: int = 1, *,
+                     return_fusion_input: Literal[True]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def encode_image(self, images: torch.Tensor, token_type: int = 1, *,
+                     return_fusion_input: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """images: [B, 3, S, S] → [B, 1+G², D] through the v experts.
+
+        With ``return_fusion_input`` also the un-normalised layer-(F−1) state [B, 1+G², D], the
+        input of :meth:`fuse_unimodal` (ITC term (b)).
+        """
+        return self._encode_unimodal(self._embed_image(images, token_type), None, Modality.V,
+                                     return_fusion_input)
+
+    @overload
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor, *,
+                    return_fusion_input: Literal[False] = False) -> torch.Tensor: ...
+    @overload
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor, *,
+                    return_fusion_input: Literal[True]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor, *,
+                    return_fusion_input: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """ids, mask: [B, T] (mask 1 = real token, 0 = padding) → [B, T, D] through the l experts.
+
+        With ``return_fusion_input`` also the layer-(F−1) state [B, T, D] (see :meth:`encode_image`).
+        """
+        return self._encode_unimodal(self._embed_text(ids), mask, Modality.L, return_fusion_input)
+
+    def encode_pair(self, ids: torch.Tensor, mask: torch.Tensor, images: torch.Tensor,
+                    image_token_type: int = 1) -> torch.Tensor:
+        """Text [B, T] (+ mask) and images [B, 3, S, S] → [B, T+1+G², D], text first.
+
+        Token 0 (the text [CLS]) feeds the pooler. ``image_token_type`` 2 marks NLVR2's second image.
+        """
+        fusion = self.config.fusion_start
+        text = self._run(self._embed_text(ids), Modality.L, range(fusion), self._index(Modality.L, ids), mask)
+        image = self._run(self._embed_image(images, image_token_type), Modality.V, range(fusion),
+                          self.image_index, None)
+        index = joint_index(self._index(Modality.L, ids), self.image_index, self._relpos_layout())
+        keep = torch.cat([mask.bool(), mask.new_ones(image.shape[:2], dtype=torch.bool)], dim=1)
+        joint = torch.cat([text, image], dim=1)
+        joint = self._run(joint, Modality.VL, range(fusion, self.config.num_layers), index, keep)
+        return self.transformer.norm(joint)
+
+    def fuse_unimodal(self, hidden: torch.Tensor, mask: torch.Tensor | None, modality: Modality) -> torch.Tensor:
+        """Re-run the fusion layers in ``vl`` mode on one modality's layer-(F−1) state.
+
+        hidden: [B, N, D] from ``encode_*(..., return_fusion_input=True)``; mask: [B, N] for text,
+        None for images; modality: which of the two it is (selects the position bias). → [B, N, D].
+        """
+        layers = range(self.config.fusion_start, self.config.num_layers)
+        hidden = self._run(hidden, Modality.VL, layers, self._index(modality, hidden), mask)
+        return self.transformer.norm(hidden)
+
+    # ----------------------------------------------------------------- internals
+    def _encode_unimodal(self, x: torch.Tensor, mask: torch.Tensor | None, modality: Modality,
+                         return_fusion_input: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        fusion, index = self.config.fusion_start, self._index(modality, x)
+        fusion_input = self._run(x, modality, range(fusion), index, mask)
+        out = self._run(fusion_input, modality, range(fusion, self.config.num_layers), index, mask)
+        out = self.transformer.norm(out)
+        return (out, fusion_input) if return_fusion_input else out
+
+    def _embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.shape[1] > self.config.max_text_len:
+            raise ModelConfigError(f"text of {ids.shape[1]} tokens exceeds max_text_len {self.config.max_text_len}")
+        return self.text_embeddings(ids) + self.token_type_embeddings.weight[0]
+
+    def _embed_image(self, images: torch.Tensor, token_type: int) -> torch.Tensor:
+        size = self.config.image_size
+        if tuple(images.shape[-2:]) != (size, size):
+            raise ModelConfigError(f"images of {tuple(images.shape[-2:])} pixels do not match the model's "
+                                   f"image_size {size}; call resize_image_relpos for another resolution")
+        return self.transformer.embed_image(images) + self.token_type_embeddings.weight[token_type]
+
+    def _index(self, modality: Modality, tokens: torch.Tensor) -> torch.Tensor:
+        """Relative-position rows for a unimodal sequence of ``tokens.shape[1]`` tokens."""
+        if modality is Modality.V:
+            return self.image_index
+        n = tokens.shape[1]
+        return self.text_index[:n, :n]
+
+    def _run(self, x: torch.Tensor, modality: Modality, layers: range, index: torch.Tensor,
+             keep: torch.Tensor | None) -> torch.Tensor:
+        """Blocks ``layers`` on x [B, N, D]; index [N, N] table rows; keep [B, N] (False = padding) or None."""
+        for i in layers:
+            x = self.transformer.blocks[i](x, modality, self._attn_mask(index, i, keep))
+        return x
+
+    def _attn_mask(self, index: torch.Tensor, layer: int, keep: torch.Tensor | None) -> torch.Tensor:
+        """Additive attention mask [1 or B, H, N, N]: layer's relative position bias, padded keys at -max."""
+        heads = self.config.num_heads
+        table = self.relative_position_bias_table[:, layer * heads:(layer + 1) * heads]
+        bias = F.embedding(index, table).permute(2, 0, 1).unsqueeze(0)
+        if keep is None:
+            return bias
+        return torch.where(keep.bool()[:, None, None, :], bias, MASKED)
+
+    def _relpos_layout(self) -> RelPosLayout:
+        return RelPosLayout(self.config.grid, self.config.max_text_len)
+
+    def _set_relpos_index(self) -> None:
+        device = self.relative_position_bias_table.device
+        layout = self._relpos_layout()
+        self.register_buffer("image_index", image_index(layout.grid).to(device), persistent=False)
+        self.register_buffer("text_index", text_index(layout).to(device), persistent=False)
+
+    # ----------------------------------------------------------------- structure changes
+    def resize_image_relpos(self, new_grid: int) -> None:
+        """Serve images of ``new_grid`` patches per side: resample the image part of the bias table.
+
+        Replaces the table parameter, so call it before building an optimizer.
+        """
+        table = resize_image_table(self.relative_position_bias_table.detach(), self.config.grid, new_grid)
+        self.relative_position_bias_table = nn.Parameter(table)
+        self.config = dataclasses.replace(self.config, image_size=new_grid * self.config.patch_size)
+        self._set_relpos_index()
+
+    def grow_token_types(self, count: int) -> None:
+        """Extend ``token_type_embeddings`` to ``count`` rows, new rows copied from row 1 (image)."""
+        old = self.token_type_embeddings.weight.detach()
+        if count < old.shape[0]:
+            raise ModelConfigError(f"cannot shrink token types from {old.shape[0]} to {count}")
+        grown = nn.Embedding(count, old.shape[1]).to(old)
+        with torch.no_grad():
+            grown.weight[: old.shape[0]] = old
+            grown.weight[old.shape[0]:] = old[1]
+        self.token_type_embeddings = grown
+
+    @property
+    def heads(self) -> Heads:
+        """The heads this model carries."""
+        return present_heads(self)
+
+    def add_heads(self, heads: Heads) -> None:
+        """Create (freshly initialised) every head in ``heads`` that the model does not have yet."""
+        with torch.device(self._device()):
+            new = missing_heads(heads, self.heads, self.config.dim, self.config.vocab_size)
+        for name, part in new.items():
+            if isinstance(part, nn.Module):
+                init_module(part)
+            setattr(self, name, part)
+        if heads.nlvr2:
+            self.grow_token_types(max(3, self.token_type_embeddings.num_embeddings))
+
+    def add_vqa_head(self, num_answers: int) -> None:
+        self.add_heads(Heads(vqa_answers=num_answers))
+
+    def add_nlvr2_head(self) -> None:
+        """The NLVR2 classifier over two concatenated poolers; also grows token types to 3."""
+        self.add_heads(Heads(nlvr2=True))
+
+    def _device(self) -> torch.device:
+        return self.relative_position_bias_table.device
+
+
+def create_model(preset: str, sharing: Sharing | str, heads: Heads = Heads(), **overrides: Any) -> VLModel:
+    """A freshly initialised model: ``preset`` sizes with ``overrides``, ``sharing`` layout, ``heads``.
+
+    Seed torch beforehand for a reproducible initialisation; build under ``torch.device("meta")``
+    to count parameters without allocating them.
+    """
+    return VLModel(model_config(preset, **overrides), sharing, heads)
