@@ -1,0 +1,155 @@
+"""Merge methods at the base preset, and the cost of gram hooks.
+
+Each method runs as its own ``python -m vlmerge.merge`` child on a random base-size MS checkpoint
+(184M block parameters), the seed and synthetic gram statistics; its wall time and peak RSS are
+quoted against the floor of a child that only loads the same inputs and writes an output of the
+same size. Gram collection is timed against plain forward passes over the same batches (tiny preset).
+
+Everything heavy runs in children and this module imports no torch at top level: on Linux a
+child's peak RSS (``wait4``) is at least its parent's RSS at spawn time, so a parent holding the
+base models would inflate every figure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from vlmerge.bench.measure import Measurement, python_module, run_measured
+
+log = logging.getLogger(__name__)
+
+# (method, --param values, which inputs it reads besides the MS checkpoint)
+RUNS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("interpolation", (), "ms"), ("arithmetic", (), "seed"), ("arithmetic", ("mode=upstream_sequential",), "seed"),
+    ("task_arithmetic", (), "seed"), ("ties", (), "seed"), ("ties", ("topk_scope=global",), "seed"),
+    ("dare", (), "seed"), ("regmean", (), "grams"), ("regmean_exact_bias", (), "grams"),
+)
+
+
+def _child(function: str, *args: str) -> list[str]:
+    """argv running ``vlmerge.bench.merge.<function>(*args)`` in a fresh interpreter."""
+    code = f"import sys\nfrom vlmerge.bench.merge import {function}\n{function}(*sys.argv[1:])\n"
+    return [sys.executable, "-c", code, *args]
+
+
+def write_inputs(work: str) -> None:
+    """(child) Random base MS and seed checkpoints, and synthetic grams G = AAᵀ + diag(u), A [D, 256]."""
+    import torch
+
+    from vlmerge.merging import GramStats, gram_targets
+    from vlmerge.merging.gram_files import save_grams
+    from vlmerge.model import create_model
+    from vlmerge.model.checkpoint import save_model
+    from vlmerge.runtime import sha256_file
+
+    root = Path(work)
+    torch.manual_seed(0)
+    ms = create_model("base", "modality_specific")
+    save_model(root / "ms.safetensors", ms)
+    save_model(root / "seed.safetensors", create_model("base", "shared"))
+    g = torch.Generator().manual_seed(0)
+    xtx, sums, counts = {}, {}, {}
+    for name, _ in gram_targets(ms.expert_layout()):
+        dim = ms.config.mlp_dim if name.endswith("fc2") else ms.config.dim
+        a = torch.randn(dim, 256, generator=g, dtype=torch.float64)  # low rank + diagonal: PD, cheap at base size
+        xtx[name] = a @ a.T + torch.diag(torch.rand(dim, generator=g, dtype=torch.float64))
+        sums[name], counts[name] = torch.randn(dim, generator=g, dtype=torch.float64), 10_000
+    save_grams(root / "grams.safetensors", GramStats(xtx, sums, counts),
+               {"task": "synthetic", "checkpoint_sha256": sha256_file(root / "ms.safetensors")})
+
+
+def floor(ms: str, out: str, seed: str = "", grams: str = "") -> None:
+    """(child) Load the inputs as the merge CLI does and write an MA-sized output (the v expert's weights)."""
+    from vlmerge.merging import block_groups
+    from vlmerge.merging.gram_files import load_grams
+    from vlmerge.merging.keys import copied_keys
+    from vlmerge.model import Modality, Sharing, expert_layout
+    from vlmerge.model.checkpoint import CheckpointMeta, load_state, save_checkpoint
+
+    state, meta = load_state(ms)
+    if seed:
+        load_state(seed)
+    if grams:
+        load_grams(grams)
+    layout = expert_layout(meta.config, meta.sharing)
+    merged = {k: state[k] for k in copied_keys(layout, state)}
+    merged.update({g.ma_key: state[g.experts[Modality.V]] for g in block_groups(layout)})
+    save_checkpoint(out, merged, CheckpointMeta(meta.preset, meta.overrides, Sharing.SHARED, meta.heads))
+
+
+def gram_hooks(batches: str = "12", batch_size: str = "32") -> None:
+    """(child) Print JSON: seconds per batch of image+text forwards (tiny preset), plain and with gram hooks."""
+    import time
+
+    import torch
+
+    from vlmerge.merging.hooks import GramCollector
+    from vlmerge.model import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny", "modality_specific").eval()
+    n, size, length = int(batch_size), model.config.image_size, model.config.max_text_len
+    data = []
+    for _ in range(int(batches)):
+        mask = (torch.arange(length)[None, :] < torch.randint(8, length + 1, (n, 1))).long()
+        ids = torch.randint(5, model.config.vocab_size, (n, length)) * mask
+        data.append((ids, mask, torch.randn(n, 3, size, size)))
+
+    def timed(collector: GramCollector | None) -> float:
+        start = time.perf_counter()
+        for ids, mask, images in data:
+            if collector is None:
+                model.encode_pair(ids, mask, images)
+            else:
+                with collector.text(mask):
+                    model.encode_pair(ids, mask, images)
+        return (time.perf_counter() - start) / len(data)
+
+    with torch.no_grad():
+        model.encode_pair(*data[0])  # warm-up
+        plain = timed(None)
+        with GramCollector(model) as collector:
+            hooked = timed(collector)
+    print(json.dumps({"plain_s_per_batch": plain, "grams_s_per_batch": hooked, "ratio": hooked / plain}))
+
+
+def _bench_methods(work: Path) -> list[dict[str, object]]:
+    run_measured(_child("write_inputs", str(work)))
+    paths = {name: str(work / f"{name}.safetensors") for name in ("ms", "seed", "grams")}
+    out = str(work / "out.safetensors")
+    floors: dict[str, Measurement] = {
+        "ms": run_measured(_child("floor", paths["ms"], out)),
+        "seed": run_measured(_child("floor", paths["ms"], out, paths["seed"])),
+        "grams": run_measured(_child("floor", paths["ms"], out, "", paths["grams"])),
+    }
+    rows = []
+    for method, params, needs in RUNS:
+        args = ["--method", method, "--ms", paths["ms"], "--out", out]
+        args += [f"--{needs}", paths[needs]] if needs != "ms" else []
+        for p in params:
+            args += ["--param", p]
+        m, f = run_measured(python_module("vlmerge.merge", *args)), floors[needs]
+        rows.append({"method": " ".join([method, *params]), "seconds": m.seconds, "peak_rss_mb": m.peak_rss_mb,
+                     "floor_s": f.seconds, "floor_rss_mb": f.peak_rss_mb, "time_vs_floor": m.seconds / f.seconds,
+                     "rss_vs_floor": m.peak_rss_mb / f.peak_rss_mb})
+    return rows
+
+
+def run() -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="vlmerge-bench-") as tmp:
+        rows = _bench_methods(Path(tmp))
+    hooks = json.loads(subprocess.run(_child("gram_hooks"), capture_output=True, text=True, check=True).stdout)
+    print("\n## merge: base preset, random weights, synthetic grams (one child process per method)")
+    print(f"{'method':<36} {'s':>7} {'peak RSS MB':>12} {'floor s':>8} {'floor MB':>9} {'x floor':>8} {'RSS x':>6}")
+    for r in rows:
+        print(f"{r['method']:<36} {r['seconds']:>7.1f} {r['peak_rss_mb']:>12.0f} {r['floor_s']:>8.1f}"
+              f" {r['floor_rss_mb']:>9.0f} {r['time_vs_floor']:>8.2f} {r['rss_vs_floor']:>6.2f}")
+    print(f"\n## grams: tiny preset, batch 32 image+text pairs: plain forward "
+          f"{hooks['plain_s_per_batch'] * 1e3:.0f} ms, with gram hooks {hooks['grams_s_per_batch'] * 1e3:.0f} ms "
+          f"per batch (x{hooks['ratio']:.2f})")
+    return {"methods": rows, "grams": hooks}

@@ -1,0 +1,158 @@
+"""Stage ``grams``: gram statistics of an MS model's per-expert linear inputs over a task's data.
+
+    python -m vlmerge.grams --ckpt MS.safetensors --task vqa --arrow data/arrow --tokenizer data/arrow/tokenizer \\
+        --out grams.safetensors [--split train|val] [--image-size N] [--max-samples N] [--batch-size N] \\
+        [--include-pad] [--shard I/N]
+    python -m vlmerge.grams --reduce shard0.safetensors shard1.safetensors --out grams.safetensors
+
+Writes XᵀX, Σx and token counts (float64) per hooked module plus a JSON sidecar (task, split,
+samples, image size, sha256 of the model checkpoint). ``--shard I/N`` collects every N-th sample
+from the I-th; ``--reduce`` sums shards into exactly the statistics of their union. Bad input ends
+with a one-line error naming the file and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from vlmerge.data.collate import BatchCollator
+from vlmerge.data.readers import ReaderError
+from vlmerge.data.tokenizer import TokenizerError, load_tokenizer
+from vlmerge.merging.collect import SPLITS, TASKS, collect_grams, sample_indices, task_dataset
+from vlmerge.merging.errors import GramsError, MergeError
+from vlmerge.merging.gram_files import reduce_files, save_grams
+from vlmerge.model import CheckpointError, ModelConfigError, Sharing, VLModel
+from vlmerge.model.checkpoint import load_model
+from vlmerge.runtime import provenance, setup_logging, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    ckpt: Path
+    task: str
+    arrow: Path
+    tokenizer: Path
+    out: Path
+    split: str = "train"
+    image_size: int | None = None
+    max_samples: int | None = None
+    batch_size: int = 32
+    include_pad: bool = False
+    shard: tuple[int, int] = (0, 1)
+    workers: int = 0
+    device: str = "cpu"
+
+    def resolved(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class ReduceConfig:
+    shards: tuple[Path, ...]
+    out: Path
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit()) or not 0 <= int(index) < int(count):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
+    return int(index), int(count)
+
+
+def parse_args(argv: list[str] | None) -> CollectConfig | ReduceConfig:
+    parser = argparse.ArgumentParser(prog="python -m vlmerge.grams", description=__doc__.split("\n")[0])
+    parser.add_argument("--reduce", nargs="+", type=Path, metavar="SHARD", help="sum these gram shards instead")
+    parser.add_argument("--ckpt", type=Path, help="the modality-specific (MS) checkpoint")
+    parser.add_argument("--task", choices=TASKS)
+    parser.add_argument("--arrow", type=Path, help="folder of the ViLT arrow tables")
+    parser.add_argument("--tokenizer", type=Path, help="tokenizer folder or vocab.txt")
+    parser.add_argument("--out", type=Path, required=True, help="output .safetensors (sidecar .json beside it)")
+    parser.add_argument("--split", choices=("train", "val"), default="train", help="train (default) or val (upstream)")
+    parser.add_argument("--image-size", type=_positive, help="pixels (default: the checkpoint's; upstream 224)")
+    parser.add_argument("--max-samples", type=_positive, help="evenly spaced subset of this many samples")
+    parser.add_argument("--batch-size", type=_positive, default=32)
+    parser.add_argument("--include-pad", action="store_true", help="count text pad tokens too (upstream)")
+    parser.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: collect every N-th sample from the I-th")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    if args.reduce:
+        return ReduceConfig(tuple(args.reduce), args.out)
+    missing = [f"--{n}" for n in ("ckpt", "task", "arrow", "tokenizer") if getattr(args, n) is None]
+    if missing:
+        parser.error(f"collecting grams needs {', '.join(missing)} (or --reduce SHARD ...)")
+    return CollectConfig(args.ckpt, args.task, args.arrow, args.tokenizer, args.out, args.split, args.image_size,
+                         args.max_samples, args.batch_size, args.include_pad, args.shard, args.workers, args.device)
+
+
+def _prepare_model(config: CollectConfig) -> VLModel:
+    model, _ = load_model(config.ckpt, config.device)
+    if model.sharing is Sharing.SHARED:
+        raise GramsError(f"{config.ckpt} is a modality-agnostic (MA) checkpoint; grams come from the MS model")
+    size = config.image_size or model.config.image_size
+    if size % model.config.patch_size:
+        raise GramsError(f"--image-size {size} is not a multiple of the patch size {model.config.patch_size}")
+    if size != model.config.image_size:
+        model.resize_image_relpos(size // model.config.patch_size)
+    if config.task == "nlvr2":
+        model.grow_token_types(max(3, model.token_type_embeddings.num_embeddings))
+    return model.to(config.device)
+
+
+def collect(config: CollectConfig) -> None:
+    model = _prepare_model(config)
+    tokenizer = load_tokenizer(config.tokenizer, max_length=model.config.max_text_len)
+    data = task_dataset(config.task, config.split, config.arrow, model.config.image_size)
+    indices = sample_indices(len(data), config.max_samples, config.shard)
+    loader = DataLoader(Subset(data, indices), batch_size=config.batch_size, shuffle=False,
+                        num_workers=config.workers, collate_fn=BatchCollator(tokenizer, model.config.max_text_len))
+    log.info("%s %s (%s table): %d samples, shard %d/%d", config.task, config.split,
+             SPLITS[config.task][config.split], len(indices), *config.shard)
+    grams = collect_grams(model, loader, config.task, config.include_pad, total=len(loader))
+    layout = model.expert_layout()
+    record = {"task": config.task, "split": config.split, "samples": len(indices),
+              "image_size": model.config.image_size, "include_pad": config.include_pad,
+              "checkpoint_sha256": sha256_file(config.ckpt), "shard": list(config.shard),
+              "layout": {"num_layers": layout.num_layers, "fusion_start": layout.fusion_start,
+                         "sharing": layout.sharing.value, "dim": model.config.dim},
+              "provenance": provenance("grams", config.resolved())}
+    save_grams(config.out, grams, record)
+    log.info("wrote %s: %d modules", config.out, len(grams.names))
+
+
+def reduce(config: ReduceConfig) -> None:
+    grams, record = reduce_files(config.shards)
+    record["provenance"] = provenance("grams", {"reduce": [str(p) for p in config.shards], "out": str(config.out)})
+    save_grams(config.out, grams, record)
+    log.info("reduced %d shards into %s (%d samples)", len(config.shards), config.out, record["samples"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    setup_logging()
+    try:
+        collect(config) if isinstance(config, CollectConfig) else reduce(config)
+    except (MergeError, CheckpointError, ModelConfigError, ReaderError, TokenizerError) as err:
+        print(f"vlmerge.grams: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

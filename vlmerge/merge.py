@@ -1,0 +1,155 @@
+"""Stage ``merge``: merge an MS checkpoint's experts into an MA checkpoint with a registered method.
+
+    python -m vlmerge.merge --method regmean --param alpha=0.9 --ms MS.safetensors --grams G.safetensors \\
+        --out merged.safetensors
+    python -m vlmerge.merge --list
+
+Writes the merged weights (strict-loadable into the shared model) and a sidecar recording the
+method, its resolved parameters, the sha256 of every input and per-layer diagnostics. Bad input
+(an MA checkpoint given as MS, disagreeing shapes, NaN/Inf, grams from another model, an unknown
+method or parameter, a missing seed) ends with a one-line error and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlmerge.merging import METHODS, MergeError, get_method, merge_with_report
+from vlmerge.merging.gram_files import load_grams
+from vlmerge.merging.params import to_json
+from vlmerge.merging.selection import SELECTION_PARAMS
+from vlmerge.model import CheckpointError, ModelConfigError, Sharing, expert_layout
+from vlmerge.model.checkpoint import CheckpointMeta, load_state, save_checkpoint, sidecar_path
+from vlmerge.runtime import provenance, setup_logging
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    method: str
+    params: dict[str, str]
+    ms: Path
+    out: Path
+    seed: Path | None = None
+    grams: Path | None = None
+    allow_foreign_grams: bool = False
+
+    def resolved(self) -> dict[str, Any]:
+        return {"method": self.method, "params": self.params, "ms": str(self.ms), "out": str(self.out),
+                "seed": self.seed and str(self.seed), "grams": self.grams and str(self.grams),
+                "allow_foreign_grams": self.allow_foreign_grams}
+
+
+def describe_methods() -> str:
+    """The registry as text: every method's summary, paper, inputs and parameters, then the shared options."""
+    lines = []
+    for name, spec in sorted(METHODS.items()):
+        needs = ["MS"] + (["seed"] if spec.needs_seed else []) + (["grams"] if spec.needs_grams else [])
+        lines += [f"{name}: {spec.summary}", f"    paper: {spec.paper}", f"    inputs: {', '.join(needs)}"]
+        lines += [f"    {p.name}={to_json(p.default)}  {p.help}" for p in spec.params]
+    lines.append("options for every method:")
+    lines += [f"    {p.name}={to_json(p.default)}  {p.help}" for p in SELECTION_PARAMS]
+    return "\n".join(lines)
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def parse_args(argv: list[str] | None) -> MergeConfig | None:
+    """The validated config, or None for ``--list``."""
+    parser = argparse.ArgumentParser(prog="python -m vlmerge.merge", description=__doc__.split("\n")[0])
+    parser.add_argument("--list", action="store_true", help="print the registered methods and exit")
+    parser.add_argument("--method", help="merge method (see --list)")
+    parser.add_argument("--param", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                        help="a method or shared parameter; repeat for several")
+    parser.add_argument("--ms", type=Path, help="the modality-specific (MS) checkpoint")
+    parser.add_argument("--seed", type=Path, help="the seed (MA) checkpoint, for task-vector methods")
+    parser.add_argument("--grams", type=Path, help="gram statistics, for RegMean")
+    parser.add_argument("--out", type=Path, help="merged checkpoint (.safetensors; sidecar .json beside it)")
+    parser.add_argument("--allow-foreign-grams", action="store_true",
+                        help="accept grams collected on another checkpoint of the same architecture")
+    args = parser.parse_args(argv)
+    if args.list:
+        return None
+    missing = [f"--{n}" for n in ("method", "ms", "out") if getattr(args, n) is None]
+    if missing:
+        parser.error(f"merging needs {', '.join(missing)}")
+    params = dict(args.param)
+    if len(params) != len(args.param):
+        parser.error("a --param key is given twice")
+    return MergeConfig(args.method, params, args.ms, args.out, args.seed, args.grams, args.allow_foreign_grams)
+
+
+def _check_early(config: MergeConfig) -> None:
+    """Method, parameters and required inputs, before any large file is read."""
+    spec = get_method(config.method)
+    shared = {p.name for p in SELECTION_PARAMS}
+    spec.resolve({k: v for k, v in config.params.items() if k not in shared})
+    if spec.needs_seed and config.seed is None:
+        raise MergeError(f"method {config.method!r} needs --seed (the seed MA checkpoint)")
+    if spec.needs_grams and config.grams is None:
+        raise MergeError(f"method {config.method!r} needs --grams (python -m vlmerge.grams)")
+
+
+def _verified_sha256(path: Path) -> str:
+    """The weights' sha256 from the sidecar, which ``load_state`` has just checked against the file."""
+    return str(json.loads(sidecar_path(path).read_text())["weights_sha256"])
+
+
+def run(config: MergeConfig) -> None:
+    _check_early(config)
+    ms_state, meta = load_state(config.ms)
+    if meta.sharing is Sharing.SHARED:
+        raise MergeError(f"{config.ms} is a modality-agnostic (MA) checkpoint; --ms needs a modality-specific one")
+    inputs = {"ms": _verified_sha256(config.ms)}
+    seed_state = grams = None
+    if config.seed is not None:
+        seed_state, seed_meta = load_state(config.seed)
+        if seed_meta.sharing is not Sharing.SHARED:
+            raise MergeError(f"{config.seed} is {seed_meta.sharing.value}; --seed needs the MA seed checkpoint")
+        inputs["seed"] = _verified_sha256(config.seed)
+    if config.grams is not None:
+        grams, record = load_grams(config.grams)
+        if record.get("checkpoint_sha256") != inputs["ms"] and not config.allow_foreign_grams:
+            raise MergeError(f"{config.grams} was collected on another checkpoint than {config.ms} "
+                             "(--allow-foreign-grams accepts that)")
+        inputs["grams"] = record["weights_sha256"]
+    try:
+        merged = merge_with_report(config.method, ms_state, seed_state=seed_state, grams=grams,
+                                   layout=expert_layout(meta.config, meta.sharing), **config.params)
+    except MergeError as err:
+        raise MergeError(f"{config.ms}: {err}") from err
+    extra = {"merge": merged.diagnostics, "provenance": provenance("merge", config.resolved())}
+    out_meta = CheckpointMeta(meta.preset, meta.overrides, Sharing.SHARED, meta.heads, meta.token_types, meta.steps,
+                              inputs, extra)
+    save_checkpoint(config.out, merged.state, out_meta)
+    log.info("wrote %s (%s)", config.out, config.method)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    if config is None:
+        print(describe_methods())
+        return 0
+    setup_logging()
+    try:
+        run(config)
+    except (MergeError, CheckpointError, ModelConfigError) as err:
+        print(f"vlmerge.merge: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

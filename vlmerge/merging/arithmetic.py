@@ -1,0 +1,48 @@
+"""Modality arithmetic (Sung et al. 2023, arXiv 2304.14933, §3.2): task vectors of the experts from the seed.
+
+**Upstream quirk.** The released code updates θ₀ in place inside its loop over experts, so instead
+of θ₀ + λ·Σ_m (θ_m − θ₀) it computes the recursion w ← w + λ(θ_m − w) over m = v, l (, vl); with
+λ = 0.75 and {v, l} that is 0.0625·θ₀ + 0.1875·θ_v + 0.75·θ_l. ``mode="formula"`` (default) is the
+paper's equation; ``mode="upstream_sequential"`` reproduces the released runs. The sidecar records
+which one ran.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vlmerge.merging.errors import MergeError
+from vlmerge.merging.params import Param, choice, real
+from vlmerge.merging.registry import BaseTensors, ExpertTensors, Merged, register
+from vlmerge.merging.task_arithmetic import generalized_task_arithmetic
+from vlmerge.model import Modality
+
+
+def upstream_sequential(experts: ExpertTensors, base: BaseTensors, lam: float) -> dict[str, torch.Tensor]:
+    """w ← w + λ(θ_m − w) from w = θ₀, over the experts in enum order (v, l, vl), in float64."""
+    if base is None:
+        raise MergeError("modality arithmetic needs the seed (MA) checkpoint θ₀")
+    state = {}
+    for key, tensors in experts.items():
+        w = base[key].to(torch.float64)
+        for m in Modality:
+            if m in tensors:
+                w = w + lam * (tensors[m].to(torch.float64) - w)
+        state[key] = w.to(base[key].dtype)
+    return state
+
+
+@register("arithmetic", paper="Sung et al. 2023, https://arxiv.org/abs/2304.14933", needs_seed=True, params=(
+    Param("lam", real(), 0.5, "scale λ of the summed modality vectors"),
+    Param("mode", choice("formula", "upstream_sequential"), "formula",
+          "formula: θ₀ + λΣ(θ_m − θ₀); upstream_sequential: the released in-place recursion"),
+))
+def arithmetic(experts: ExpertTensors, base: BaseTensors = None, *, lam: float, mode: str) -> Merged:
+    """Modality arithmetic: θ₀ + λ·Σ_m (θ_m − θ₀) over the layer's experts (or the upstream recursion).
+
+    Sung et al. 2023, "An Empirical Study of Multimodal Model Merging" (arXiv 2304.14933).
+    """
+    if mode == "upstream_sequential":
+        return Merged(upstream_sequential(experts, base, lam), {"arithmetic_mode": mode})
+    merged = generalized_task_arithmetic(experts, base, lam=lam)
+    return Merged(merged.state, {"arithmetic_mode": mode})

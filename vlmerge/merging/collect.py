@@ -1,0 +1,97 @@
+"""Gram collection over a task's data: which table, which forward, and the no-grad loop.
+
+Each task's samples take the route its fine-tuning takes (SPEC §3): VQA questions and NLVR2
+statements run as image+text pairs (text → l and image → v below F, the vl expert from F on; NLVR2
+twice, image token types 1 and 2); COCO / Flickr30k pairs run both unimodal paths (image → v,
+caption → l). The ``vl`` experts only fire on image+text input, so their grams need VQA/NLVR2 data.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from vlmerge.data.readers import CaptionPairs, NLVR2Dataset, VQADataset
+from vlmerge.data.schema import FILES, VQA_ANSWERS_FILE
+from vlmerge.data.transforms import eval_transform
+from vlmerge.merging.errors import GramsError
+from vlmerge.merging.grams import GramStats
+from vlmerge.merging.hooks import GramCollector
+from vlmerge.model import VLModel
+from vlmerge.runtime import Progress
+
+TASKS = ("vqa", "coco", "f30k", "nlvr2")
+# Our split names → each dataset's table name (NLVR2 calls its validation split "dev").
+SPLITS: dict[str, dict[str, str]] = {
+    "vqa": {"train": "train", "val": "val"}, "coco": {"train": "train", "val": "val"},
+    "f30k": {"train": "train", "val": "val"}, "nlvr2": {"train": "train", "val": "dev"},
+}
+Batch = dict[str, Any]
+
+
+def task_dataset(task: str, split: str, arrow_dir: Path, image_size: int) -> Dataset:
+    """The evaluation-transformed samples of ``task``'s ``split`` table in ``arrow_dir``."""
+    path = Path(arrow_dir) / FILES[task][SPLITS[task][split]]
+    transform = eval_transform(image_size)
+    if task == "vqa":
+        answers = Path(arrow_dir) / VQA_ANSWERS_FILE
+        try:
+            num_answers = len(json.loads(answers.read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise GramsError(f"cannot read the VQA answer vocabulary {answers}: {err}") from err
+        return VQADataset([path], transform, num_answers)
+    if task == "nlvr2":
+        return NLVR2Dataset([path], transform)
+    return CaptionPairs([path], transform)
+
+
+def _pairs(model: VLModel, batch: Batch, collector: GramCollector) -> None:
+    with collector.text(batch["text_mask"]):
+        model.encode_pair(batch["text_ids"], batch["text_mask"], batch["image"])
+
+
+def _nlvr2(model: VLModel, batch: Batch, collector: GramCollector) -> None:
+    with collector.text(batch["text_mask"]):
+        model.encode_pair(batch["text_ids"], batch["text_mask"], batch["image_0"], image_token_type=1)
+        model.encode_pair(batch["text_ids"], batch["text_mask"], batch["image_1"], image_token_type=2)
+
+
+def _unimodal(model: VLModel, batch: Batch, collector: GramCollector) -> None:
+    with collector.text(None):
+        model.encode_image(batch["image"])
+    with collector.text(batch["text_mask"]):
+        model.encode_text(batch["text_ids"], batch["text_mask"])
+
+
+FORWARDS: dict[str, Callable[[VLModel, Batch, GramCollector], None]] = {
+    "vqa": _pairs, "nlvr2": _nlvr2, "coco": _unimodal, "f30k": _unimodal,
+}
+_TENSORS = ("text_ids", "text_mask", "image", "image_0", "image_1")
+
+
+@torch.no_grad()
+def collect_grams(model: VLModel, batches: Any, task: str, include_pad: bool = False,
+                  total: int | None = None) -> GramStats:
+    """Run ``model`` (eval mode, no grad) over ``batches`` with gram hooks; ``total`` sizes the progress bar."""
+    model.eval()
+    device = next(model.parameters()).device
+    forward = FORWARDS[task]
+    with GramCollector(model, include_pad) as collector, Progress(total, f"grams {task}", "batch") as progress:
+        for batch in batches:
+            moved = {k: v.to(device, non_blocking=True) if k in _TENSORS else v for k, v in batch.items()}
+            forward(model, moved, collector)
+            progress.update()
+        return collector.result()
+
+
+def sample_indices(size: int, max_samples: int | None, shard: tuple[int, int] = (0, 1)) -> list[int]:
+    """Evenly spaced ``max_samples`` of ``size`` rows (all by default), then every n-th for shard (i, n)."""
+    count = size if max_samples is None else min(size, max_samples)
+    chosen = [i * size // count for i in range(count)] if count else []
+    index, shards = shard
+    return chosen[index::shards]
