@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-import os
-import resource
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+
+# Linux carries a process's RSS high-water mark across exec, so a child forked from a large parent
+# (a benchmark holding tensors) would report at least the parent's RSS. A bare interpreter
+# (``-S``: no site imports, a few MB) starts the command and reports the command's own ``wait4``
+# peak on stdout, which keeps the figure the command's alone.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(usage.ru_maxrss)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
 
 
 @dataclass(frozen=True)
@@ -17,24 +31,15 @@ class Measurement:
 
 
 def run_measured(argv: list[str], env: dict[str, str] | None = None) -> Measurement:
-    """Run ``argv``; return its wall time and its own peak RSS (``wait4`` rusage, not the parent's)."""
+    """Run ``argv``; return its wall time and its own peak RSS (kB from ``wait4``, reported in MB)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    stderr = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, *argv], env=env, capture_output=True)
     seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        sys.stderr.write(stderr.decode(errors="replace"))
+        sys.stderr.write(proc.stderr.decode(errors="replace"))
         raise RuntimeError(f"benchmark command failed ({proc.returncode}): {' '.join(argv)}")
-    # ru_maxrss is in kilobytes on Linux.
-    return Measurement(seconds=seconds, peak_rss_mb=usage.ru_maxrss / 1024)
+    return Measurement(seconds=seconds, peak_rss_mb=int(proc.stdout.split()[-1]) / 1024)
 
 
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
-
-
-def self_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
