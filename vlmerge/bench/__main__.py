@@ -7,7 +7,7 @@ import importlib
 
 from vlmerge.runtime import setup_logging
 
-BENCHMARKS = ("prepare",)
+BENCHMARKS = ("prepare", "merge", "pretrain")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,337 @@
+"""Pre-training: sampler and keyed batches, the objectives' composition, seed expansion, the CLI and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlmerge.data.arrow import ConvertOptions, convert
+from vlmerge.data.synth import generate
+from vlmerge.data.tokenizer import train_wordpiece
+from vlmerge.model import Heads, Sharing, create_model
+from vlmerge.model.checkpoint import load_model, read_meta, save_model
+from vlmerge.runtime import sha256_file
+from vlmerge.train import (InitSpec, LossWeights, PretrainConfig, PretrainData, PretrainDataConfig, PretrainModule,
+                           ResumableSampler, TrainConfigError, evaluation_keys, initial_model, resume_checkpoint)
+from vlmerge.train import pretrain_step
+from vlmerge.train.batches import KeyedSamples
+from vlmerge.train.optim import OptimConfig
+from vlmerge.vocab import arrow_texts
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = dict(num_layers=3, dim=64, num_heads=2, mlp_dim=128, image_size=32)
+MODEL_ARG = "num_layers=3,dim=64,num_heads=2,mlp_dim=128"
+CORPORA = ("coco", "vg", "sbu", "gcc")
+
+
+def build_pretrain_data(root: Path) -> tuple[Path, Path]:
+    """Tiny synthetic caption corpora → arrow tables + a WordPiece tokenizer: (arrow dir, tokenizer dir)."""
+    raw, arrow = root / "raw", root / "arrow"
+    generate(raw, seed=0, size="tiny", datasets=list(CORPORA))
+    for dataset in CORPORA:
+        convert(dataset, raw / dataset, arrow, ConvertOptions())
+    return arrow, train_wordpiece(arrow_texts(arrow), root / "tokenizer", vocab_size=300)
+
+
+def cli(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "vlmerge.pretrain", *map(str, args)]
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return build_pretrain_data(tmp_path_factory.mktemp("pretrain-data"))
+
+
+@pytest.fixture(scope="session")
+def data(corpus: tuple[Path, Path]) -> PretrainData:
+    arrow, tokenizer = corpus
+    module = PretrainData(PretrainDataConfig(arrow, tokenizer, image_size=32, batch_size=8))
+    module.setup("fit")
+    return module
+
+
+def a_batch(data: PretrainData, size: int = 8) -> dict:
+    """``size`` pairs of distinct images: every 5th pair (COCO lists 5 captions per image)."""
+    keys = evaluation_keys(len(data.train), 1, seed=0)[: 5 * size: 5]
+    samples = KeyedSamples(data.train)
+    return data.collate([samples[k] for k in keys])
+
+
+def small_model(data: PretrainData, sharing: str = "shared", **overrides: object) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = MODEL | {"vocab_size": len(data.tokenizer)} | overrides
+    return create_model("tiny", sharing, Heads.pretraining(), **config)
+
+
+# --- sampler and keyed batches --------------------------------------------------------------------
+
+def take(iterator, n: int) -> list:
+    return [next(iterator) for _ in range(n)]
+
+
+def test_sampler_shards_epochs_like_distributed_sampler_and_resumes_at_any_batch() -> None:
+    size, batch, world = 23, 2, 3  # 3 batches per rank per epoch, 5 samples dropped each epoch
+    streams = [iter(ResumableSampler(size, batch, seed=7, rank=r, world=world)) for r in range(world)]
+    epochs = [[take(s, 3 * batch) for s in streams] for _ in range(3)]
+    for epoch in epochs:
+        indices = [i for rank in epoch for i, _ in rank]
+        assert len(set(indices)) == 18 and set(indices) <= set(range(size))  # disjoint across ranks
+    assert [i for i, _ in epochs[0][0]] != [i for i, _ in epochs[1][0]]  # reshuffled each epoch
+    # draws are per (epoch, index): the same index gets a new augmentation seed next epoch
+    first = dict(epochs[0][0] + epochs[0][1] + epochs[0][2])
+    second = dict(epochs[1][0] + epochs[1][1] + epochs[1][2])
+    assert all(first[i] != second[i] for i in set(first) & set(second))
+    whole = [k for e in epochs for k in e[1]]
+    for start in (0, 1, 3, 4, 7):
+        resumed = take(iter(ResumableSampler(size, batch, 7, rank=1, world=world, start_batch=start)), 4)
+        assert resumed == whole[start * batch: start * batch + 4]
+    assert take(iter(ResumableSampler(size, batch, 8, 1, world)), 6) != whole[:6]  # the seed matters
+
+
+def test_sampler_refuses_a_dataset_smaller_than_one_global_batch() -> None:
+    with pytest.raises(TrainConfigError, match="cannot fill one batch"):
+        ResumableSampler(5, 2, 0, rank=0, world=3)
+    keys = [evaluation_keys(10, 2, 0, r, 2) for r in range(2)]
+    assert [i for i, _ in keys[0]] == [0, 1, 2, 3] and [i for i, _ in keys[1]] == [4, 5, 6, 7]
+
+
+def test_keyed_samples_and_masks_do_not_depend_on_the_process_rng(data: PretrainData) -> None:
+    torch.manual_seed(1)
+    one = a_batch(data)
+    torch.manual_seed(2)
+    torch.rand(100)
+    two = a_batch(data)
+    for key in ("image", "mlm_ids", "mlm_labels", "text_ids"):
+        assert torch.equal(one[key], two[key]), key
+    state = torch.get_rng_state()
+    other = KeyedSamples(data.train)[(0, 12345)]
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's generator is left alone
+    assert not torch.equal(other["image"], KeyedSamples(data.train)[(0, 54321)]["image"])  # draw → augmentation
+    assert (one["mlm_labels"] != -100).any(dim=1).all()  # every text has a masked word
+
+
+# --- the objectives composed on a model -------------------------------------------------------------
+
+@pytest.mark.parametrize("sharing", ["shared", "modality_specific"])
+def test_every_parameter_gets_a_gradient_in_one_step(data: PretrainData, sharing: str) -> None:
+    # Why DDP may run with find_unused_parameters=False when every loss weight is positive.
+    module = PretrainModule(small_model(data, sharing), PretrainConfig(10, 0))
+    module.losses(a_batch(data), None)["loss"].backward()
+    assert [n for n, p in module.model.named_parameters() if p.grad is None] == []
+    assert not LossWeights(itm=0.0).uses_every_head and LossWeights().uses_every_head
+
+
+def test_a_few_steps_overfit_a_fixed_batch(data: PretrainData) -> None:
+    model = small_model(data, drop_path=0.0)
+    module = PretrainModule(model, PretrainConfig(20, 0, OptimConfig(lr=3e-3)))
+    optimizer = module.configure_optimizers()["optimizer"]
+    batch, losses = a_batch(data), []
+    for step in range(20):
+        torch.manual_seed(step)
+        out = module.losses(batch, torch.Generator().manual_seed(step))
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        losses.append({k: float(v) for k, v in out.items()})
+    first, last = losses[0], losses[-1]
+    assert last["loss"] < 0.75 * first["loss"]
+    assert last["mlm_loss"] < 0.6 * first["mlm_loss"] and last["itm_loss"] < first["itm_loss"]
+    # ITC starts on a plateau (text [CLS] features are nearly equal at initialisation); it must not diverge.
+    assert last["itc_loss"] < first["itc_loss"] + 1e-3
+
+
+@pytest.mark.parametrize("sharing", ["modality_specific", "attn", "ffn", "ln"])
+def test_seed_init_gives_the_ma_first_step_loss(data: PretrainData, tmp_path: Path, sharing: str) -> None:
+    ma = small_model(data)
+    seed = tmp_path / "seed.safetensors"
+    save_model(seed, ma)
+    ms = initial_model(InitSpec.parse(f"seed:{seed}"), "tiny", sharing, Heads.pretraining(),
+                       **MODEL, vocab_size=len(data.tokenizer))
+    assert ms.sharing is Sharing(sharing)
+    batch, losses = a_batch(data), []
+    for model in (ma, ms):
+        torch.manual_seed(3)  # same dropout / drop-path draws in both
+        losses.append(PretrainModule(model, PretrainConfig(10, 0)).losses(batch, torch.Generator().manual_seed(3)))
+    for name in ("loss", "mlm_loss", "itc_loss", "itm_loss"):
+        torch.testing.assert_close(losses[1][name], losses[0][name], msg=name)
+
+
+def test_seed_init_refuses_an_ms_checkpoint_and_another_architecture(data: PretrainData, tmp_path: Path) -> None:
+    path = tmp_path / "ms.safetensors"
+    save_model(path, small_model(data, "modality_specific"))
+    with pytest.raises(TrainConfigError, match="not a shared"):
+        initial_model(InitSpec.parse(f"seed:{path}"), "tiny", "modality_specific", Heads.pretraining(),
+                      **MODEL, vocab_size=len(data.tokenizer))
+    save_model(path, small_model(data))
+    with pytest.raises(TrainConfigError, match="dim"):
+        initial_model(InitSpec.parse(f"seed:{path}"), "tiny", "modality_specific", Heads.pretraining(),
+                      **(MODEL | {"dim": 32}), vocab_size=len(data.tokenizer))
+    for bad in ("seed", "beit:", "scratch:x", "torch:x", f"seed:{tmp_path / 'missing'}"):
+        with pytest.raises(TrainConfigError):
+            InitSpec.parse(bad)
+
+
+def test_beit_init_fills_every_expert(data: PretrainData, tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    ma = small_model(data)
+    beit = {k.removeprefix("transformer."): v.clone() for k, v in ma.state_dict().items()
+            if k.startswith("transformer.")}
+    for layer in range(3):  # timm keeps one relative position table per block: (2·2-1)² + 3 rows, 2 heads
+        beit[f"blocks.{layer}.attn.relative_position_bias_table"] = torch.randn(12, 2)
+    torch.save(beit, tmp_path / "beit.pth")
+    ms = initial_model(InitSpec.parse(f"beit:{tmp_path / 'beit.pth'}"), "tiny", "modality_specific",
+                       Heads.pretraining(), **MODEL, vocab_size=len(data.tokenizer))
+    state = ms.state_dict()
+    for expert in ("v", "l"):
+        assert torch.equal(state[f"transformer.blocks.0.attn.{expert}.qkv.weight"], beit["blocks.0.attn.qkv.weight"])
+    assert torch.equal(state["transformer.blocks.2.mlp.vl.fc1.weight"], beit["blocks.2.mlp.fc1.weight"])
+    table = state["relative_position_bias_table"]
+    assert torch.equal(table[:12, 2:4], beit["blocks.1.attn.relative_position_bias_table"])  # layer 1's heads
+
+
+def test_itm_negatives_are_never_the_positive_in_real_steps(data: PretrainData, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from vlmerge.train.trainer import TrainerConfig, build_trainer
+
+    seen = []
+    real = pretrain_step.sample_hard_negatives
+
+    def recording(sim_i2t, sim_t2i, positive, generator=None):
+        negatives = real(sim_i2t, sim_t2i, positive, generator)
+        seen.append((negatives, positive))
+        return negatives
+
+    monkeypatch.setattr(pretrain_step, "sample_hard_negatives", recording)
+    trainer = build_trainer(TrainerConfig(tmp_path, max_steps=4, ckpt_every=100))
+    trainer.fit(PretrainModule(small_model(data), PretrainConfig(4, 0)), datamodule=data)
+    assert len(seen) == 4
+    for negatives, positive in seen:
+        assert (negatives.neg_text_for_image != positive).all() and (negatives.neg_image_for_text != positive).all()
+        assert len(positive) == 8
+
+
+# --- the command line ---------------------------------------------------------------------------------
+
+def common_args(corpus: tuple[Path, Path]) -> list[str]:
+    arrow, tokenizer = corpus
+    return ["--arrow", str(arrow), "--tokenizer", str(tokenizer), "--model", MODEL_ARG, "--image-size", "32",
+            "--batch-size", "8", "--val-every", "0", "--num-workers", "0"]
+
+
+def run_cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cli(*args), cwd=ROOT, capture_output=True, text=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def seed_run(corpus: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    root = tmp_path_factory.mktemp("seed-run")
+    args = [*common_args(corpus), "--out", str(root / "seed.safetensors"), "--work-dir", str(root / "work"),
+            "--steps", "4", "--ckpt-every", "2", "--val-every", "2", "--val-batches", "1"]
+    done = run_cli(args)
+    assert done.returncode == 0, done.stderr
+    return root / "seed.safetensors", args
+
+
+def test_cli_writes_a_strict_loadable_checkpoint_of_the_trained_weights(seed_run, corpus) -> None:
+    out, args = seed_run
+    model, meta = load_model(out)
+    assert meta.sharing is Sharing.SHARED and meta.steps == 4 and meta.heads == Heads.pretraining()
+    assert meta.inputs == {"tokenizer": sha256_file(corpus[1] / "vocab.txt")}
+    assert meta.extra["init"] == "scratch" and meta.extra["provenance"]["config"]["trainer"]["max_steps"] == 4
+    lightning = torch.load(out.parent / "work" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert lightning["global_step"] == 4
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, lightning["state_dict"][f"model.{key}"]), key
+    first = out.read_bytes()
+    again = run_cli(args)  # resumes from last.ckpt at step 4: nothing to train, same weights
+    assert again.returncode == 0, again.stderr
+    assert out.read_bytes() == first
+    assert read_meta(out).steps == 4
+    assert json.loads((out.parent / "work" / "run.json").read_text())["module"]["optim"]["lr"] == 2e-4
+    changed = run_cli([*args, "--lr", "1e-3", "--num-workers", "1"])  # workers may change, the LR may not
+    assert changed.returncode == 2
+    assert "belongs to another run (module.optim.lr: 0.0002 → 0.001)" in changed.stderr
+    assert out.read_bytes() == first
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_weights(seed_run, corpus, tmp_path: Path) -> None:
+    seed, _ = seed_run
+    # modality-specific from the seed, with gradient accumulation 2 and a loader worker
+    args = [*common_args(corpus), "--sharing", "modality_specific", "--init", f"seed:{seed}", "--steps", "6",
+            "--ckpt-every", "2", "--global-batch", "16", "--num-workers", "1"]
+    # Both runs side by side, one thread each (the same thread count keeps float sums identical).
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    whole_log = (tmp_path / "whole.log").open("w")
+    whole = subprocess.Popen(cli(*args, "--out", tmp_path / "whole.safetensors", "--work-dir", tmp_path / "w1"),
+                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=whole_log)
+    out, work = tmp_path / "resumed.safetensors", tmp_path / "w2"
+    run = cli(*args, "--out", out, "--work-dir", work)
+    killed = subprocess.Popen(run, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = work / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert last.exists() and not out.exists()  # killed after a checkpoint, before the end
+    resumed = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    assert whole.wait() == 0, (tmp_path / "whole.log").read_text()
+    whole_log.close()
+    a, _ = load_model(tmp_path / "whole.safetensors")
+    b, meta = load_model(out)
+    assert meta.sharing is Sharing.MODALITY_SPECIFIC and meta.inputs["init"] == sha256_file(seed)
+    for (key, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), key
+    start, _ = load_model(seed)
+    assert not torch.equal(a.state_dict()["itm_score.fc.weight"], start.state_dict()["itm_score.fc.weight"])
+
+
+def error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    from vlmerge.pretrain import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("vlmerge.pretrain")]
+    assert len(lines) == 1 and lines[0].startswith("vlmerge.pretrain: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_bad_input_is_a_one_line_error(corpus, tmp_path: Path, capsys, monkeypatch) -> None:
+    base = [*common_args(corpus), "--out", str(tmp_path / "x.safetensors"), "--work-dir", str(tmp_path / "w")]
+    assert str(tmp_path / "nowhere") in error_of([*base, "--arrow", str(tmp_path / "nowhere")], capsys)
+    assert "unknown sharing layout 'moe'" in error_of([*base, "--sharing", "moe"], capsys)
+    assert "is not a multiple" in error_of([*base, "--global-batch", "12"], capsys)
+    (tmp_path / "empty").mkdir()
+    assert "missing pre-training table" in error_of([*base, "--arrow", str(tmp_path / "empty"), "--datasets", "vg"],
+                                                    capsys)
+    ms = tmp_path / "ms.safetensors"
+    torch.manual_seed(0)
+    save_model(ms, create_model("tiny", "modality_specific", Heads.pretraining(), **MODEL, vocab_size=300))
+    assert "not a shared (MA) model" in error_of([*base, "--sharing", "ln", "--init", f"seed:{ms}"], capsys)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    message = error_of([*base, "--strategy", "fsdp"], capsys)
+    assert "fsdp needs CUDA GPUs" in message and "refuses accelerator='cpu'" in message
+    import lightning.pytorch as pl
+
+    with pytest.raises(ValueError, match="requires a GPU accelerator"):  # what the message reports
+        pl.Trainer(accelerator="cpu", strategy="fsdp", devices=2)
+
+
+def test_resume_picks_the_newest_of_last_and_slurm_checkpoints(tmp_path: Path) -> None:
+    assert resume_checkpoint(tmp_path) is None
+    (tmp_path / "checkpoints").mkdir()
+    files = [tmp_path / "checkpoints" / "last.ckpt", tmp_path / "hpc_ckpt_1.ckpt", tmp_path / "hpc_ckpt_2.ckpt"]
+    for age, path in zip((30, 10, 20), files):
+        path.write_bytes(b"x")
+        os.utime(path, (time.time() - age, time.time() - age))
+    assert resume_checkpoint(tmp_path) == files[1]

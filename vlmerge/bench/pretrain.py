@@ -1,0 +1,127 @@
+"""Pre-training speed: Lightning's overhead against a plain loop, and the base model's cost on CPU.
+
+1. The tiny preset through ``PretrainModule`` + the project's Trainer against a plain PyTorch loop
+   that runs the same ``PretrainModule.losses``, backward, AdamW and LR schedule over the same model
+   initialisation and the same pre-built batches (data loading is excluded from both).
+2. The base preset (12 layers, 768 wide, 224 px): forward + backward of one full pre-training step
+   (MLM + both ITC terms + ITM with hard negatives) per sample, batch 2, and the AdamW step.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from vlmerge.model import Heads, create_model
+from vlmerge.train.pretrain_module import PretrainConfig, PretrainModule
+from vlmerge.train.seeds import Stream
+from vlmerge.train.trainer import TrainerConfig, build_trainer
+
+
+def random_batches(count: int, batch: int, image_size: int, text_len: int, vocab: int) -> list[dict[str, Any]]:
+    """Pre-training batches of random pixels and ids (15 % of tokens masked for MLM), seeded."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(count):
+        ids = torch.randint(5, vocab, (batch, text_len), generator=g)
+        masked = torch.rand(batch, text_len, generator=g) < 0.15
+        out.append({"image": torch.randn(batch, 3, image_size, image_size, generator=g), "text_ids": ids,
+                    "text_mask": torch.ones_like(ids), "mlm_ids": torch.where(masked, 4, ids),
+                    "mlm_labels": torch.where(masked, ids, -100)})
+    return out
+
+
+def _module(preset: str, steps: int, **overrides: Any) -> PretrainModule:
+    torch.manual_seed(0)
+    return PretrainModule(create_model(preset, "shared", Heads.pretraining(), **overrides), PretrainConfig(steps, 0))
+
+
+class _Clock(pl.Callback):
+    """Wall time from the start of batch ``skip`` to the end of training."""
+
+    def __init__(self, skip: int) -> None:
+        self.skip, self.start, self.end = skip, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any, idx: int) -> None:
+        if idx == self.skip:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.end = time.perf_counter()
+
+
+def lightning_seconds(batches: list[dict[str, Any]], skip: int) -> float:
+    clock = _Clock(skip)
+    with tempfile.TemporaryDirectory(prefix="vlmerge-bench-") as work:
+        trainer = build_trainer(TrainerConfig(Path(work), max_steps=len(batches), ckpt_every=10 * len(batches),
+                                              log_every=10))
+        trainer.callbacks.append(clock)
+        trainer.fit(_module("tiny", len(batches)), train_dataloaders=DataLoader(batches, batch_size=None))
+    return clock.end - clock.start
+
+
+def plain_seconds(batches: list[dict[str, Any]], skip: int) -> float:
+    module = _module("tiny", len(batches))
+    module.train()
+    configured = module.configure_optimizers()
+    optimizer, schedule = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    start = 0.0
+    for i, batch in enumerate(batches):
+        if i == skip:
+            start = time.perf_counter()
+        module.on_train_batch_start(batch, i)  # the same per-batch seeding
+        loss = module.losses(batch, module.step_generator(Stream.ITM, i, stage=0))["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return time.perf_counter() - start
+
+
+def base_step_seconds(batch: int = 2, steps: int = 2) -> tuple[float, float]:
+    """(forward + backward seconds, AdamW step seconds) per step of the base preset at 224 px."""
+    module = _module("base", steps + 1)
+    module.train()
+    optimizer = module.configure_optimizers()["optimizer"]
+    batches = random_batches(steps + 1, batch, 224, 40, module.model.config.vocab_size)
+    fwd_bwd = opt = 0.0
+    for i, b in enumerate(batches):
+        t0 = time.perf_counter()
+        module.losses(b, torch.Generator().manual_seed(i))["loss"].backward()
+        t1 = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad()
+        t2 = time.perf_counter()
+        if i > 0:  # the first step allocates optimizer state and warms caches
+            fwd_bwd, opt = fwd_bwd + t1 - t0, opt + t2 - t1
+    return fwd_bwd / steps, opt / steps
+
+
+def run(steps: int = 40, skip: int = 5, batch: int = 32, rounds: int = 2) -> dict[str, float]:
+    batches = random_batches(steps, batch, 48, 24, 4096)
+    timed = (steps - skip) * batch
+    # Interleaved rounds, best of each: the machine is shared, so the fastest run is the least disturbed.
+    light, plain = [], []
+    for _ in range(rounds):
+        light.append(timed / lightning_seconds(batches, skip))
+        plain.append(timed / plain_seconds(batches, skip))
+    rows = {"lightning_samples_per_s": max(light), "plain_samples_per_s": max(plain)}
+    rows["lightning_vs_plain"] = rows["lightning_samples_per_s"] / rows["plain_samples_per_s"]
+    fwd_bwd, opt = base_step_seconds()
+    rows |= {"base_fwd_bwd_s_per_sample": fwd_bwd / 2, "base_adamw_s_per_step": opt}
+    print(f"\n## pretrain: tiny preset, batch {batch}, {steps - skip} timed steps, best of {rounds}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'loop':>10} {'samples/s':>10} {'all rounds':>20}")
+    print(f"{'lightning':>10} {rows['lightning_samples_per_s']:>10.1f} {' '.join(f'{x:.1f}' for x in light):>20}")
+    print(f"{'plain':>10} {rows['plain_samples_per_s']:>10.1f} {' '.join(f'{x:.1f}' for x in plain):>20}")
+    print(f"Lightning / plain throughput: {rows['lightning_vs_plain']:.3f}")
+    print("\n## pretrain: base preset (MA), 224 px, batch 2, MLM + ITC + ITM")
+    print(f"forward+backward {rows['base_fwd_bwd_s_per_sample']:.2f} s/sample; AdamW step "
+          f"{rows['base_adamw_s_per_step']:.2f} s")
+    return rows

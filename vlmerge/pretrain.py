@@ -1,0 +1,106 @@
+"""Stage ``pretrain``: pre-train a shared (MA) or modality-specific model with MLM + ITC + ITM (SPEC §4).
+
+    python -m vlmerge.pretrain --arrow data/arrow --tokenizer data/arrow/tokenizer --out seed.safetensors \\
+        --work-dir work/seed [--preset tiny] [--sharing shared] [--init scratch|beit:PATH|seed:PATH] …
+
+``--init seed:PATH`` starts from an MA checkpoint; for a non-shared ``--sharing`` its block weights
+are copied into every expert (the paper's W⁰). The work directory keeps Lightning checkpoints and
+logs; rerunning the same command resumes from the newest one. The final weights are written
+(by global rank zero only) as safetensors + JSON sidecar. Bad input ends with a one-line error and
+exit code 2; a run stopped before ``--steps`` (SLURM requeue, SIGTERM) writes nothing and exits 1.
+Under SLURM submit with ``--signal=SIGUSR1@90`` so that a job near its time limit saves a checkpoint
+and requeues itself (``vlmerge.train.trainer``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from vlmerge.data.readers import ReaderError
+from vlmerge.data.tokenizer import TokenizerError
+from vlmerge.model import CheckpointError, Heads, ModelConfigError
+from vlmerge.model.checkpoint import checkpoint_meta, save_checkpoint
+from vlmerge.runtime import provenance, setup_logging, sha256_file
+from vlmerge.train.data import PretrainData
+from vlmerge.train.errors import TrainConfigError
+from vlmerge.train.init_weights import initial_model
+from vlmerge.train.pretrain_args import PretrainRun, parse_args
+from vlmerge.train.pretrain_module import PretrainModule
+from vlmerge.train.trainer import build_trainer, resume_checkpoint
+from vlmerge.train.work_dir import claim_work_dir
+
+log = logging.getLogger(__name__)
+BAD_INPUT = (TrainConfigError, ModelConfigError, CheckpointError, ReaderError, TokenizerError)
+
+
+class TrainingIncomplete(RuntimeError):
+    """fit() returned before max_steps (a requeue or termination signal)."""
+
+
+def _vocab_file(tokenizer: Path) -> Path:
+    """The file that defines the vocabulary, for the sidecar's input checksums."""
+    if tokenizer.is_file():
+        return tokenizer
+    return tokenizer / "vocab.txt" if (tokenizer / "vocab.txt").is_file() else tokenizer / "tokenizer.json"
+
+
+def _inputs(config: PretrainRun) -> dict[str, Path]:
+    """Files whose checksums the sidecar records and the work directory's identity includes."""
+    tokenizer = {"tokenizer": _vocab_file(config.data.tokenizer)}
+    return tokenizer | ({"init": config.init.path} if config.init.path is not None else {})
+
+
+def run(config: PretrainRun) -> Path | None:
+    """Train, then write ``config.out`` on global rank zero; returns it there (None on other ranks)."""
+    record = provenance("pretrain", config.resolved())
+    data = PretrainData(config.data)  # checks the tables and the tokenizer before any model is built
+    torch.manual_seed(config.module.seed)
+    model = initial_model(config.init, config.preset, config.sharing, Heads.pretraining(),
+                          **config.model_overrides, vocab_size=len(data.tokenizer))
+    trainer = build_trainer(config.trainer)
+    inputs = _inputs(config)  # claimed once everything above is known to be valid
+    identity = config.identity({k: sha256_file(p) for k, p in inputs.items()},
+                               {p.name: p.stat().st_size for p in data.train_files})
+    claim_work_dir(config.trainer.work_dir, identity, writer=rank_zero_only.rank == 0)
+    trainer.fit(PretrainModule(model, config.module), datamodule=data,
+                ckpt_path=resume_checkpoint(config.trainer.work_dir))
+    if trainer.global_step < config.trainer.max_steps:
+        raise TrainingIncomplete(f"training stopped at step {trainer.global_step} of {config.trainer.max_steps}; "
+                                 f"rerun to resume from {config.trainer.work_dir}")
+    state = trainer.strategy.lightning_module_state_dict()  # a collective under FSDP: every rank calls it
+    if not trainer.is_global_zero:
+        return None
+    extra = {"stage": "pretrain", "init": config.init.describe(), "datasets": list(config.data.datasets),
+             "train_files": [p.name for p in data.train_files], "provenance": record}
+    weights = {k.removeprefix("model."): v for k, v in state.items()}
+    save_checkpoint(config.out, weights, checkpoint_meta(model, steps=trainer.global_step, inputs=inputs, extra=extra))
+    log.info("wrote %s after %d steps", config.out, trainer.global_step)
+    return config.out
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = parse_args(argv)
+    except TrainConfigError as err:
+        print(f"vlmerge.pretrain: error: {err}", file=sys.stderr)
+        return 2
+    setup_logging(config.verbose)
+    try:
+        run(config)
+    except BAD_INPUT as err:
+        # A DataLoader worker's error arrives wrapped, its own message on the last line.
+        print(f"vlmerge.pretrain: error: {(str(err).strip().splitlines() or [repr(err)])[-1]}", file=sys.stderr)
+        return 2
+    except TrainingIncomplete as err:
+        print(f"vlmerge.pretrain: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""AdamW with weight decay by parameter kind, per-prefix LR multipliers, warm-up + linear decay (SPEC §4).
+
+Decay applies to the weight matrices of Linear, Conv and Embedding modules only. Everything else —
+biases, every LayerNorm (per-expert ones included), ``q_bias``/``v_bias``, the relative position
+table, the CLS token, the layer scales ``gamma_*`` and the logit scales — is not decayed. The choice
+is made from the module that owns the parameter, not from its name: **upstream quirk** — matching
+name substrings missed the per-expert LayerNorms (``norm1.v.weight``), which were then decayed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from vlmerge.train.errors import TrainConfigError
+
+DECAYED_MODULES = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)
+# Name segments that wrappers (FSDP, activation checkpointing) insert between a model's modules.
+_WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    lr_multipliers: tuple[tuple[str, float], ...] = ()  # (module prefix, factor), e.g. ("vqa_classifier", 10)
+
+
+def _clean(name: str) -> str:
+    for segment in _WRAPPER_SEGMENTS:
+        name = name.replace(segment, "")
+    return name
+
+
+def _multiplier(name: str, multipliers: Mapping[str, float]) -> tuple[str, float]:
+    """The longest prefix of ``multipliers`` that owns ``name`` (whole dotted segments), or ("", 1)."""
+    owners = [p for p in multipliers if name == p or name.startswith(p + ".")]
+    if not owners:
+        return "", 1.0
+    prefix = max(owners, key=len)
+    return prefix, multipliers[prefix]
+
+
+def parameter_groups(model: nn.Module, config: OptimConfig) -> list[dict]:
+    """Each trainable parameter in exactly one group: {"params", "names", "lr", "weight_decay", "name"}.
+
+    Groups are keyed by (decayed?, multiplier prefix) and listed in first-seen module order.
+    """
+    multipliers = dict(config.lr_multipliers)
+    groups: dict[tuple[bool, str], dict] = {}
+    seen: set[int] = set()
+    used_prefixes: set[str] = set()
+    for module_name, module in model.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            name = _clean(f"{module_name}.{param_name}" if module_name else param_name)
+            decay = isinstance(module, DECAYED_MODULES) and param_name == "weight"
+            prefix, factor = _multiplier(name, multipliers)
+            used_prefixes.add(prefix)
+            group = groups.setdefault((decay, prefix), {
+                "params": [], "names": [], "lr": config.lr * factor,
+                "weight_decay": config.weight_decay if decay else 0.0,
+                "name": ("decay" if decay else "no_decay") + (f"/{prefix}" if prefix else "")})
+            group["params"].append(param)
+            group["names"].append(name)
+    unused = sorted(set(multipliers) - used_prefixes)
+    if unused:
+        raise TrainConfigError(f"learning-rate multiplier prefix(es) {unused} match no trainable parameter")
+    return list(groups.values())
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over :func:`parameter_groups` of ``model``."""
+    return torch.optim.AdamW(parameter_groups(model, config), lr=config.lr, betas=config.betas, eps=config.eps)
+
+
+def warmup_linear_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """LR factor after ``step`` optimizer steps: step/warmup up to 1, then linear to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return step / warmup_steps
+    if step >= total_steps:
+        return 0.0
+    return (total_steps - step) / (total_steps - warmup_steps)
+
+
+def warmup_linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> LambdaLR:
+    """LambdaLR of :func:`warmup_linear_factor`, stepped once per optimizer step (ViLT/VLMo's schedule:
+    transformers' polynomial decay with power 1 and end LR 0)."""
+    if warmup_steps < 0 or total_steps < 1 or warmup_steps > total_steps:
+        raise TrainConfigError(f"need 0 <= warmup ({warmup_steps}) <= total steps ({total_steps}) and total >= 1")
+    return LambdaLR(optimizer, lambda step: warmup_linear_factor(step, warmup_steps, total_steps))
