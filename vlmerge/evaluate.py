@@ -1,0 +1,149 @@
+"""Stage ``evaluate``: score one checkpoint on a task's report splits, against a trivial baseline (SPEC §6).
+
+    python -m vlmerge.evaluate --task vqa --ckpt vqa.safetensors --arrow data/arrow \\
+        --tokenizer data/arrow/tokenizer --out results/vqa/regmean.json [--method regmean]
+
+VQA: the VQA score and the official accuracy on rest_val, and the evaluation-server file of
+test-dev beside the JSON (``<out stem>.submission-test-dev.json``); retrieval: image→text and
+text→image Recall@1/5/10 on test; NLVR2: accuracy on dev and test-P. Each split also gets the
+trivial baseline (VQA: the best constant training answer; retrieval: chance; NLVR2: the
+majority class) and the margin over it. The JSON records the checkpoint's checksum and config
+hashes, its lineage from the sidecars, and timings; it is written atomically. A pre-trained or
+merged checkpoint with contrastive heads evaluates on retrieval as is (the zero-shot tier).
+Bad input ends with a one-line error and exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from vlmerge.data.collate import BatchCollator
+from vlmerge.data.readers import ReaderError, VQADataset
+from vlmerge.data.tokenizer import TokenizerError, load_tokenizer
+from vlmerge.data.transforms import eval_transform
+from vlmerge.model import CheckpointError, ModelConfigError, VLModel, config_hash
+from vlmerge.model.checkpoint import CheckpointMeta, load_model
+from vlmerge.runtime import atomic_write_json, provenance, setup_logging
+from vlmerge.tasks.base import Rows, Task
+from vlmerge.tasks.errors import TaskError
+from vlmerge.tasks.evaluate_args import EvaluateConfig, parse_args
+from vlmerge.tasks.evaluation import evaluation_rows
+from vlmerge.tasks.lineage import lineage, weights_sha256
+from vlmerge.tasks.model_init import require_heads, resize
+from vlmerge.tasks.registry import get_task
+from vlmerge.tasks.vqa import VQATask, answer_vocabulary
+from vlmerge.tasks.vqa_eval import constant_accuracy, official_accuracy, read_human_answers, submission
+
+log = logging.getLogger(__name__)
+BAD_INPUT = (TaskError, ModelConfigError, CheckpointError, ReaderError, TokenizerError)
+
+
+class Evaluation:
+    """A loaded checkpoint and tokenizer, ready to score splits of one task."""
+
+    def __init__(self, config: EvaluateConfig) -> None:
+        self.config, self.task = config, get_task(config.task)
+        tokenizer = load_tokenizer(config.tokenizer)
+        self.model, self.meta = _load(config, self.task, len(tokenizer))
+        self.collate = BatchCollator(tokenizer, self.model.config.max_text_len)
+        self.transform = eval_transform(self.model.config.image_size)
+
+    def rows(self, split: str) -> tuple[tuple[Dataset, ...], list[Rows]]:
+        sides = self.task.eval_sides(self.config.arrow, split, self.transform)
+        return sides, evaluation_rows(self.task, self.model, sides, self.collate, self.config.batch_size,
+                                      self.config.num_workers)
+
+    def score(self, split: str, humans: dict[int, list[str]] | None) -> dict[str, Any]:
+        """Metrics, baseline and margin of ``split``."""
+        start = time.perf_counter()
+        sides, rows = self.rows(split)
+        metrics = self.task.metrics(rows, sides)
+        baseline = self.task.baseline(self.config.arrow, self.task.train, sides)
+        if isinstance(self.task, VQATask):
+            vocabulary, dataset = answer_vocabulary(self.config.arrow), sides[0]
+            assert isinstance(dataset, VQADataset)
+            metrics["vqa_accuracy"] = official_accuracy(rows[0], dataset, vocabulary, humans)
+            label = self.task.constant_answer(self.config.arrow, self.task.train)
+            baseline.metrics["vqa_accuracy"] = constant_accuracy(label, vocabulary, dataset, humans)
+        return {"metrics": metrics, "baseline": baseline.metrics, "baseline_kind": baseline.description,
+                "margin": {k: v - baseline.metrics[k] for k, v in metrics.items()},
+                "samples": [len(side) for side in sides], "seconds": round(time.perf_counter() - start, 3)}
+
+    def write_submission(self, split: str) -> dict[str, Any]:
+        """The VQA evaluation-server file of ``split`` beside the result JSON."""
+        sides, rows = self.rows(split)
+        entries = submission(rows[0], sides[0], answer_vocabulary(self.config.arrow))  # type: ignore[arg-type]
+        path = self.config.out.with_name(f"{self.config.out.stem}.submission-{split}.json")
+        atomic_write_json(path, entries)
+        log.info("wrote %s (%d questions)", path, len(entries))
+        return {"split": split, "file": path.name, "questions": len(entries)}
+
+
+def _load(config: EvaluateConfig, task: Task, vocab_size: int) -> tuple[VLModel, CheckpointMeta]:
+    """The checkpoint as saved (every head kept), checked to carry the task's heads."""
+    model, meta = load_model(config.ckpt)
+    require_heads(model.heads, task.heads(config.arrow), config.ckpt, task.name)
+    if vocab_size != model.config.vocab_size:
+        raise TaskError(f"tokenizer {config.tokenizer} has {vocab_size} tokens but {config.ckpt} "
+                        f"was trained with {model.config.vocab_size}")
+    trained_for = meta.extra.get("task")
+    if trained_for not in (None, task.name):
+        log.warning("%s was fine-tuned for %s, evaluated on %s", config.ckpt, trained_for, task.name)
+    if config.image_size is not None and config.image_size != model.config.image_size:
+        resize(model, config.image_size)
+    return model.to(config.device), meta
+
+
+def run(config: EvaluateConfig) -> dict[str, Any]:
+    start = time.perf_counter()
+    record = provenance("evaluate", config.resolved())
+    evaluation = Evaluation(config)
+    task, meta = evaluation.task, evaluation.meta
+    humans = read_human_answers(config.vqa_annotations) if config.vqa_annotations else None
+    result: dict[str, Any] = {
+        "task": task.name, "method": config.method,
+        "checkpoint": {"file": config.ckpt.name, "sha256": weights_sha256(config.ckpt),
+                       "model_config_hash": config_hash(meta.config, meta.sharing.value),
+                       "finetune_config_hash": meta.extra.get("finetune_config_hash"),
+                       "trained_for": meta.extra.get("task"), "sharing": meta.sharing.value,
+                       "image_size": evaluation.model.config.image_size, "selection": _selection(meta.extra)},
+        "lineage": lineage(config.ckpt, meta),
+        "splits": {split: evaluation.score(split, humans) for split in task.test},
+    }
+    if isinstance(task, VQATask):
+        result["vqa"] = {"accuracy_source": "annotations" if humans else "soft scores",
+                         "submission": evaluation.write_submission(config.vqa_submission_split)}
+    result["timings"] = {"total_s": round(time.perf_counter() - start, 3)}
+    result["provenance"] = record
+    atomic_write_json(config.out, result)
+    log.info("wrote %s", config.out)
+    return result
+
+
+def _selection(extra: dict[str, Any]) -> dict[str, Any] | None:
+    selection = extra.get("selection")
+    return None if selection is None else {k: selection[k] for k in ("metric", "value", "step", "split")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = parse_args(argv)
+    except BAD_INPUT as err:
+        print(f"vlmerge.evaluate: error: {err}", file=sys.stderr)
+        return 2
+    setup_logging(config.verbose)
+    try:
+        run(config)
+    except BAD_INPUT as err:
+        print(f"vlmerge.evaluate: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""Per-task fine-tuning settings (SPEC §6) and the options that choose a task's splits.
+
+The defaults are the paper's settings; the upstream quirks are options, off by default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vlmerge.tasks.errors import TaskError
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """Paper-scale fine-tuning of one task: the defaults of ``python -m vlmerge.finetune``."""
+
+    image_size: int  # pixels; the checkpoint's relative positions are resampled when it differs
+    global_batch: int
+    lr: float
+    epochs: int
+    drop_path: float | None  # None keeps the checkpoint's rate
+    head_lr_mult: float  # learning-rate factor of the task head (OptimConfig.lr_multipliers)
+    horizontal_flip: bool  # off where the text names left and right
+    headline: str  # the validation metric that selects the checkpoint
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    """Which splits a run trains on and selects on.
+
+    ``select_on="test"``, ``f30k_val_is_test`` and ``coco_train_restval=False`` reproduce upstream
+    quirks: retrieval and NLVR2 checkpoints were selected on test numbers, Flickr30k's "val" was
+    its test split, COCO training left out restval.
+    """
+
+    select_on: str = "val"  # "val" or "test"
+    f30k_val_is_test: bool = False
+    coco_train_restval: bool = True
+    vqa_trainable_val: bool = False  # VQA: train on train + trainable_val
+
+    def __post_init__(self) -> None:
+        if self.select_on not in ("val", "test"):
+            raise TaskError(f"--select-on must be 'val' or 'test', not {self.select_on!r}")

@@ -1,0 +1,77 @@
+"""VQA evaluation beyond the soft score: official accuracy and the evaluation-server submission.
+
+The official accuracy needs the ten human answers of each question, which the Arrow tables do
+not keep (they hold the in-vocabulary answers and soft scores). Given the official annotation
+file (``v2_mscoco_val2014_annotations.json``) it is computed from the humans' answers; without
+it, from the soft scores — for a prediction from the answer vocabulary that equals the soft score
+(:func:`vlmerge.metrics.humans_agreeing`), and the result records which source was used.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from vlmerge.data.readers import VQADataset
+from vlmerge.metrics import humans_agreeing, leave_one_out_accuracy, vqa_accuracy
+from vlmerge.tasks.base import Rows
+from vlmerge.tasks.errors import TaskError
+from vlmerge.tasks.vqa import question_targets
+
+
+def read_human_answers(path: Path) -> dict[int, list[str]]:
+    """question_id → the human answers of an official VQA annotation file."""
+    try:
+        record = json.loads(Path(path).read_text())
+        return {int(a["question_id"]): [h["answer"] for h in a["answers"]] for a in record["annotations"]}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise TaskError(f"cannot read VQA annotations {path}: {type(err).__name__}: {err}") from err
+
+
+def predicted_answers(rows: Rows, vocabulary: Sequence[str]) -> list[str]:
+    return [vocabulary[int(label)] for label in rows["pred"]]
+
+
+def question_ids(rows: Rows, dataset: VQADataset) -> list[int]:
+    return [int(dataset.question_id[int(i)]) for i in rows["index"]]
+
+
+def _accuracy(answers: Sequence[str], soft_scores: Sequence[float], ids: Sequence[int],
+              humans: Mapping[int, list[str]] | None) -> float:
+    """Mean official accuracy of ``answers`` to questions ``ids``; without ``humans``, from the answers'
+    soft scores (the humans who gave each answer, by :func:`humans_agreeing`)."""
+    if humans is None:
+        return sum(leave_one_out_accuracy(humans_agreeing(s)) for s in soft_scores) / len(soft_scores)
+    missing = [q for q in ids if q not in humans]
+    if missing:
+        raise TaskError(f"the VQA annotations lack {len(missing)} evaluated questions, e.g. question_id {missing[0]}")
+    return vqa_accuracy(answers, [humans[q] for q in ids])
+
+
+def official_accuracy(rows: Rows, dataset: VQADataset, vocabulary: Sequence[str],
+                      humans: Mapping[int, list[str]] | None) -> float:
+    """Mean official accuracy of the rows' predictions."""
+    return _accuracy(predicted_answers(rows, vocabulary), rows["score"].tolist(), question_ids(rows, dataset), humans)
+
+
+def constant_accuracy(label: int, vocabulary: Sequence[str], dataset: VQADataset,
+                      humans: Mapping[int, list[str]] | None) -> float:
+    """Mean official accuracy of answering ``vocabulary[label]`` to every question of ``dataset``."""
+    labels, scores = question_targets(dataset)
+    soft = [dict(zip(row_labels, row_scores)).get(label, 0.0) for row_labels, row_scores in zip(labels, scores)]
+    return _accuracy([vocabulary[label]] * len(soft), soft, [int(q) for q in dataset.question_id], humans)
+
+
+def submission(rows: Rows, dataset: VQADataset, vocabulary: Sequence[str]) -> list[dict[str, int | str]]:
+    """``[{"question_id", "answer"}]`` with every question of ``dataset`` exactly once, by question id.
+
+    ``rows`` must be merged (one row per dataset index), which removes distributed padding.
+    """
+    ids = question_ids(rows, dataset)
+    answers = predicted_answers(rows, vocabulary)
+    entries = dict(zip(ids, answers))
+    if len(entries) != len(ids) or len(ids) != len(dataset):
+        raise TaskError(f"VQA submission: {len(entries)} distinct question ids among {len(ids)} rows, "
+                        f"expected each of the {len(dataset)} questions exactly once")
+    return [{"question_id": q, "answer": entries[q]} for q in sorted(entries)]
