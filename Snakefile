@@ -13,9 +13,36 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/pretrain.smk"
+include: "rules/merge.smk"
+include: "rules/finetune.smk"
 
 
 rule all:
     default_target: True
     input:
         data_targets(),
+        pretrain_targets(),
+        merge_targets(),
+        result_targets(),
+
+
+# Named stage targets: `snakemake data`, `snakemake pretrained`, `snakemake merges`, `snakemake results`.
+rule data:
+    input:
+        data_targets(),
+
+
+rule pretrained:
+    input:
+        pretrain_targets(),
+
+
+rule merges:
+    input:
+        merge_targets(),
+
+
+rule results:
+    input:
+        result_targets(),

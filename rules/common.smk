@@ -1,15 +1,38 @@
-# Paths and target functions shared by all rule files. Logic lives in workflow/paths.py.
+# Paths and target functions shared by all rule files. Logic lives in workflow/*.py.
 import sys
 from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
 
 from workflow.paths import Paths, parent_of_output, stage_code
+from workflow.finetuning import Finetuning
+from workflow.merging import TASKS, Merging
+from workflow.pretraining import MS_SHARINGS, Pretraining
 
 paths = Paths(config)
+pretraining = Pretraining(config, paths)
+merging = Merging(config, paths)
+finetuning = Finetuning(config, paths, merging)
 ENV = "../workflow/envs/vlmerge.yaml"
 
 
 def data_targets():
     """Everything the data stage produces for the configured datasets."""
     return [paths.manifest(d) for d in config["data"]["datasets"]] + [paths.tokenizer_dir]
+
+
+def pretrain_targets():
+    """The three pre-trained models of the paper: seed, MS (from the seed) and the MA baseline."""
+    ms = f"ms_{config['pretrain']['runs']['ms']['sharing']}"
+    return [paths.checkpoint(run) for run in ("seed", ms, "ma")]
+
+
+def merge_targets():
+    """Every configured merge (per task where it depends on the task) and the MS model's distances."""
+    merges = {merging.merged(name, task) for name in merging.methods for task in TASKS}
+    return sorted(merges) + [paths.distance(merging.ms_run)]
+
+
+def result_targets():
+    """results/<task>/<method>.json for every configured task and method."""
+    return [paths.result(task, method) for task in config["finetune"]["tasks"] for method in finetuning.methods]

@@ -73,8 +73,23 @@ def test_bad_config_fails_naming_the_key(tmp_path: Path, override: dict, named: 
 
 
 def test_dry_run_plans_the_data_stage(tmp_path: Path) -> None:
+    jobs = planned_jobs(tmp_path, write_config(tmp_path), "data")
+    assert jobs == {"data": 1, "synth": 1, "prepare": 7, "vocab": 1}
+
+
+def test_dry_run_plans_the_whole_pipeline(tmp_path: Path) -> None:
     jobs = planned_jobs(tmp_path, write_config(tmp_path))
-    assert jobs == {"all": 1, "synth": 1, "prepare": 7, "vocab": 1}
+    # 4 tasks x (ma, ms + 3 merges) fine-tunes and evaluations; RegMean is merged per task.
+    assert jobs == {"all": 1, "synth": 1, "prepare": 7, "vocab": 1, "pretrain": 3, "grams": 4, "merge": 2,
+                    "merge_per_task": 4, "distance": 1, "finetune": 20, "evaluate": 20}
+
+
+def test_regmean_result_builds_only_its_lineage(tmp_path: Path) -> None:
+    jobs = planned_jobs(tmp_path, write_config(tmp_path), "results/vqa/regmean.json")
+    # seed -> MS -> VQA grams -> merge -> fine-tune -> evaluate; no MA baseline, no other task or merge.
+    # (The tokenizer is trained on every dataset's text, hence all seven conversions.)
+    assert jobs == {"synth": 1, "prepare": 7, "vocab": 1, "pretrain": 2, "grams": 1, "merge_per_task": 1,
+                    "finetune": 1, "evaluate": 1}
 
 
 def test_one_dataset_target_builds_only_its_lineage(tmp_path: Path) -> None:
@@ -84,8 +99,8 @@ def test_one_dataset_target_builds_only_its_lineage(tmp_path: Path) -> None:
 
 def test_real_root_skips_the_generator(tmp_path: Path) -> None:
     config = write_config(tmp_path, datasets=["coco"], raw={"coco": str(tmp_path / "real_coco")})
-    jobs = planned_jobs(tmp_path, config)
-    assert jobs == {"all": 1, "prepare": 1, "vocab": 1}
+    jobs = planned_jobs(tmp_path, config, "data")
+    assert jobs == {"data": 1, "prepare": 1, "vocab": 1}
 
 
 def test_lint_is_clean() -> None:
@@ -95,7 +110,7 @@ def test_lint_is_clean() -> None:
 
 def test_data_stage_end_to_end(tmp_path: Path) -> None:
     """synth -> prepare (all seven datasets) -> vocab through Snakemake on the tiny size."""
-    out = snakemake(tmp_path, write_config(tmp_path), "-c2")
+    out = snakemake(tmp_path, write_config(tmp_path), "data", "-c2")
     assert out.returncode == 0, out.stderr[-3000:]
     arrow = tmp_path / "data/arrow"
     for dataset in schema.DATASETS:
@@ -107,6 +122,15 @@ def test_data_stage_end_to_end(tmp_path: Path) -> None:
             assert table.schema.equals(schema.SCHEMAS[dataset]), name
     assert (arrow / schema.TOKENIZER_DIR / "vocab.txt").is_file()
     # Nothing is left to do: a second run plans no job.
-    again = snakemake(tmp_path, write_config(tmp_path), "-n")
+    again = snakemake(tmp_path, write_config(tmp_path), "data", "-n")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_workflow_knows_which_methods_need_seed_and_grams() -> None:
+    """workflow/merging.py keeps its own copy (no torch at Snakemake start-up); it must match the registry."""
+    from vlmerge.merging import METHODS
+    from workflow.merging import NEEDS_GRAMS, NEEDS_SEED
+
+    assert NEEDS_SEED == {name for name, spec in METHODS.items() if spec.needs_seed}
+    assert NEEDS_GRAMS == {name for name, spec in METHODS.items() if spec.needs_grams}

@@ -17,6 +17,18 @@ _STAGE_CODE = {
     "synth": ["vlmerge/synth.py", "vlmerge/data/synth"],
     "prepare": ["vlmerge/prepare.py", "vlmerge/data/arrow", "vlmerge/data/schema.py", "vlmerge/metrics/normalize.py"],
     "vocab": ["vlmerge/vocab.py", "vlmerge/data/tokenizer.py"],
+    "grams": ["vlmerge/grams.py", "vlmerge/merging", "vlmerge/model", "vlmerge/data/readers",
+              "vlmerge/data/transforms.py", "vlmerge/data/collate.py", "vlmerge/data/tokenizer.py"],
+    "merge": ["vlmerge/merge.py", "vlmerge/merging", "vlmerge/model"],
+    "distance": ["vlmerge/distance.py", "vlmerge/merging", "vlmerge/model"],
+    "finetune": ["vlmerge/finetune.py", "vlmerge/tasks", "vlmerge/train", "vlmerge/model", "vlmerge/objectives",
+                 "vlmerge/metrics", "vlmerge/data/readers", "vlmerge/data/transforms.py", "vlmerge/data/collate.py",
+                 "vlmerge/data/tokenizer.py"],
+    "evaluate": ["vlmerge/evaluate.py", "vlmerge/tasks", "vlmerge/model", "vlmerge/metrics", "vlmerge/data/readers",
+                 "vlmerge/data/transforms.py", "vlmerge/data/collate.py", "vlmerge/data/tokenizer.py"],
+    "pretrain": ["vlmerge/pretrain.py", "vlmerge/train", "vlmerge/model", "vlmerge/objectives",
+                 "vlmerge/data/readers", "vlmerge/data/transforms.py", "vlmerge/data/collate.py",
+                 "vlmerge/data/tokenizer.py"],
 }
 
 
@@ -46,6 +58,34 @@ class Paths:
 
     def log(self, name: str) -> str:
         return str(Path("logs") / name)
+
+    def work(self, name: str) -> str:
+        """Scratch state of a long job (resumable checkpoints): never a declared output."""
+        return str(Path("work") / name)
+
+    def checkpoint(self, run: str) -> str:
+        return str(Path("results") / "pretrain" / f"{run}.safetensors")
+
+    def sidecar(self, run: str) -> str:
+        return str(Path("results") / "pretrain" / f"{run}.json")
+
+    def grams(self, task: str) -> str:
+        return str(Path("results") / "grams" / f"{task}.safetensors")
+
+    def merged(self, name: str, task: str | None = None) -> str:
+        """A merged checkpoint; task-dependent merges (grams, used experts) live under the task."""
+        folder = Path("results") / "merged"
+        return str((folder / task if task else folder) / f"{name}.safetensors")
+
+    def finetuned(self, task: str, method: str) -> str:
+        return str(Path("results") / "finetune" / task / f"{method}.safetensors")
+
+    def result(self, task: str, method: str) -> str:
+        """The unit users ask for: ``results/<task>/<method>.json``."""
+        return str(Path("results") / task / f"{method}.json")
+
+    def distance(self, run: str) -> str:
+        return str(Path("results") / "distance" / f"{run}.json")
 
     def manifest(self, dataset: str) -> str:
         return str(Path(self.arrow_dir) / f"{dataset}.manifest.json")

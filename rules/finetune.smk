@@ -1,0 +1,45 @@
+# Fine-tuning and evaluation (SPEC §6): every method (ma, ms, each configured merge) on every task.
+# results/<task>/<method>.json is the unit users ask for; it pulls in exactly its lineage.
+
+
+rule finetune:
+    input:
+        unpack(finetuning.inputs),
+    output:
+        ckpt=paths.finetuned("{task}", "{method}"),
+        sidecar=paths.finetuned("{task}", "{method}").replace(".safetensors", ".json"),
+    params:
+        args=finetuning.args,
+        work=lambda wildcards: paths.work(f"finetune/{wildcards.task}/{wildcards.method}"),
+    wildcard_constraints:
+        task="|".join(TASKS),
+        method=finetuning.method_pattern,
+    threads: config["pretrain"]["launch"]["threads"]
+    log:
+        paths.log("finetune/{task}/{method}.log"),
+    conda:
+        ENV
+    shell:
+        "OMP_NUM_THREADS={threads} python -m vlmerge.finetune {params.args} --out {output.ckpt}"
+        " --work-dir {params.work} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        ckpt=paths.finetuned("{task}", "{method}"),
+        tokenizer=paths.tokenizer_dir,
+        code=stage_code("evaluate"),
+    output:
+        paths.result("{task}", "{method}"),
+    params:
+        args=finetuning.eval_args,
+    wildcard_constraints:
+        task="|".join(TASKS),
+        method=finetuning.method_pattern,
+    threads: config["pretrain"]["launch"]["threads"]
+    log:
+        paths.log("evaluate/{task}/{method}.log"),
+    conda:
+        ENV
+    shell:
+        "OMP_NUM_THREADS={threads} python -m vlmerge.evaluate {params.args} --out {output} > {log} 2>&1"

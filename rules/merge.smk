@@ -1,0 +1,72 @@
+# Grams, merges and weight distances (SPEC §5). RegMean's grams come from each task's data, so a
+# merge that needs them (or names used_experts_only) is made per task: results/merged/<task>/<name>.
+
+
+rule grams:
+    input:
+        ms=paths.checkpoint(merging.ms_run),
+        tokenizer=paths.tokenizer_dir,
+        manifest=lambda wildcards: paths.manifest(wildcards.task),
+        code=stage_code("grams"),
+    output:
+        grams=paths.grams("{task}"),
+        sidecar=paths.grams("{task}").replace(".safetensors", ".json"),
+    params:
+        args=merging.grams_args,
+    wildcard_constraints:
+        task="|".join(TASKS),
+    threads: config["pretrain"]["launch"]["threads"]
+    log:
+        paths.log("grams/{task}.log"),
+    conda:
+        ENV
+    shell:
+        "OMP_NUM_THREADS={threads} python -m vlmerge.grams {params.args} --out {output.grams} > {log} 2>&1"
+
+
+rule merge:
+    input:
+        unpack(merging.inputs),
+    output:
+        ckpt=paths.merged("{name}"),
+        sidecar=paths.merged("{name}").replace(".safetensors", ".json"),
+    params:
+        args=merging.args,
+    wildcard_constraints:
+        name="|".join(merging.task_independent()) or "^$",
+    log:
+        paths.log("merge/{name}.log"),
+    conda:
+        ENV
+    shell:
+        "python -m vlmerge.merge {params.args} --out {output.ckpt} > {log} 2>&1"
+
+
+use rule merge as merge_per_task with:
+    output:
+        ckpt=paths.merged("{name}", "{task}"),
+        sidecar=paths.merged("{name}", "{task}").replace(".safetensors", ".json"),
+    wildcard_constraints:
+        name="|".join(merging.task_dependent()) or "^$",
+        task="|".join(TASKS),
+    log:
+        paths.log("merge/{task}/{name}.log"),
+
+
+rule distance:
+    input:
+        ms=paths.checkpoint("ms_{sharing}"),
+        seed=paths.checkpoint("seed"),
+        code=stage_code("distance"),
+    output:
+        paths.distance("ms_{sharing}"),
+    params:
+        k=config["merge"]["distance_topk"],
+    wildcard_constraints:
+        sharing="|".join(MS_SHARINGS),
+    log:
+        paths.log("distance/ms_{sharing}.log"),
+    conda:
+        ENV
+    shell:
+        "python -m vlmerge.distance --ms {input.ms} --seed {input.seed} --k {params.k} --out {output} > {log} 2>&1"

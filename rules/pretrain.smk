@@ -1,0 +1,27 @@
+# Pre-training (SPEC §2, §4): `seed` (MA, the seed run), `ms_<sharing>` (initialised from the seed by
+# copying its weights into every expert, the paper's W0) and `ma` (the MA baseline). Lightning
+# checkpoints live under work/ (not outputs), so a killed or requeued job resumes where it stopped.
+
+
+rule pretrain:
+    input:
+        unpack(pretraining.inputs),
+    output:
+        ckpt=paths.checkpoint("{run}"),
+        sidecar=paths.sidecar("{run}"),
+    params:
+        args=pretraining.args,
+        launch=pretraining.launcher,
+        work=lambda wildcards: paths.work(f"pretrain/{wildcards.run}"),
+    wildcard_constraints:
+        run=pretraining.run_pattern,
+    threads: config["pretrain"]["launch"]["threads"]
+    resources:
+        **pretraining.resources,
+    log:
+        paths.log("pretrain/{run}.log"),
+    conda:
+        ENV
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launch} python -m vlmerge.pretrain --out {output.ckpt}"
+        " --work-dir {params.work} {params.args} > {log} 2>&1"

@@ -1,0 +1,50 @@
+"""Inputs and arguments of the fine-tune and evaluate rules, derived from the validated config.
+
+A method name is ``ma`` (the MA baseline), ``ms`` (the MS model, fine-tuned as MS) or a merge of
+``config["merge"]["methods"]`` (fine-tuned as MA).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workflow.merging import Merging
+from workflow.paths import Paths, stage_code
+
+
+class Finetuning:
+    def __init__(self, config: dict[str, Any], paths: Paths, merging: Merging) -> None:
+        self.cfg, self.paths, self.merging = config["finetune"], paths, merging
+        self.methods = [*self.cfg["baselines"], *merging.methods]
+
+    @property
+    def method_pattern(self) -> str:
+        return "|".join(self.methods)
+
+    def init_checkpoint(self, task: str, method: str) -> str:
+        if method == "ma":
+            return self.paths.checkpoint("ma")
+        if method == "ms":
+            return self.paths.checkpoint(self.merging.ms_run)
+        return self.merging.merged(method, task)
+
+    def inputs(self, wildcards: Any) -> dict[str, Any]:
+        return {
+            "init": self.init_checkpoint(wildcards.task, wildcards.method),
+            "tokenizer": self.paths.tokenizer_dir,
+            "manifest": self.paths.manifest(wildcards.task),
+            "code": stage_code("finetune"),
+        }
+
+    def args(self, wildcards: Any, input: Any) -> str:
+        cfg = self.cfg
+        settings = cfg["settings"].get(wildcards.task, {})
+        args = [f"--task {wildcards.task}", f"--init {input.init}", f"--arrow {self.paths.arrow_dir}",
+                f"--tokenizer {input.tokenizer}", f"--seed {cfg['seed']}", f"--num-workers {cfg['num_workers']}",
+                f"--precision {cfg['precision']}", f"--strategy {cfg['strategy']}"]
+        args += [f"--{key.replace('_', '-')} {value}" for key, value in sorted(settings.items())]
+        return " ".join(args)
+
+    def eval_args(self, wildcards: Any, input: Any) -> str:
+        return (f"--task {wildcards.task} --method {wildcards.method} --ckpt {input.ckpt}"
+                f" --arrow {self.paths.arrow_dir} --tokenizer {input.tokenizer}")

@@ -1,0 +1,76 @@
+"""Inputs and arguments of the grams, merge and distance rules, derived from the validated config.
+
+Which methods need the seed or grams is written down here rather than imported from
+``vlmerge.merging`` (that would import torch into every Snakemake start-up); a test checks that the
+two agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workflow.paths import Paths, stage_code
+
+NEEDS_SEED = frozenset({"arithmetic", "task_arithmetic", "ties", "dare"})
+NEEDS_GRAMS = frozenset({"regmean", "regmean_exact_bias"})
+TASKS = ("vqa", "coco", "f30k", "nlvr2")
+
+
+class Merging:
+    def __init__(self, config: dict[str, Any], paths: Paths) -> None:
+        self.methods: dict[str, dict[str, Any]] = config["merge"]["methods"]
+        self.grams = config["merge"]["grams"]
+        self.paths = paths
+        self.ms_run = f"ms_{config['pretrain']['runs']['ms']['sharing']}"
+
+    def per_task(self, name: str) -> bool:
+        """A merge that depends on the downstream task: grams of its data, or its used experts."""
+        spec = self.methods[name]
+        return spec["method"] in NEEDS_GRAMS or spec.get("params", {}).get("used_experts_only") is not None
+
+    def task_independent(self) -> list[str]:
+        return [n for n in self.methods if not self.per_task(n)]
+
+    def task_dependent(self) -> list[str]:
+        return [n for n in self.methods if self.per_task(n)]
+
+    def merged(self, name: str, task: str) -> str:
+        """Where the merge ``name`` used by ``task`` lives."""
+        return self.paths.merged(name, task if self.per_task(name) else None)
+
+    def inputs(self, wildcards: Any) -> dict[str, Any]:
+        name, task = wildcards.name, getattr(wildcards, "task", None)
+        method = self.methods[name]["method"]
+        inputs: dict[str, Any] = {"ms": self.paths.checkpoint(self.ms_run), "code": stage_code("merge")}
+        if method in NEEDS_SEED:
+            inputs["seed"] = self.paths.checkpoint("seed")
+        if method in NEEDS_GRAMS:
+            inputs["grams"] = self.paths.grams(task)
+        return inputs
+
+    def args(self, wildcards: Any, input: Any) -> str:
+        spec = self.methods[wildcards.name]
+        params = {k: v for k, v in spec.get("params", {}).items() if v is not None}
+        if params.get("used_experts_only") == "task":
+            params["used_experts_only"] = wildcards.task
+        args = [f"--method {spec['method']}", f"--ms {input.ms}"]
+        args += [f"--param {k}={_text(v)}" for k, v in sorted(params.items())]
+        if "seed" in input.keys():
+            args.append(f"--seed {input.seed}")
+        if "grams" in input.keys():
+            args.append(f"--grams {input.grams}")
+        return " ".join(args)
+
+    def grams_args(self, wildcards: Any, input: Any) -> str:
+        g = self.grams
+        args = [f"--ckpt {input.ms}", f"--task {wildcards.task}", f"--arrow {self.paths.arrow_dir}",
+                f"--tokenizer {input.tokenizer}", f"--split {g['split']}", f"--batch-size {g['batch_size']}"]
+        if g["max_samples"]:
+            args.append(f"--max-samples {g['max_samples']}")
+        if g["include_pad"]:
+            args.append("--include-pad")
+        return " ".join(args)
+
+
+def _text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -1,0 +1,67 @@
+"""Arguments, inputs and resources of the pre-training rule, derived from the validated config.
+
+Run names: ``seed`` (MA seed run), ``ma`` (MA baseline), ``ms_<sharing>`` (modality-specific or an
+ablation layout, initialised from the seed checkpoint through ``expand_experts``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workflow.paths import Paths, stage_code
+
+MS_SHARINGS = ("modality_specific", "attn", "ffn", "ln")
+
+
+class Pretraining:
+    run_pattern = "seed|ma|ms_(" + "|".join(MS_SHARINGS) + ")"
+
+    def __init__(self, config: dict[str, Any], paths: Paths) -> None:
+        self.cfg, self.model, self.paths = config["pretrain"], config["model"], paths
+        self.datasets = config["data"]["datasets"]
+        launch = self.cfg["launch"]
+        self.resources = {"nodes": launch["nodes"], "tasks_per_node": launch["devices"]}
+        if launch["launcher"] == "srun":
+            self.resources["mpi"] = "srun"
+
+    def launcher(self, wildcards: Any, resources: Any) -> str:
+        """``srun`` with the geometry written out (SLURM.md: the job step strips SLURM_NTASKS)."""
+        if self.cfg["launch"]["launcher"] != "srun":
+            return ""
+        return f"srun --nodes={resources.nodes} --ntasks-per-node={resources.tasks_per_node}"
+
+    def inputs(self, wildcards: Any) -> dict[str, Any]:
+        inputs: dict[str, Any] = {
+            "manifests": [self.paths.manifest(d) for d in ("coco", "vg", "sbu", "gcc") if d in self.cfg["datasets"]],
+            "tokenizer": self.paths.tokenizer_dir,
+            "code": stage_code("pretrain"),
+        }
+        if wildcards.run.startswith("ms_"):
+            inputs["seed"] = self.paths.checkpoint("seed")
+        elif self.cfg["init"].startswith("beit:"):
+            inputs["beit"] = self.cfg["init"].removeprefix("beit:")
+        return inputs
+
+    def args(self, wildcards: Any, input: Any, resources: Any) -> str:
+        run = wildcards.run
+        if run.startswith("ms_"):
+            spec, sharing, init = self.cfg["runs"]["ms"], run.removeprefix("ms_"), f"seed:{input.seed}"
+        else:
+            spec, sharing, init = self.cfg["runs"][run], "shared", self.cfg["init"]
+        cfg = self.cfg
+        overrides = ",".join(f"{k}={v}" for k, v in sorted(self.model["overrides"].items()))
+        args = [
+            f"--arrow {self.paths.arrow_dir}", f"--tokenizer {input.tokenizer}",
+            f"--preset {self.model['preset']}", f"--sharing {sharing}", f"--init {init}",
+            f"--steps {spec['steps']}", f"--warmup {spec['warmup']}",
+            f"--datasets {','.join(cfg['datasets'])}", f"--image-size {cfg['image_size']}",
+            f"--batch-size {cfg['batch_size']}", f"--global-batch {cfg['global_batch']}",
+            f"--lr {cfg['lr']}", f"--weight-decay {cfg['weight_decay']}", f"--mlm-prob {cfg['mlm_prob']}",
+            f"--seed {cfg['seed']}", f"--precision {cfg['precision']}", f"--strategy {cfg['strategy']}",
+            f"--num-workers {cfg['num_workers']}", f"--ckpt-every {cfg['ckpt_every']}",
+            f"--val-every {cfg['val_every']}",
+            f"--devices {resources.tasks_per_node}", f"--nodes {resources.nodes}",
+        ]
+        if overrides:
+            args.append(f"--model {overrides}")
+        return " ".join(args)
