@@ -10,7 +10,7 @@ rule finetune:
         sidecar=paths.finetuned("{task}", "{method}").replace(".safetensors", ".json"),
     params:
         args=finetuning.args,
-        work=lambda wildcards: paths.work(f"finetune/{wildcards.task}/{wildcards.method}"),
+        work=finetuning.work_dir,
     wildcard_constraints:
         task="|".join(TASKS),
         method=finetuning.method_pattern,
@@ -21,7 +21,7 @@ rule finetune:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} python -m vlmerge.finetune {params.args} --out {output.ckpt}"
-        " --work-dir {params.work} > {log} 2>&1"
+        " --work-dir {params.work} --restart-stale-work-dir > {log} 2>&1"
 
 
 rule evaluate:

@@ -12,7 +12,7 @@ rule pretrain:
     params:
         args=pretraining.args,
         launch=pretraining.launcher,
-        work=lambda wildcards: paths.work(f"pretrain/{wildcards.run}"),
+        work=pretraining.work_dir,
     wildcard_constraints:
         run=pretraining.run_pattern,
     threads: config["pretrain"]["launch"]["threads"]
@@ -24,4 +24,4 @@ rule pretrain:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} python -m vlmerge.pretrain --out {output.ckpt}"
-        " --work-dir {params.work} {params.args} > {log} 2>&1"
+        " --work-dir {params.work} --restart-stale-work-dir {params.args} > {log} 2>&1"

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 
 from vlmerge.data.readers import ReaderError
 from vlmerge.data.tokenizer import TokenizerError
@@ -37,6 +38,7 @@ from vlmerge.tasks.registry import get_task
 from vlmerge.train.errors import TrainConfigError
 from vlmerge.train.finetune_module import FinetuneModule
 from vlmerge.train.trainer import build_trainer, resume_checkpoint
+from vlmerge.train.work_dir import claim_work_dir
 
 log = logging.getLogger(__name__)
 BAD_INPUT = (TaskError, TrainConfigError, ModelConfigError, CheckpointError, ReaderError, TokenizerError)
@@ -67,6 +69,7 @@ def run(config: FinetuneRun) -> Path | None:
              model.sharing.value, task.name, config.train_samples, config.module.max_steps, config.steps_per_epoch)
     work_dir = config.trainer.work_dir
     run_id = hashlib.sha256(f"{config.config_hash()} {weights_sha256(config.init)}".encode()).hexdigest()
+    claim_work_dir(work_dir, {"run_id": run_id}, writer=rank_zero_only.rank == 0, restart_stale=config.restart_stale)
     module = FinetuneModule(model, task, data.val_sides, config.module, work_dir / "selection", run_id)
     trainer = build_trainer(config.trainer)
     trainer.fit(module, datamodule=data, ckpt_path=resume_checkpoint(work_dir))

@@ -66,7 +66,8 @@ def run(config: PretrainRun) -> Path | None:
     inputs = _inputs(config)  # claimed once everything above is known to be valid
     identity = config.identity({k: sha256_file(p) for k, p in inputs.items()},
                                {p.name: p.stat().st_size for p in data.train_files})
-    claim_work_dir(config.trainer.work_dir, identity, writer=rank_zero_only.rank == 0)
+    claim_work_dir(config.trainer.work_dir, identity, writer=rank_zero_only.rank == 0,
+                   restart_stale=config.restart_stale)
     trainer.fit(PretrainModule(model, config.module), datamodule=data,
                 ckpt_path=resume_checkpoint(config.trainer.work_dir))
     if trainer.global_step < config.trainer.max_steps:

@@ -6,6 +6,7 @@ A method name is ``ma`` (the MA baseline), ``ms`` (the MS model, fine-tuned as M
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from workflow.merging import Merging
@@ -44,6 +45,11 @@ class Finetuning:
                 f"--precision {cfg['precision']}", f"--strategy {cfg['strategy']}"]
         args += [f"--{key.replace('_', '-')} {value}" for key, value in sorted(settings.items())]
         return " ".join(args)
+
+    def work_dir(self, wildcards: Any, input: Any) -> str:
+        """Resumable state of this exact run: a changed argument starts a fresh directory."""
+        digest = hashlib.sha256(self.args(wildcards, input).encode()).hexdigest()[:12]
+        return self.paths.work(f"finetune/{wildcards.task}/{wildcards.method}-{digest}")
 
     def eval_args(self, wildcards: Any, input: Any) -> str:
         return (f"--task {wildcards.task} --method {wildcards.method} --ckpt {input.ckpt}"

@@ -6,6 +6,7 @@ ablation layout, initialised from the seed checkpoint through ``expand_experts``
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from workflow.paths import Paths, stage_code
@@ -41,6 +42,14 @@ class Pretraining:
         elif self.cfg["init"].startswith("beit:"):
             inputs["beit"] = self.cfg["init"].removeprefix("beit:")
         return inputs
+
+    def work_dir(self, wildcards: Any, input: Any, resources: Any) -> str:
+        """Resumable state of this exact run: a changed argument starts a fresh directory.
+
+        (The stage refuses a work directory left by a run with other settings.)
+        """
+        digest = hashlib.sha256(self.args(wildcards, input, resources).encode()).hexdigest()[:12]
+        return self.paths.work(f"pretrain/{wildcards.run}-{digest}")
 
     def args(self, wildcards: Any, input: Any, resources: Any) -> str:
         run = wildcards.run

@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--coco-train-restval", action=argparse.BooleanOptionalAction, default=True,
                    help="train COCO on train + restval (upstream left restval out)")
     p.add_argument("--vqa-trainable-val", action="store_true", help="VQA: also train on trainable_val")
+    p.add_argument("--restart-stale-work-dir", action="store_true",
+                   help="move a work directory of another run aside and start afresh (default: an error)")
     p.add_argument("--verbose", action="store_true")
     return p
 
@@ -127,7 +129,8 @@ def _validate(a: argparse.Namespace) -> FinetuneRun:
                             _or(a.ckpt_every, val_every), val_every, a.val_batches, a.log_every, a.grad_clip,
                             find_unused_parameters=True)
     return FinetuneRun(task.name, a.init.resolve(), a.out.resolve(), image_size, _or(a.drop_path, settings.drop_path),
-                       options, data, module, trainer, samples, steps_per_epoch, a.verbose)
+                       options, data, module, trainer, samples, steps_per_epoch, a.verbose,
+                       a.restart_stale_work_dir)
 
 
 def parse_args(argv: list[str] | None) -> FinetuneRun:

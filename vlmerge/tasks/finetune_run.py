@@ -14,7 +14,8 @@ from vlmerge.tasks.settings import SplitOptions
 from vlmerge.train.finetune_module import FinetuneConfig
 from vlmerge.train.trainer import TrainerConfig
 
-_MACHINE_KEYS = ("out", "work_dir", "arrow", "tokenizer", "init", "devices", "num_nodes", "num_workers", "verbose")
+_MACHINE_KEYS = ("out", "work_dir", "arrow", "tokenizer", "init", "devices", "num_nodes", "num_workers", "verbose",
+                 "restart_stale")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class FinetuneRun:
     train_samples: int
     steps_per_epoch: int
     verbose: bool = False
+    restart_stale: bool = False
 
     def resolved(self) -> dict[str, Any]:
         """Everything that determines the run, JSON-ready."""

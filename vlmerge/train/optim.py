@@ -78,8 +78,13 @@ def parameter_groups(model: nn.Module, config: OptimConfig) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over :func:`parameter_groups` of ``model``."""
-    return torch.optim.AdamW(parameter_groups(model, config), lr=config.lr, betas=config.betas, eps=config.eps)
+    """AdamW over :func:`parameter_groups` of ``model``.
+
+    ``foreach=True``: PyTorch picks the multi-tensor implementation by default only on CUDA; on CPU
+    the per-parameter loop cost 0.18 s against 0.009 s per step for the tiny preset.
+    """
+    return torch.optim.AdamW(parameter_groups(model, config), lr=config.lr, betas=config.betas, eps=config.eps,
+                             foreach=True)
 
 
 def warmup_linear_factor(step: int, warmup_steps: int, total_steps: int) -> float:

@@ -31,6 +31,7 @@ class PretrainRun:
     module: PretrainConfig
     trainer: TrainerConfig
     verbose: bool = False
+    restart_stale: bool = False
 
     def resolved(self) -> dict[str, Any]:
         """Everything that determines the run, JSON-ready."""
@@ -132,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mlm-prob", type=float, default=0.25)
     p.add_argument("--loss-weights", default="mlm=1,itc=1,itm=1", help="weights of the loss terms")
+    p.add_argument("--restart-stale-work-dir", action="store_true",
+                   help="move a work directory of another run aside and start afresh (default: an error)")
     p.add_argument("--verbose", action="store_true")
     return p
 
@@ -164,7 +167,8 @@ def _validate(a: argparse.Namespace) -> PretrainRun:
     out = a.out.resolve()
     if out.suffix != ".safetensors":
         raise TrainConfigError(f"--out {out}: expected a .safetensors path")
-    return PretrainRun(out, a.preset, sharing, init, overrides, data, module, trainer, a.verbose)
+    return PretrainRun(out, a.preset, sharing, init, overrides, data, module, trainer, a.verbose,
+                       a.restart_stale_work_dir)
 
 
 def parse_args(argv: list[str] | None) -> PretrainRun:

@@ -5,12 +5,17 @@ learning rate, layout or step count left one there, a rerun would silently conti
 final step, simply re-export) that other run. The first start records the settings that define
 the run in ``run.json``; later starts must match them. Settings that do not change what is
 computed (paths, loader workers, logging and checkpoint cadence, validation) are not recorded.
+
+With ``restart_stale`` (what the workflow asks for: a job reruns *because* its inputs or settings
+changed) a directory of another run is moved aside to ``<dir>.stale-<time>`` and the run starts
+afresh; the directory of the same run is still resumed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +39,36 @@ def _differences(recorded: dict[str, Any], wanted: dict[str, Any], prefix: str =
     return out
 
 
-def claim_work_dir(work_dir: Path, identity: dict[str, Any], writer: bool) -> None:
+def _mismatch(path: Path, identity: dict[str, Any]) -> list[str] | None:
+    """Differences between ``path`` (a run.json) and ``identity``; None when there is no run.json."""
+    if not path.is_file():
+        return None
+    return _differences(json.loads(path.read_text()), json.loads(json.dumps(identity)))
+
+
+def claim_work_dir(work_dir: Path, identity: dict[str, Any], writer: bool, restart_stale: bool = False,
+                   wait_seconds: float = 600.0) -> None:
     """Check ``identity`` (JSON-ready) against ``work_dir/run.json``; the ``writer`` creates it if absent.
 
-    Raises TrainConfigError listing every differing setting.
+    Raises TrainConfigError listing every differing setting, unless ``restart_stale``: then the
+    writer (global rank zero) moves the directory aside and the other ranks wait for its new record.
     """
     path = work_dir / RUN_FILE
-    if path.is_file():
-        recorded = json.loads(path.read_text())
-        if differences := _differences(recorded, json.loads(json.dumps(identity))):
-            raise TrainConfigError(f"work directory {work_dir} belongs to another run ({'; '.join(differences)}); "
-                                   "use a fresh --work-dir or remove it")
+    differences = _mismatch(path, identity)
+    if differences and restart_stale and not writer:
+        deadline = time.monotonic() + wait_seconds
+        while (differences := _mismatch(path, identity)) != [] and time.monotonic() < deadline:
+            time.sleep(1.0)
+    if differences and restart_stale and writer:
+        stale = work_dir.with_name(f"{work_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        work_dir.rename(stale)
+        log.warning("work directory %s held another run (%s): moved to %s, starting afresh",
+                    work_dir, "; ".join(differences), stale)
+        differences = None
+    if differences:
+        raise TrainConfigError(f"work directory {work_dir} belongs to another run ({'; '.join(differences)}); "
+                               "use a fresh --work-dir or remove it")
+    if differences == []:
         return
     if writer:
         work_dir.mkdir(parents=True, exist_ok=True)
