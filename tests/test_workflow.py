@@ -134,3 +134,18 @@ def test_workflow_knows_which_methods_need_seed_and_grams() -> None:
 
     assert NEEDS_SEED == {name for name, spec in METHODS.items() if spec.needs_seed}
     assert NEEDS_GRAMS == {name for name, spec in METHODS.items() if spec.needs_grams}
+
+
+def test_slurm_profile_launches_multi_node_pretraining(tmp_path: Path) -> None:
+    """The SLURM profile selects the paper-scale config; pre-training starts 6 nodes x 8 ranks through srun."""
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump({"pretrain": {"init": "scratch"}}))
+    out = subprocess.run(
+        [*SNAKEMAKE, "results/vqa/regmean.json", "-n", "-p", "--profile", str(ROOT / "profiles/slurm"),
+         "-d", str(tmp_path), "--configfile", str(ROOT / "config.yaml"), str(ROOT / "profiles/slurm/paper.yaml"),
+         str(site)], capture_output=True, text=True, timeout=300, env=ENV)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    text = out.stdout + out.stderr
+    assert "srun --nodes=6 --ntasks-per-node=8 python -m vlmerge.pretrain" in text
+    assert "--preset base" in text and "--strategy fsdp" in text and "--devices 8 --nodes 6" in text
+    assert "mpi=srun" in text and "gres=gpu:8" in text and "--signal=SIGUSR1@300" in text
