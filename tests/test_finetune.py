@@ -105,7 +105,7 @@ def test_rerun_resumes_to_the_same_bytes_and_refuses_another_runs_work_dir(vqa_r
     assert (out.read_bytes(), sidecar.read_bytes()) == first
     other = [a if a != str(inits["shared"]) else str(inits["modality_specific"]) for a in args]
     message = error_of(other, capsys)
-    assert "holds a checkpoint of another run" in message
+    assert "belongs to another run (run_id: " in message
     assert (out.read_bytes(), sidecar.read_bytes()) == first
 
 

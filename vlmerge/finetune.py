@@ -24,7 +24,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from vlmerge.data.readers import ReaderError
-from vlmerge.data.tokenizer import TokenizerError
+from vlmerge.data.tokenizer import TokenizerError, vocabulary_file
 from vlmerge.model import CheckpointError, ModelConfigError
 from vlmerge.model.checkpoint import checkpoint_meta, save_checkpoint
 from vlmerge.runtime import provenance, setup_logging
@@ -46,13 +46,6 @@ BAD_INPUT = (TaskError, TrainConfigError, ModelConfigError, CheckpointError, Rea
 
 class TrainingIncomplete(RuntimeError):
     """fit() returned before max_steps (a requeue or termination signal)."""
-
-
-def _vocab_file(tokenizer: Path) -> Path:
-    """The file that defines the vocabulary, for the sidecar's input checksums."""
-    if tokenizer.is_file():
-        return tokenizer
-    return tokenizer / "vocab.txt" if (tokenizer / "vocab.txt").is_file() else tokenizer / "tokenizer.json"
 
 
 def run(config: FinetuneRun) -> Path | None:
@@ -88,7 +81,7 @@ def run(config: FinetuneRun) -> Path | None:
     extra = {"stage": "finetune", "task": task.name, "init": str(config.init), "selection": selection,
              "finetune_config_hash": config.config_hash(), "lineage": lineage(config.init, init_meta),
              "provenance": record}
-    inputs = {"init": config.init, "tokenizer": _vocab_file(config.data.tokenizer)}
+    inputs = {"init": config.init, "tokenizer": vocabulary_file(config.data.tokenizer)}
     meta = checkpoint_meta(model, steps=best["step"], inputs=inputs, extra=extra)
     save_checkpoint(config.out, module.best_weights.load(best["step"]), meta)
     log.info("wrote %s: step %d, %s %s = %.4f", config.out, best["step"], config.data.select_split,

@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from vlmerge.data.readers import ReaderError
-from vlmerge.data.tokenizer import TokenizerError
+from vlmerge.data.tokenizer import TokenizerError, vocabulary_file
 from vlmerge.model import CheckpointError, Heads, ModelConfigError
 from vlmerge.model.checkpoint import checkpoint_meta, save_checkpoint
 from vlmerge.runtime import provenance, setup_logging, sha256_file
@@ -42,16 +42,9 @@ class TrainingIncomplete(RuntimeError):
     """fit() returned before max_steps (a requeue or termination signal)."""
 
 
-def _vocab_file(tokenizer: Path) -> Path:
-    """The file that defines the vocabulary, for the sidecar's input checksums."""
-    if tokenizer.is_file():
-        return tokenizer
-    return tokenizer / "vocab.txt" if (tokenizer / "vocab.txt").is_file() else tokenizer / "tokenizer.json"
-
-
 def _inputs(config: PretrainRun) -> dict[str, Path]:
     """Files whose checksums the sidecar records and the work directory's identity includes."""
-    tokenizer = {"tokenizer": _vocab_file(config.data.tokenizer)}
+    tokenizer = {"tokenizer": vocabulary_file(config.data.tokenizer)}
     return tokenizer | ({"init": config.init.path} if config.init.path is not None else {})
 
 

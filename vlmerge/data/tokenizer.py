@@ -149,3 +149,10 @@ def _check(tok: BertTokenizerFast, path: Path) -> None:
         raise TokenizerError(f"{path}: special tokens {missing} are not in the vocabulary")
     if tok.tokenize("A") != tok.tokenize("a"):
         raise TokenizerError(f"{path}: tokenizer does not lower-case its input")
+
+
+def vocabulary_file(path: Path) -> Path:
+    """The file that defines a tokenizer's vocabulary (for input checksums): vocab.txt, else tokenizer.json."""
+    if path.is_file():
+        return path
+    return path / "vocab.txt" if (path / "vocab.txt").is_file() else path / "tokenizer.json"

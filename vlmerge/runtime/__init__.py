@@ -1,6 +1,7 @@
 """Process-level plumbing shared by every stage: atomic outputs, logging, provenance, progress."""
 
 from vlmerge.runtime.atomic import atomic_path, atomic_write_bytes, atomic_write_json, sha256_file
+from vlmerge.runtime.jsonable import jsonable
 from vlmerge.runtime.logs import provenance, setup_logging
 from vlmerge.runtime.progress import Progress
 
@@ -9,6 +10,7 @@ __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_json",
+    "jsonable",
     "provenance",
     "setup_logging",
     "sha256_file",

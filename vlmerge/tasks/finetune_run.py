@@ -13,6 +13,7 @@ from vlmerge.tasks.datamodule import FinetuneDataConfig
 from vlmerge.tasks.settings import SplitOptions
 from vlmerge.train.finetune_module import FinetuneConfig
 from vlmerge.train.trainer import TrainerConfig
+from vlmerge.runtime import jsonable
 
 _MACHINE_KEYS = ("out", "work_dir", "arrow", "tokenizer", "init", "devices", "num_nodes", "num_workers", "verbose",
                  "restart_stale")
@@ -36,20 +37,12 @@ class FinetuneRun:
 
     def resolved(self) -> dict[str, Any]:
         """Everything that determines the run, JSON-ready."""
-        return _jsonable(dataclasses.asdict(self))
+        return jsonable(dataclasses.asdict(self))
 
     def config_hash(self) -> str:
         """sha256 of the resolved settings without paths and machine layout (same recipe, same hash)."""
         record = _without(self.resolved(), _MACHINE_KEYS)
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return str(value) if isinstance(value, Path) else value
 
 
 def _without(value: Any, keys: tuple[str, ...]) -> Any:

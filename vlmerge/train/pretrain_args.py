@@ -15,6 +15,7 @@ from vlmerge.train.init_weights import InitSpec
 from vlmerge.train.optim import OptimConfig
 from vlmerge.train.pretrain_module import LossWeights, PretrainConfig
 from vlmerge.train.trainer import PRECISIONS, STRATEGIES, TrainerConfig, accumulation_steps
+from vlmerge.runtime import jsonable
 
 _MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)} - {"preset", "vocab_size"}
 _FLOAT_KEYS = ("drop_path", "embed_dropout")
@@ -37,8 +38,8 @@ class PretrainRun:
         """Everything that determines the run, JSON-ready."""
         return {"out": str(self.out), "preset": self.preset, "sharing": self.sharing.value,
                 "init": self.init.describe(), "model_overrides": dict(sorted(self.model_overrides.items())),
-                "data": _jsonable(dataclasses.asdict(self.data)), "module": _jsonable(dataclasses.asdict(self.module)),
-                "trainer": _jsonable(dataclasses.asdict(self.trainer))}
+                "data": jsonable(dataclasses.asdict(self.data)), "module": jsonable(dataclasses.asdict(self.module)),
+                "trainer": jsonable(dataclasses.asdict(self.trainer))}
 
     def identity(self, inputs: dict[str, str], train_files: dict[str, int]) -> dict[str, Any]:
         """What defines the computation (for ``work_dir.claim_work_dir``): not paths, workers or cadences.
@@ -53,14 +54,6 @@ class PretrainRun:
                 "data": data, "module": resolved["module"],
                 "trainer": {"max_steps": self.trainer.max_steps, "accumulate": self.trainer.accumulate,
                             "world_size": self.trainer.world_size}}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return str(value) if isinstance(value, Path) else value
 
 
 def _pairs(text: str, what: str) -> dict[str, str]:
