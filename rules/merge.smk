@@ -33,7 +33,7 @@ rule merge:
     params:
         args=merging.args,
     wildcard_constraints:
-        name="|".join(merging.task_independent()) or "^$",
+        name=merging.task_independent(),
     log:
         paths.log("merge/{name}.log"),
     conda:
@@ -47,7 +47,7 @@ use rule merge as merge_per_task with:
         ckpt=paths.merged("{name}", "{task}"),
         sidecar=paths.merged("{name}", "{task}").replace(".safetensors", ".json"),
     wildcard_constraints:
-        name="|".join(merging.task_dependent()) or "^$",
+        name=merging.task_dependent(),
         task="|".join(TASKS),
     log:
         paths.log("merge/{task}/{name}.log"),

@@ -149,3 +149,16 @@ def test_slurm_profile_launches_multi_node_pretraining(tmp_path: Path) -> None:
     assert "srun --nodes=6 --ntasks-per-node=8 python -m vlmerge.pretrain" in text
     assert "--preset base" in text and "--strategy fsdp" in text and "--devices 8 --nodes 6" in text
     assert "mpi=srun" in text and "gres=gpu:8" in text and "--signal=SIGUSR1@300" in text
+
+
+def test_a_sweep_entry_is_a_method_of_its_own(tmp_path: Path) -> None:
+    config = yaml.safe_load(write_config(tmp_path).read_text())
+    config["merge"]["methods"]["regmean_alpha0.5"] = {
+        "method": "regmean", "params": {"alpha": 0.5, "normalize": "mean", "used_experts_only": "task"}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(tmp_path, path, "results/nlvr2/regmean_alpha0.5.json")
+    assert jobs == {"synth": 1, "prepare": 7, "vocab": 1, "pretrain": 2, "grams": 1, "merge_per_task": 1,
+                    "finetune": 1, "evaluate": 1}
+    out = snakemake(tmp_path, path, "results/nlvr2/regmean_alpha0.5.json", "-n", "-p")
+    assert "--param alpha=0.5 --param normalize=mean --param used_experts_only=nlvr2" in out.stdout

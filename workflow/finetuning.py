@@ -7,6 +7,7 @@ A method name is ``ma`` (the MA baseline), ``ms`` (the MS model, fine-tuned as M
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 from workflow.merging import Merging
@@ -20,7 +21,7 @@ class Finetuning:
 
     @property
     def method_pattern(self) -> str:
-        return "|".join(self.methods)
+        return "|".join(re.escape(m) for m in self.methods)
 
     def init_checkpoint(self, task: str, method: str) -> str:
         if method == "ma":

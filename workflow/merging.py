@@ -7,6 +7,7 @@ two agree.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from workflow.paths import Paths, stage_code
@@ -28,11 +29,13 @@ class Merging:
         spec = self.methods[name]
         return spec["method"] in NEEDS_GRAMS or spec.get("params", {}).get("used_experts_only") is not None
 
-    def task_independent(self) -> list[str]:
-        return [n for n in self.methods if not self.per_task(n)]
+    def task_independent(self) -> str:
+        """Wildcard pattern of the merges made once (``^$`` matches none when there are none)."""
+        return "|".join(re.escape(n) for n in self.methods if not self.per_task(n)) or "^$"
 
-    def task_dependent(self) -> list[str]:
-        return [n for n in self.methods if self.per_task(n)]
+    def task_dependent(self) -> str:
+        """Wildcard pattern of the merges made per task."""
+        return "|".join(re.escape(n) for n in self.methods if self.per_task(n)) or "^$"
 
     def merged(self, name: str, task: str) -> str:
         """Where the merge ``name`` used by ``task`` lives."""
