@@ -35,17 +35,13 @@ from vlmerge.tasks.finetune_run import FinetuneRun
 from vlmerge.tasks.lineage import lineage, weights_sha256
 from vlmerge.tasks.model_init import task_model
 from vlmerge.tasks.registry import get_task
-from vlmerge.train.errors import TrainConfigError
+from vlmerge.train.errors import TrainConfigError, TrainingIncomplete, require_finished
 from vlmerge.train.finetune_module import FinetuneModule
 from vlmerge.train.trainer import build_trainer, resume_checkpoint
 from vlmerge.train.work_dir import claim_work_dir
 
 log = logging.getLogger(__name__)
 BAD_INPUT = (TaskError, TrainConfigError, ModelConfigError, CheckpointError, ReaderError, TokenizerError)
-
-
-class TrainingIncomplete(RuntimeError):
-    """fit() returned before max_steps (a requeue or termination signal)."""
 
 
 def run(config: FinetuneRun) -> Path | None:
@@ -66,9 +62,7 @@ def run(config: FinetuneRun) -> Path | None:
     module = FinetuneModule(model, task, data.val_sides, config.module, work_dir / "selection", run_id)
     trainer = build_trainer(config.trainer)
     trainer.fit(module, datamodule=data, ckpt_path=resume_checkpoint(work_dir))
-    if trainer.global_step < config.trainer.max_steps:
-        raise TrainingIncomplete(f"training stopped at step {trainer.global_step} of {config.trainer.max_steps}; "
-                                 f"rerun to resume from {work_dir}")
+    require_finished(trainer.global_step, config.trainer.max_steps, work_dir)
     if config.trainer.max_steps not in module.selection.steps:
         trainer.validate(module, datamodule=data, verbose=False)
     best = module.selection.best

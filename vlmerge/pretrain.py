@@ -27,7 +27,7 @@ from vlmerge.model import CheckpointError, Heads, ModelConfigError
 from vlmerge.model.checkpoint import checkpoint_meta, save_checkpoint
 from vlmerge.runtime import provenance, setup_logging, sha256_file
 from vlmerge.train.data import PretrainData
-from vlmerge.train.errors import TrainConfigError
+from vlmerge.train.errors import TrainConfigError, TrainingIncomplete, require_finished
 from vlmerge.train.init_weights import initial_model
 from vlmerge.train.pretrain_args import PretrainRun, parse_args
 from vlmerge.train.pretrain_module import PretrainModule
@@ -36,10 +36,6 @@ from vlmerge.train.work_dir import claim_work_dir
 
 log = logging.getLogger(__name__)
 BAD_INPUT = (TrainConfigError, ModelConfigError, CheckpointError, ReaderError, TokenizerError)
-
-
-class TrainingIncomplete(RuntimeError):
-    """fit() returned before max_steps (a requeue or termination signal)."""
 
 
 def _inputs(config: PretrainRun) -> dict[str, Path]:
@@ -63,9 +59,7 @@ def run(config: PretrainRun) -> Path | None:
                    restart_stale=config.restart_stale)
     trainer.fit(PretrainModule(model, config.module), datamodule=data,
                 ckpt_path=resume_checkpoint(config.trainer.work_dir))
-    if trainer.global_step < config.trainer.max_steps:
-        raise TrainingIncomplete(f"training stopped at step {trainer.global_step} of {config.trainer.max_steps}; "
-                                 f"rerun to resume from {config.trainer.work_dir}")
+    require_finished(trainer.global_step, config.trainer.max_steps, config.trainer.work_dir)
     state = trainer.strategy.lightning_module_state_dict()  # a collective under FSDP: every rank calls it
     if not trainer.is_global_zero:
         return None

@@ -24,7 +24,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from vlmerge.data.readers import ReaderError, open_ipc
+from vlmerge.data.ipc import ReaderError, open_ipc
 from vlmerge.data.tokenizer import SPECIAL_TOKENS, TokenizerError, load_tokenizer, train_wordpiece, write_tokenizer
 from vlmerge.runtime import Progress, atomic_write_json, provenance, setup_logging, sha256_file
 

@@ -16,18 +16,18 @@ DATASETS = ("coco", "f30k", "vqa", "nlvr2", "vg", "sbu", "gcc")
 _STAGE_CODE = {
     "synth": ["vlmerge/synth.py", "vlmerge/data/synth"],
     "prepare": ["vlmerge/prepare.py", "vlmerge/data/arrow", "vlmerge/data/schema.py", "vlmerge/metrics/normalize.py"],
-    "vocab": ["vlmerge/vocab.py", "vlmerge/data/tokenizer.py"],
+    "vocab": ["vlmerge/vocab.py", "vlmerge/data/tokenizer.py", "vlmerge/data/ipc.py"],
     "grams": ["vlmerge/grams.py", "vlmerge/merging", "vlmerge/model", "vlmerge/data/readers",
               "vlmerge/data/transforms.py", "vlmerge/data/collate.py", "vlmerge/data/tokenizer.py"],
     "merge": ["vlmerge/merge.py", "vlmerge/merging", "vlmerge/model"],
     "distance": ["vlmerge/distance.py", "vlmerge/merging", "vlmerge/model"],
     "finetune": ["vlmerge/finetune.py", "vlmerge/tasks", "vlmerge/train", "vlmerge/model", "vlmerge/objectives",
-                 "vlmerge/metrics", "vlmerge/data/readers", "vlmerge/data/transforms.py", "vlmerge/data/collate.py",
+                 "vlmerge/metrics", "vlmerge/data/readers", "vlmerge/data/ipc.py", "vlmerge/data/transforms.py", "vlmerge/data/collate.py",
                  "vlmerge/data/tokenizer.py"],
     "evaluate": ["vlmerge/evaluate.py", "vlmerge/tasks", "vlmerge/model", "vlmerge/metrics", "vlmerge/data/readers",
                  "vlmerge/data/transforms.py", "vlmerge/data/collate.py", "vlmerge/data/tokenizer.py"],
     "pretrain": ["vlmerge/pretrain.py", "vlmerge/train", "vlmerge/model", "vlmerge/objectives",
-                 "vlmerge/data/readers", "vlmerge/data/transforms.py", "vlmerge/data/collate.py",
+                 "vlmerge/data/readers", "vlmerge/data/ipc.py", "vlmerge/data/transforms.py", "vlmerge/data/collate.py",
                  "vlmerge/data/tokenizer.py"],
 }
 

@@ -1,7 +1,18 @@
-"""The error raised on an invalid training set-up (the CLIs turn it into a one-line message, exit 2)."""
+"""Training errors: an invalid set-up (one-line message, exit 2) and a run stopped before its last step (exit 1)."""
 
 from __future__ import annotations
 
 
 class TrainConfigError(ValueError):
     """Inconsistent sizes, an unusable strategy or device choice, missing training data."""
+
+
+class TrainingIncomplete(RuntimeError):
+    """fit() returned before max_steps (a requeue or termination signal): nothing is written."""
+
+
+def require_finished(global_step: int, max_steps: int, work_dir: object) -> None:
+    """Raise TrainingIncomplete unless the run reached ``max_steps``."""
+    if global_step < max_steps:
+        raise TrainingIncomplete(f"training stopped at step {global_step} of {max_steps}; "
+                                 f"rerun to resume from {work_dir}")

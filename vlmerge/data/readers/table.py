@@ -16,19 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image, UnidentifiedImageError
 
-
-class ReaderError(ValueError):
-    """An arrow file, column or row cannot be read as the expected ViLT table."""
-
-
-def open_ipc(path: Path) -> pa.ipc.RecordBatchFileReader:
-    """Open one Arrow IPC *file* memory-mapped; missing or malformed files raise ReaderError."""
-    if not Path(path).is_file():
-        raise ReaderError(f"arrow file not found: {path}")
-    try:
-        return pa.ipc.open_file(pa.memory_map(str(path), "r"))
-    except (pa.ArrowInvalid, OSError) as err:
-        raise ReaderError(f"{path}: not an Arrow IPC file ({err})") from err
+from vlmerge.data.ipc import ReaderError, open_ipc
 
 
 def _read_columns(path: Path, schema: pa.Schema, columns: Sequence[str]) -> list[pa.ChunkedArray]:
