@@ -16,6 +16,7 @@ include: "rules/data.smk"
 include: "rules/pretrain.smk"
 include: "rules/merge.smk"
 include: "rules/finetune.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -25,9 +26,11 @@ rule all:
         pretrain_targets(),
         merge_targets(),
         result_targets(),
+        report_targets(),
 
 
-# Named stage targets: `snakemake data`, `snakemake pretrained`, `snakemake merges`, `snakemake results`.
+# Named stage targets: `snakemake data`, `snakemake pretrained`, `snakemake merges`, `snakemake results`,
+# `snakemake tables` (the report rule itself) and `snakemake ablations` (report.ablations' results).
 rule data:
     input:
         data_targets(),
@@ -46,3 +49,8 @@ rule merges:
 rule results:
     input:
         result_targets(),
+
+
+rule ablations:
+    input:
+        ablation_targets(),

@@ -5,14 +5,18 @@ from pathlib import Path
 sys.path.insert(0, workflow.basedir)
 
 from workflow.paths import Paths, parent_of_output, stage_code
+from workflow.ablations import Ablations
 from workflow.finetuning import Finetuning
 from workflow.merging import TASKS, Merging
-from workflow.pretraining import MS_SHARINGS, Pretraining
+from workflow.pretraining import MS_SHARINGS, Pretraining, seed_of
+from workflow.reporting import Reporting
 
 paths = Paths(config)
+ablations = Ablations(config)
 pretraining = Pretraining(config, paths)
-merging = Merging(config, paths)
-finetuning = Finetuning(config, paths, merging)
+merging = Merging(config, paths, ablations)
+finetuning = Finetuning(config, paths, merging, ablations)
+reporting = Reporting(config, paths, finetuning, ablations)
 ENV = "../workflow/envs/vlmerge.yaml"
 
 
@@ -36,3 +40,13 @@ def merge_targets():
 def result_targets():
     """results/<task>/<method>.json for every configured task and method."""
     return [paths.result(task, method) for task in config["finetune"]["tasks"] for method in finetuning.methods]
+
+
+def report_targets():
+    """The tables and plots of the report stage (results/tables/, results/plots/)."""
+    return reporting.tables() + reporting.plots()
+
+
+def ablation_targets():
+    """results/<task>/<name>@<variant>.json of every ablation lineage (none unless report.ablations asks)."""
+    return [paths.result(task, method) for task in ablations.tasks for method in ablations.names()]

@@ -4,7 +4,7 @@
 
 rule grams:
     input:
-        ms=paths.checkpoint(merging.ms_run),
+        ms=merging.grams_ms,
         tokenizer=paths.tokenizer_dir,
         manifest=lambda wildcards: paths.manifest(wildcards.task),
         code=stage_code("grams"),
@@ -22,6 +22,18 @@ rule grams:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} python -m vlmerge.grams {params.args} --out {output.grams} > {log} 2>&1"
+
+
+# The same on an ablation lineage's MS model (report.ablations): results/grams/<task>@<variant>.
+use rule grams as grams_ablation with:
+    output:
+        grams=paths.grams("{task}", "{variant}"),
+        sidecar=paths.grams("{task}", "{variant}").replace(".safetensors", ".json"),
+    wildcard_constraints:
+        task="|".join(TASKS),
+        variant="|".join(ablations.variants) or "^$",
+    log:
+        paths.log("grams/{task}@{variant}.log"),
 
 
 rule merge:
@@ -55,17 +67,17 @@ use rule merge as merge_per_task with:
 
 rule distance:
     input:
-        ms=paths.checkpoint("ms_{sharing}"),
-        seed=paths.checkpoint("seed"),
+        ms=paths.checkpoint("{run}"),
+        seed=lambda wildcards: paths.checkpoint(seed_of(wildcards.run)),
         code=stage_code("distance"),
     output:
-        paths.distance("ms_{sharing}"),
+        paths.distance("{run}"),
     params:
         k=config["merge"]["distance_topk"],
     wildcard_constraints:
-        sharing="|".join(MS_SHARINGS),
+        run="ms_(" + "|".join(MS_SHARINGS) + ")(@seed[0-9]+)?",
     log:
-        paths.log("distance/ms_{sharing}.log"),
+        paths.log("distance/{run}.log"),
     conda:
         ENV
     shell:

@@ -79,9 +79,9 @@ def test_dry_run_plans_the_data_stage(tmp_path: Path) -> None:
 
 def test_dry_run_plans_the_whole_pipeline(tmp_path: Path) -> None:
     jobs = planned_jobs(tmp_path, write_config(tmp_path))
-    # 4 tasks x (ma, ms + 3 merges) fine-tunes and evaluations; RegMean is merged per task.
+    # 4 tasks x (ma, ms + 3 merges) fine-tunes and evaluations; RegMean is merged per task; one report.
     assert jobs == {"all": 1, "synth": 1, "prepare": 7, "vocab": 1, "pretrain": 3, "grams": 4, "merge": 2,
-                    "merge_per_task": 4, "distance": 1, "finetune": 20, "evaluate": 20}
+                    "merge_per_task": 4, "distance": 1, "finetune": 20, "evaluate": 20, "tables": 1}
 
 
 def test_regmean_result_builds_only_its_lineage(tmp_path: Path) -> None:
@@ -162,3 +162,51 @@ def test_a_sweep_entry_is_a_method_of_its_own(tmp_path: Path) -> None:
                     "finetune": 1, "evaluate": 1}
     out = snakemake(tmp_path, path, "results/nlvr2/regmean_alpha0.5.json", "-n", "-p")
     assert "--param alpha=0.5 --param normalize=mean --param used_experts_only=nlvr2" in out.stdout
+
+
+def ablation_config(tmp_path: Path, **ablations: object) -> Path:
+    config = yaml.safe_load(write_config(tmp_path).read_text())
+    config["report"] = {"ablations": ablations}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_sharing_ablation_adds_one_ms_run_and_its_merges(tmp_path: Path) -> None:
+    # The configured layout (modality_specific) is the main lineage: only attn and ln are new.
+    config = ablation_config(tmp_path, sharing=["attn", "modality_specific", "ln"],
+                             methods=["interpolation", "regmean"], tasks=["vqa"])
+    jobs = planned_jobs(tmp_path, config, "ablations")
+    # ms_attn, ms_ln from the seed; per layout one interpolation and one VQA RegMean (own grams).
+    assert jobs == {"ablations": 1, "synth": 1, "prepare": 7, "vocab": 1, "pretrain": 3, "grams_ablation": 2,
+                    "merge": 2, "merge_per_task": 2, "finetune": 4, "evaluate": 4}
+    out = snakemake(tmp_path, config, "results/vqa/regmean@ms_ln.json", "-n", "-p")
+    assert "--sharing ln --init seed:results/pretrain/seed.safetensors" in out.stdout
+    assert "--ms results/pretrain/ms_ln.safetensors" in out.stdout
+    assert "--grams results/grams/vqa@ms_ln.safetensors" in out.stdout
+
+
+def test_seed_length_ablation_adds_a_seed_and_an_ms_run(tmp_path: Path) -> None:
+    config = ablation_config(tmp_path, seed_steps=[50, 150], methods=["arithmetic", "ms"], tasks=["vqa", "nlvr2"])
+    jobs = planned_jobs(tmp_path, config, "ablations")
+    # seed50 and ms_modality_specific@seed50 (150 is the configured length); arithmetic needs that seed.
+    assert jobs == {"ablations": 1, "synth": 1, "prepare": 7, "vocab": 1, "pretrain": 2, "merge": 1,
+                    "finetune": 4, "evaluate": 4}
+    out = snakemake(tmp_path, config, "results/nlvr2/arithmetic@seed50.json", "-n", "-p")
+    assert "--steps 50 --warmup 5" in out.stdout
+    assert "--init seed:results/pretrain/seed50.safetensors" in out.stdout
+    assert "--ms results/pretrain/ms_modality_specific@seed50.safetensors --param lam=0.5 --seed " \
+           "results/pretrain/seed50.safetensors" in out.stdout
+
+
+def test_ablations_add_their_lineages_and_distances_to_the_whole_pipeline(tmp_path: Path) -> None:
+    config = ablation_config(tmp_path, sharing=["ffn"], seed_steps=[75], methods=["interpolation"], tasks=["vqa"])
+    jobs = planned_jobs(tmp_path, config)
+    assert jobs == {"all": 1, "synth": 1, "prepare": 7, "vocab": 1, "pretrain": 6, "grams": 4, "merge": 4,
+                    "merge_per_task": 4, "distance": 3, "finetune": 22, "evaluate": 22, "tables": 1}
+
+
+def test_unknown_ablation_method_is_an_error(tmp_path: Path) -> None:
+    out = snakemake(tmp_path, ablation_config(tmp_path, sharing=["ffn"], methods=["ties"]), "-n")
+    assert out.returncode != 0
+    assert "report.ablations.methods: ['ties']" in out.stdout + out.stderr

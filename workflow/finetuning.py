@@ -1,7 +1,8 @@
 """Inputs and arguments of the fine-tune and evaluate rules, derived from the validated config.
 
 A method name is ``ma`` (the MA baseline), ``ms`` (the MS model, fine-tuned as MS) or a merge of
-``config["merge"]["methods"]`` (fine-tuned as MA).
+``config["merge"]["methods"]`` (fine-tuned as MA); ``<name>@<variant>`` is one of them on an ablation
+lineage (:mod:`workflow.ablations`).
 """
 
 from __future__ import annotations
@@ -10,24 +11,28 @@ import hashlib
 import re
 from typing import Any
 
+from vlmerge.report.lineages import split_method
+from workflow.ablations import Ablations
 from workflow.merging import Merging
 from workflow.paths import Paths, stage_code
 
 
 class Finetuning:
-    def __init__(self, config: dict[str, Any], paths: Paths, merging: Merging) -> None:
+    def __init__(self, config: dict[str, Any], paths: Paths, merging: Merging, ablations: Ablations) -> None:
         self.cfg, self.paths, self.merging = config["finetune"], paths, merging
         self.methods = [*self.cfg["baselines"], *merging.methods]
+        self.ablation_methods = ablations.names()
 
     @property
     def method_pattern(self) -> str:
-        return "|".join(re.escape(m) for m in self.methods)
+        return "|".join(re.escape(m) for m in [*self.methods, *self.ablation_methods])
 
     def init_checkpoint(self, task: str, method: str) -> str:
-        if method == "ma":
+        base, variant = split_method(method)
+        if base == "ma":
             return self.paths.checkpoint("ma")
-        if method == "ms":
-            return self.paths.checkpoint(self.merging.ms_run)
+        if base == "ms":
+            return self.paths.checkpoint(self.merging.lineage_runs(variant)[0])
         return self.merging.merged(method, task)
 
     def inputs(self, wildcards: Any) -> dict[str, Any]:

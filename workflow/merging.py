@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from vlmerge.report.lineages import Defaults, ms_run, resolve, seed_run, split_method
+from workflow.ablations import Ablations
 from workflow.paths import Paths, stage_code
 
 NEEDS_SEED = frozenset({"arithmetic", "task_arithmetic", "ties", "dare"})
@@ -18,41 +20,53 @@ TASKS = ("vqa", "coco", "f30k", "nlvr2")
 
 
 class Merging:
-    def __init__(self, config: dict[str, Any], paths: Paths) -> None:
+    def __init__(self, config: dict[str, Any], paths: Paths, ablations: Ablations) -> None:
         self.methods: dict[str, dict[str, Any]] = config["merge"]["methods"]
         self.grams = config["merge"]["grams"]
         self.paths = paths
-        self.ms_run = f"ms_{config['pretrain']['runs']['ms']['sharing']}"
+        self.defaults: Defaults = ablations.defaults
+        self.ms_run = ms_run(None, self.defaults)
+        # Every merge the workflow can make: the configured entries and their ablation lineages.
+        self.names = [*self.methods, *ablations.names(merges_only=True)]
+
+    def lineage_runs(self, variant: str | None) -> tuple[str, str]:
+        """The MS and seed runs a lineage variant merges from (None: the main lineage)."""
+        return ms_run(variant, self.defaults), seed_run(resolve(variant, self.defaults).seed_steps, self.defaults)
 
     def per_task(self, name: str) -> bool:
         """A merge that depends on the downstream task: grams of its data, or its used experts."""
-        spec = self.methods[name]
+        spec = self.methods[split_method(name)[0]]
         return spec["method"] in NEEDS_GRAMS or spec.get("params", {}).get("used_experts_only") is not None
 
     def task_independent(self) -> str:
         """Wildcard pattern of the merges made once (``^$`` matches none when there are none)."""
-        return "|".join(re.escape(n) for n in self.methods if not self.per_task(n)) or "^$"
+        return "|".join(re.escape(n) for n in self.names if not self.per_task(n)) or "^$"
 
     def task_dependent(self) -> str:
         """Wildcard pattern of the merges made per task."""
-        return "|".join(re.escape(n) for n in self.methods if self.per_task(n)) or "^$"
+        return "|".join(re.escape(n) for n in self.names if self.per_task(n)) or "^$"
 
     def merged(self, name: str, task: str) -> str:
         """Where the merge ``name`` used by ``task`` lives."""
         return self.paths.merged(name, task if self.per_task(name) else None)
 
     def inputs(self, wildcards: Any) -> dict[str, Any]:
-        name, task = wildcards.name, getattr(wildcards, "task", None)
-        method = self.methods[name]["method"]
-        inputs: dict[str, Any] = {"ms": self.paths.checkpoint(self.ms_run), "code": stage_code("merge")}
+        (base, variant), task = split_method(wildcards.name), getattr(wildcards, "task", None)
+        method = self.methods[base]["method"]
+        ms, seed = self.lineage_runs(variant)
+        inputs: dict[str, Any] = {"ms": self.paths.checkpoint(ms), "code": stage_code("merge")}
         if method in NEEDS_SEED:
-            inputs["seed"] = self.paths.checkpoint("seed")
+            inputs["seed"] = self.paths.checkpoint(seed)
         if method in NEEDS_GRAMS:
-            inputs["grams"] = self.paths.grams(task)
+            inputs["grams"] = self.paths.grams(task, variant)
         return inputs
 
+    def grams_ms(self, wildcards: Any) -> str:
+        """The MS checkpoint whose grams the grams rules collect (``variant``: an ablation lineage)."""
+        return self.paths.checkpoint(self.lineage_runs(getattr(wildcards, "variant", None))[0])
+
     def args(self, wildcards: Any, input: Any) -> str:
-        spec = self.methods[wildcards.name]
+        spec = self.methods[split_method(wildcards.name)[0]]
         params = {k: v for k, v in spec.get("params", {}).items() if v is not None}
         if params.get("used_experts_only") == "task":
             params["used_experts_only"] = wildcards.task

@@ -26,6 +26,7 @@ _STAGE_CODE = {
                  "vlmerge/data/tokenizer.py"],
     "evaluate": ["vlmerge/evaluate.py", "vlmerge/tasks", "vlmerge/model", "vlmerge/metrics", "vlmerge/data/readers",
                  "vlmerge/data/transforms.py", "vlmerge/data/collate.py", "vlmerge/data/tokenizer.py"],
+    "report": ["vlmerge/report"],
     "pretrain": ["vlmerge/pretrain.py", "vlmerge/train", "vlmerge/model", "vlmerge/objectives",
                  "vlmerge/data/readers", "vlmerge/data/ipc.py", "vlmerge/data/transforms.py", "vlmerge/data/collate.py",
                  "vlmerge/data/tokenizer.py"],
@@ -69,8 +70,10 @@ class Paths:
     def sidecar(self, run: str) -> str:
         return str(Path("results") / "pretrain" / f"{run}.json")
 
-    def grams(self, task: str) -> str:
-        return str(Path("results") / "grams" / f"{task}.safetensors")
+    def grams(self, task: str, variant: str | None = None) -> str:
+        """Grams of the MS model on a task's data; an ablation lineage's MS model adds ``@<variant>``."""
+        name = f"{task}@{variant}" if variant else task
+        return str(Path("results") / "grams" / f"{name}.safetensors")
 
     def merged(self, name: str, task: str | None = None) -> str:
         """A merged checkpoint; task-dependent merges (grams, used experts) live under the task."""
@@ -86,6 +89,15 @@ class Paths:
 
     def distance(self, run: str) -> str:
         return str(Path("results") / "distance" / f"{run}.json")
+
+    table_dir = str(Path("results") / "tables")
+    plot_dir = str(Path("results") / "plots")
+
+    def table(self, stem: str, suffix: str) -> str:
+        return str(Path(self.table_dir) / f"{stem}{suffix}")
+
+    def plot(self, stem: str) -> str:
+        return str(Path(self.plot_dir) / f"{stem}.svg")
 
     def manifest(self, dataset: str) -> str:
         return str(Path(self.arrow_dir) / f"{dataset}.manifest.json")

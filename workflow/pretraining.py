@@ -1,12 +1,14 @@
 """Arguments, inputs and resources of the pre-training rule, derived from the validated config.
 
 Run names: ``seed`` (MA seed run), ``ma`` (MA baseline), ``ms_<sharing>`` (modality-specific or an
-ablation layout, initialised from the seed checkpoint through ``expand_experts``).
+ablation layout, initialised from the seed checkpoint through ``expand_experts``); the seed-length
+ablation adds ``seed<steps>`` and ``ms_<sharing>@seed<steps>`` initialised from it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 from workflow.paths import Paths, stage_code
@@ -15,7 +17,7 @@ MS_SHARINGS = ("modality_specific", "attn", "ffn", "ln")
 
 
 class Pretraining:
-    run_pattern = "seed|ma|ms_(" + "|".join(MS_SHARINGS) + ")"
+    run_pattern = "seed([0-9]+)?|ma|ms_(" + "|".join(MS_SHARINGS) + ")(@seed[0-9]+)?"
 
     def __init__(self, config: dict[str, Any], paths: Paths) -> None:
         self.cfg, self.model, self.paths = config["pretrain"], config["model"], paths
@@ -38,10 +40,19 @@ class Pretraining:
             "code": stage_code("pretrain"),
         }
         if wildcards.run.startswith("ms_"):
-            inputs["seed"] = self.paths.checkpoint("seed")
+            inputs["seed"] = self.paths.checkpoint(seed_of(wildcards.run))
         elif self.cfg["init"].startswith("beit:"):
             inputs["beit"] = self.cfg["init"].removeprefix("beit:")
         return inputs
+
+    def run_spec(self, run: str) -> dict[str, int]:
+        """Steps and warm-up of an MA run; ``seed<N>`` keeps the seed run's warm-up fraction."""
+        steps = re.fullmatch(r"seed([0-9]+)", run)
+        if steps is None:
+            return self.cfg["runs"][run]
+        seed = self.cfg["runs"]["seed"]
+        n = int(steps[1])
+        return {"steps": n, "warmup": round(seed["warmup"] * n / seed["steps"])}
 
     def work_dir(self, wildcards: Any, input: Any, resources: Any) -> str:
         """Resumable state of this exact run: a changed argument starts a fresh directory.
@@ -54,9 +65,10 @@ class Pretraining:
     def args(self, wildcards: Any, input: Any, resources: Any) -> str:
         run = wildcards.run
         if run.startswith("ms_"):
-            spec, sharing, init = self.cfg["runs"]["ms"], run.removeprefix("ms_"), f"seed:{input.seed}"
+            sharing = run.removeprefix("ms_").partition("@")[0]
+            spec, init = self.cfg["runs"]["ms"], f"seed:{input.seed}"
         else:
-            spec, sharing, init = self.cfg["runs"][run], "shared", self.cfg["init"]
+            spec, sharing, init = self.run_spec(run), "shared", self.cfg["init"]
         cfg = self.cfg
         overrides = ",".join(f"{k}={v}" for k, v in sorted(self.model["overrides"].items()))
         args = [
@@ -74,3 +86,8 @@ class Pretraining:
         if overrides:
             args.append(f"--model {overrides}")
         return " ".join(args)
+
+
+def seed_of(ms_run: str) -> str:
+    """The seed run an MS run starts from: ``ms_attn`` → ``seed``, ``ms_ffn@seed50`` → ``seed50``."""
+    return ms_run.partition("@")[2] or "seed"

@@ -1,0 +1,23 @@
+# Tables and plots (SPEC §2): every result JSON -> results/tables/*.{csv,md,tex} + results/plots/*.svg.
+# `snakemake tables` builds them; `snakemake --report report.html` collects them with the captions
+# of workflow/report/.
+
+
+rule tables:
+    input:
+        results=reporting.results(),
+        distances=reporting.distances(),
+        code=stage_code("report"),
+    output:
+        main=report(reporting.tables("main"), caption="../workflow/report/main.rst", category="Main table"),
+        more=report([f for f in reporting.tables() if f not in reporting.tables("main")],
+                    caption="../workflow/report/tables.rst", category="Sweeps and ablations"),
+        plots=report(reporting.plots(), caption="../workflow/report/plots.rst", category="Plots"),
+    params:
+        args=reporting.args,
+    log:
+        paths.log("report.log"),
+    conda:
+        ENV
+    shell:
+        "python -m vlmerge.report {params.args} > {log} 2>&1"

@@ -1,0 +1,42 @@
+"""File names the report writes, in one place: the CLI writes them, the workflow declares them.
+
+Pure Python (imported at Snakemake start-up).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from vlmerge.report.distances import METRICS
+from vlmerge.report.sweeps import Sweep
+
+MAIN, SHARING, SEED, DISTANCE = "main", "sharing", "seed_steps", "distance"
+TABLE_SUFFIXES = (".csv", ".md", ".tex")
+
+
+def sweep_stem(sweep: Sweep) -> str:
+    return f"sweep_{sweep.name}"
+
+
+def distance_plot(metric: str) -> str:
+    return f"{DISTANCE}_{metric}"
+
+
+def table_stems(sweeps: Sequence[Sweep], sharing: bool, seed: bool) -> list[str]:
+    """Stems of the tables: main, each sweep, and the ablations that are switched on.
+
+    Any ablation (``sharing`` or ``seed``) also gives the distance table: its lineages are the points.
+    """
+    stems = [MAIN, *(sweep_stem(s) for s in sweeps)]
+    stems += [SHARING] if sharing else []
+    stems += [SEED] if seed else []
+    stems += [DISTANCE] if sharing or seed else []
+    return stems
+
+
+def plot_stems(sweeps: Sequence[Sweep], sharing: bool, seed: bool) -> list[str]:
+    """Stems of the SVG plots: one line plot per sweep and for seed length, one scatter per metric."""
+    stems = [sweep_stem(s) for s in sweeps]
+    stems += [SEED] if seed else []
+    stems += [distance_plot(m) for m in METRICS] if sharing or seed else []
+    return stems

@@ -1,0 +1,53 @@
+"""Inputs, outputs and arguments of the report rule, derived from the validated config.
+
+The file names come from :mod:`vlmerge.report.outputs`, the sweeps from
+:func:`vlmerge.report.sweeps.find_sweeps` over ``merge.methods``: the stage and the rule agree by
+construction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlmerge.report import outputs
+from vlmerge.report.lineages import ms_run
+from vlmerge.report.sweeps import find_sweeps
+from workflow.ablations import Ablations
+from workflow.finetuning import Finetuning
+from workflow.paths import Paths
+
+
+class Reporting:
+    def __init__(self, config: dict[str, Any], paths: Paths, finetuning: Finetuning, ablations: Ablations) -> None:
+        self.paths, self.ablations = paths, ablations
+        self.tasks, self.methods = config["finetune"]["tasks"], finetuning.methods
+        self.sweeps = find_sweeps(config["merge"]["methods"])
+        self.flags = {"sharing": bool(ablations.sharing), "seed": bool(ablations.seed_steps)}
+
+    def results(self) -> list[str]:
+        """The main comparison's result JSONs, then the ablation lineages' ones."""
+        main = [self.paths.result(t, m) for t in self.tasks for m in self.methods]
+        return main + [self.paths.result(t, m) for t in self.ablations.tasks for m in self.ablations.names()]
+
+    def distances(self) -> list[str]:
+        """Weight distances of every lineage's MS model, when there are ablation lineages to correlate."""
+        variants = self.ablations.variants
+        return [self.paths.distance(ms_run(v, self.ablations.defaults)) for v in [None, *variants]] if variants else []
+
+    def tables(self, stem: str | None = None) -> list[str]:
+        """Every table file, or those of one ``stem`` (``main``, ``sweep_<name>``, ``sharing``, ...)."""
+        stems = outputs.table_stems(self.sweeps, **self.flags)
+        return [self.paths.table(s, x) for s in stems if stem in (None, s) for x in outputs.TABLE_SUFFIXES]
+
+    def plots(self) -> list[str]:
+        return [self.paths.plot(s) for s in outputs.plot_stems(self.sweeps, **self.flags)]
+
+    def args(self, wildcards: Any, input: Any) -> str:
+        defaults = self.ablations.defaults
+        args = [f"--results {' '.join(input.results)}", f"--sharing {defaults.sharing}",
+                f"--seed-steps {defaults.seed_steps}", f"--tables {self.paths.table_dir}",
+                f"--plots {self.paths.plot_dir}"]
+        if input.distances:
+            args.append(f"--distances {' '.join(input.distances)}")
+        args += [f"--sweep {sweep.arg()}" for sweep in self.sweeps]
+        return " ".join(args)
