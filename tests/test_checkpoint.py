@@ -177,6 +177,9 @@ def upstream_state(model: VLModel, extra_text: int) -> dict[str, torch.Tensor]:
     up_text[extra_text:extra_text + 2 * cfg.max_text_len - 3] = text[:-3]
     up_text[-3:] = text[-3:]
     state["relative_position_bias_table"] = torch.cat([table[:start], up_text])
+    for scale in ("logit_scale", "logit_vl_scale"):  # 0-d tensors upstream
+        if scale in state:
+            state[scale] = state[scale].reshape(())
     return state | {
         "relative_position_index": torch.zeros(cfg.grid ** 2 + 1, cfg.grid ** 2 + 1, dtype=torch.long),
         "text_relative_position_index": torch.zeros(cfg.max_text_len, cfg.max_text_len, dtype=torch.long),

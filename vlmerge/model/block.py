@@ -11,9 +11,6 @@ from vlmerge.model.config import ModelConfig
 from vlmerge.model.layers import Attention, DropPath, Experts, LayerNorm, Mlp
 from vlmerge.model.layout import Modality, Part
 
-LAYER_SCALE_INIT = 0.1  # BEiT's init_values for the base model
-
-
 class MultiwayBlock(nn.Module):
     """One layer. ``per_expert`` parts hold a copy per expert in ``experts``; gamma_1/2 are always shared."""
 
@@ -29,8 +26,8 @@ class MultiwayBlock(nn.Module):
         self.attn = build(Part.ATTN, lambda: Attention(dim, config.num_heads))
         self.norm2 = build(Part.NORM2, lambda: LayerNorm(dim, eps=1e-6))
         self.mlp = build(Part.MLP, lambda: Mlp(dim, config.mlp_dim))
-        self.gamma_1 = nn.Parameter(torch.full((dim,), LAYER_SCALE_INIT))
-        self.gamma_2 = nn.Parameter(torch.full((dim,), LAYER_SCALE_INIT))
+        self.gamma_1 = nn.Parameter(torch.full((dim,), config.layer_scale))
+        self.gamma_2 = nn.Parameter(torch.full((dim,), config.layer_scale))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, modality: Modality, attn_mask: torch.Tensor) -> torch.Tensor:

@@ -109,7 +109,8 @@ def missing_heads(wanted: Heads, have: Heads, dim: int, vocab_size: int) -> dict
         if want and not present:
             new[f"{prefix}_text_proj"] = ContrastiveProjection(dim)
             new[f"{prefix}_image_proj"] = ContrastiveProjection(dim)
-            new[scale] = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature 0.07
+            # CLIP's initial temperature 0.07; shape [1], not a scalar: FSDP refuses 0-d parameters.
+            new[scale] = nn.Parameter(torch.full((1,), math.log(1 / 0.07)))
     if wanted.vqa_answers and not have.vqa_answers:
         new["vqa_classifier"] = classifier(dim, 2 * dim, wanted.vqa_answers)
     if wanted.nlvr2 and not have.nlvr2:

@@ -41,6 +41,9 @@ def vlmerging_state_dict(raw: Mapping[str, Any], grid: int, max_text_len: int) -
     state = raw.get("state_dict", raw)
     out = {k.replace("ifm_", "itc_", 1) if k.startswith("ifm_") else k: v
            for k, v in state.items() if k not in UNUSED}
+    for scale in ("logit_scale", "logit_vl_scale"):  # upstream scalars; ours are [1] (FSDP flattens no 0-d)
+        if scale in out:
+            out[scale] = out[scale].reshape(1)
     if "relative_position_bias_table" not in out:
         raise CheckpointError("no relative_position_bias_table: not a vl-merging / VLMo checkpoint")
     # Upstream sizes: the grid from its image index buffer, the text length from the remaining rows.

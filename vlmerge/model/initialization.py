@@ -8,15 +8,16 @@ import torch
 from torch import nn
 
 
-def init_module(module: nn.Module) -> None:
-    """Linear: truncated normal (std 0.02), zero bias; Embedding: normal (0.02); LayerNorm: 1 and 0."""
+def init_module(module: nn.Module, std: float = 0.02) -> None:
+    """Linear: truncated normal (``std``, 0.02 upstream), zero bias; Embedding: normal (``std``);
+    LayerNorm: 1 and 0."""
     for m in module.modules():
         if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.trunc_normal_(m.weight, std=std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
+            nn.init.normal_(m.weight, std=std)
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)

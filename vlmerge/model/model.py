@@ -48,8 +48,8 @@ class VLModel(nn.Module):
         rows = RelPosLayout(config.grid, config.max_text_len).num_rows
         self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, layers * config.num_heads))
         self.pooler = Pooler(dim)
-        init_module(self)
-        nn.init.trunc_normal_(self.transformer.cls_token, std=0.02)
+        init_module(self, config.init_std)
+        nn.init.trunc_normal_(self.transformer.cls_token, std=config.init_std)
         rescale_residual_branches(self.transformer.blocks)
         self._set_relpos_index()
         self.add_heads(heads)
@@ -202,7 +202,7 @@ class VLModel(nn.Module):
             new = missing_heads(heads, self.heads, self.config.dim, self.config.vocab_size)
         for name, part in new.items():
             if isinstance(part, nn.Module):
-                init_module(part)
+                init_module(part, self.config.init_std)
             setattr(self, name, part)
         if heads.nlvr2:
             self.grow_token_types(max(3, self.token_type_embeddings.num_embeddings))
