@@ -24,4 +24,5 @@ rule pretrain:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} python -m vlmerge.pretrain --out {output.ckpt}"
-        " --work-dir {params.work} --restart-stale-work-dir {params.args} > {log} 2>&1"
+        " --work-dir {params.work} --restart-stale-work-dir {params.args}"
+        " --devices {resources.tasks_per_node} --nodes {resources.nodes} > {log} 2>&1"

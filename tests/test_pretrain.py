@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from vlmerge.data.arrow import ConvertOptions, convert
+from vlmerge.data.readers import CaptionPairs
+from vlmerge.data.transforms import eval_transform
 from vlmerge.data.synth import generate
 from vlmerge.data.tokenizer import train_wordpiece
 from vlmerge.model import Heads, Sharing, create_model
@@ -146,6 +148,45 @@ def test_a_few_steps_overfit_a_fixed_batch(data: PretrainData) -> None:
     assert last["mlm_loss"] < 0.6 * first["mlm_loss"] and last["itm_loss"] < first["itm_loss"]
     # ITC starts on a plateau (text [CLS] features are nearly equal at initialisation); it must not diverge.
     assert last["itc_loss"] < first["itc_loss"] + 1e-3
+
+
+def itc_only_losses(data: PretrainData, steps: int, **overrides: object) -> list[float]:
+    """ITC (both terms) alone on one fixed batch of 8 distinct pairs, AdamW 1e-3: the loss per step."""
+    model = small_model(data, drop_path=0.0, embed_dropout=0.0, **overrides)
+    module = PretrainModule(model, PretrainConfig(steps, 0, OptimConfig(lr=1e-3), LossWeights(mlm=0, itm=0)))
+    optimizer = module.configure_optimizers()["optimizer"]
+    batch, losses = a_batch(data), []
+    for _ in range(steps):
+        loss = module.losses(batch, None)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    return losses
+
+
+def test_the_tiny_preset_init_lets_itc_leave_its_plateau(data: PretrainData) -> None:
+    # The tiny preset starts weights at 1/sqrt(128) with layer scale 1. With BEiT's 0.02 and 0.1 the image
+    # [CLS] barely depends on the image at this width, and ITC stays at ln(B) for hundreds of steps.
+    tiny = itc_only_losses(data, 40)
+    beit = itc_only_losses(data, 40, init_std=0.02, layer_scale=0.1)
+    plateau = float(torch.log(torch.tensor(8.0)))
+    assert abs(beit[-1] - plateau) < 0.05 and abs(tiny[0] - plateau) < 0.5
+    assert tiny[-1] < 0.5 * plateau
+
+
+def test_no_augment_trains_on_the_evaluation_transform(corpus) -> None:
+    arrow, tokenizer = corpus
+    plain = PretrainData(PretrainDataConfig(arrow, tokenizer, image_size=32, batch_size=8, augment=False))
+    augmented = PretrainData(PretrainDataConfig(arrow, tokenizer, image_size=32, batch_size=8))
+    plain.setup("fit")
+    augmented.setup("fit")
+    draws = [KeyedSamples(plain.train)[(3, draw)]["image"] for draw in (1, 2)]
+    torch.testing.assert_close(draws[0], draws[1], rtol=0, atol=0)
+    resized = CaptionPairs(plain.train_files, eval_transform(32))[3]["image"]
+    torch.testing.assert_close(draws[0], resized, rtol=0, atol=0)
+    cropped = [KeyedSamples(augmented.train)[(3, draw)]["image"] for draw in (1, 2)]
+    assert not torch.equal(cropped[0], cropped[1])
 
 
 @pytest.mark.parametrize("sharing", ["modality_specific", "attn", "ffn", "ln"])

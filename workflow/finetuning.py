@@ -43,18 +43,22 @@ class Finetuning:
             "code": stage_code("finetune"),
         }
 
-    def args(self, wildcards: Any, input: Any) -> str:
+    def args(self, wildcards: Any) -> str:
+        """The stage's arguments, from ``wildcards`` alone: Snakemake records such params for its params
+        trigger (a function asking for ``input`` is "derived" and never compared)."""
         cfg = self.cfg
         settings = cfg["settings"].get(wildcards.task, {})
-        args = [f"--task {wildcards.task}", f"--init {input.init}", f"--arrow {self.paths.arrow_dir}",
-                f"--tokenizer {input.tokenizer}", f"--seed {cfg['seed']}", f"--num-workers {cfg['num_workers']}",
-                f"--precision {cfg['precision']}", f"--strategy {cfg['strategy']}"]
+        init = self.init_checkpoint(wildcards.task, wildcards.method)
+        args = [f"--task {wildcards.task}", f"--init {init}", f"--arrow {self.paths.arrow_dir}",
+                f"--tokenizer {self.paths.tokenizer_dir}", f"--seed {cfg['seed']}",
+                f"--num-workers {cfg['num_workers']}", f"--precision {cfg['precision']}",
+                f"--strategy {cfg['strategy']}", "--augment" if cfg["augment"] else "--no-augment"]
         args += [f"--{key.replace('_', '-')} {value}" for key, value in sorted(settings.items())]
         return " ".join(args)
 
-    def work_dir(self, wildcards: Any, input: Any) -> str:
+    def work_dir(self, wildcards: Any) -> str:
         """Resumable state of this exact run: a changed argument starts a fresh directory."""
-        digest = hashlib.sha256(self.args(wildcards, input).encode()).hexdigest()[:12]
+        digest = hashlib.sha256(self.args(wildcards).encode()).hexdigest()[:12]
         return self.paths.work(f"finetune/{wildcards.task}/{wildcards.method}-{digest}")
 
     def eval_args(self, wildcards: Any, input: Any) -> str:

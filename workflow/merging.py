@@ -65,23 +65,27 @@ class Merging:
         """The MS checkpoint whose grams the grams rules collect (``variant``: an ablation lineage)."""
         return self.paths.checkpoint(self.lineage_runs(getattr(wildcards, "variant", None))[0])
 
-    def args(self, wildcards: Any, input: Any) -> str:
+    # The argument builders below take only ``wildcards``: Snakemake records (and compares on rerun) the
+    # params whose functions do not ask for input/output/threads/resources; an ``input`` argument would
+    # hide every hyper-parameter from the params trigger. Paths come from the same input functions.
+    def args(self, wildcards: Any) -> str:
         spec = self.methods[split_method(wildcards.name)[0]]
         params = {k: v for k, v in spec.get("params", {}).items() if v is not None}
         if params.get("used_experts_only") == "task":
             params["used_experts_only"] = wildcards.task
-        args = [f"--method {spec['method']}", f"--ms {input.ms}"]
+        inputs = self.inputs(wildcards)
+        args = [f"--method {spec['method']}", f"--ms {inputs['ms']}"]
         args += [f"--param {k}={_text(v)}" for k, v in sorted(params.items())]
-        if "seed" in input.keys():
-            args.append(f"--seed {input.seed}")
-        if "grams" in input.keys():
-            args.append(f"--grams {input.grams}")
+        if "seed" in inputs:
+            args.append(f"--seed {inputs['seed']}")
+        if "grams" in inputs:
+            args.append(f"--grams {inputs['grams']}")
         return " ".join(args)
 
-    def grams_args(self, wildcards: Any, input: Any) -> str:
+    def grams_args(self, wildcards: Any) -> str:
         g = self.grams
-        args = [f"--ckpt {input.ms}", f"--task {wildcards.task}", f"--arrow {self.paths.arrow_dir}",
-                f"--tokenizer {input.tokenizer}", f"--split {g['split']}", f"--batch-size {g['batch_size']}"]
+        args = [f"--ckpt {self.grams_ms(wildcards)}", f"--task {wildcards.task}", f"--arrow {self.paths.arrow_dir}",
+                f"--tokenizer {self.paths.tokenizer_dir}", f"--split {g['split']}", f"--batch-size {g['batch_size']}"]
         if g["max_samples"]:
             args.append(f"--max-samples {g['max_samples']}")
         if g["include_pad"]:

@@ -54,34 +54,40 @@ class Pretraining:
         n = int(steps[1])
         return {"steps": n, "warmup": round(seed["warmup"] * n / seed["steps"])}
 
-    def work_dir(self, wildcards: Any, input: Any, resources: Any) -> str:
+    def work_dir(self, wildcards: Any, resources: Any) -> str:
         """Resumable state of this exact run: a changed argument starts a fresh directory.
 
         (The stage refuses a work directory left by a run with other settings.)
         """
-        digest = hashlib.sha256(self.args(wildcards, input, resources).encode()).hexdigest()[:12]
+        geometry = f"--devices {resources.tasks_per_node} --nodes {resources.nodes}"
+        digest = hashlib.sha256(f"{self.args(wildcards)} {geometry}".encode()).hexdigest()[:12]
         return self.paths.work(f"pretrain/{wildcards.run}-{digest}")
 
-    def args(self, wildcards: Any, input: Any, resources: Any) -> str:
+    def args(self, wildcards: Any) -> str:
+        """Everything but the process geometry (the rule adds it from its resources, which a profile may set).
+
+        Only ``wildcards``: Snakemake records such params for its params trigger, while a function asking
+        for ``input`` or ``resources`` is "derived" and never compared, hiding every hyper-parameter.
+        """
         run = wildcards.run
         if run.startswith("ms_"):
             sharing = run.removeprefix("ms_").partition("@")[0]
-            spec, init = self.cfg["runs"]["ms"], f"seed:{input.seed}"
+            spec, init = self.cfg["runs"]["ms"], f"seed:{self.paths.checkpoint(seed_of(run))}"
         else:
             spec, sharing, init = self.run_spec(run), "shared", self.cfg["init"]
         cfg = self.cfg
         overrides = ",".join(f"{k}={v}" for k, v in sorted(self.model["overrides"].items()))
         args = [
-            f"--arrow {self.paths.arrow_dir}", f"--tokenizer {input.tokenizer}",
+            f"--arrow {self.paths.arrow_dir}", f"--tokenizer {self.paths.tokenizer_dir}",
             f"--preset {self.model['preset']}", f"--sharing {sharing}", f"--init {init}",
             f"--steps {spec['steps']}", f"--warmup {spec['warmup']}",
             f"--datasets {','.join(cfg['datasets'])}", f"--image-size {cfg['image_size']}",
             f"--batch-size {cfg['batch_size']}", f"--global-batch {cfg['global_batch']}",
             f"--lr {cfg['lr']}", f"--weight-decay {cfg['weight_decay']}", f"--mlm-prob {cfg['mlm_prob']}",
+            "--augment" if cfg["augment"] else "--no-augment",
             f"--seed {cfg['seed']}", f"--precision {cfg['precision']}", f"--strategy {cfg['strategy']}",
             f"--num-workers {cfg['num_workers']}", f"--ckpt-every {cfg['ckpt_every']}",
             f"--val-every {cfg['val_every']}",
-            f"--devices {resources.tasks_per_node}", f"--nodes {resources.nodes}",
         ]
         if overrides:
             args.append(f"--model {overrides}")

@@ -36,6 +36,7 @@ class FinetuneDataConfig:
     seed: int = 0
     horizontal_flip: bool = False
     max_text_len: int = MAX_TEXT_LEN
+    augment: bool = True  # False: the evaluation transform for training images too (see PretrainDataConfig)
 
 
 class FinetuneData(pl.LightningDataModule):
@@ -45,8 +46,9 @@ class FinetuneData(pl.LightningDataModule):
         self.tokenizer = load_tokenizer(config.tokenizer, config.max_text_len)
         self.collate = BatchCollator(self.tokenizer, config.max_text_len)
         size = config.image_size
-        self.train = task.train_dataset(config.arrow, config.train_splits,
-                                        train_transform(size, horizontal_flip=config.horizontal_flip))
+        transform = (train_transform(size, horizontal_flip=config.horizontal_flip) if config.augment
+                     else eval_transform(size))
+        self.train = task.train_dataset(config.arrow, config.train_splits, transform)
         self.val_sides = task.eval_sides(config.arrow, config.select_split, eval_transform(size))
 
     def train_dataloader(self) -> DataLoader:

@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="fine-tuning resolution in pixels (default: the task's)")
     p.add_argument("--drop-path", type=float, help="stochastic depth (default: the task's, else the checkpoint's)")
     p.add_argument("--head-lr-mult", type=float, help="learning-rate factor of the task head (default: the task's)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="random crop, flip and RandAugment of training images (--no-augment: plain resize)")
     p.add_argument("--horizontal-flip", action=argparse.BooleanOptionalAction,
                    help="random horizontal flips (default: the task's; off where text names left and right)")
     p.add_argument("--devices", type=int, default=1, help="devices (processes) per node")
@@ -119,7 +121,8 @@ def _validate(a: argparse.Namespace) -> FinetuneRun:
     val_every = min(_or(a.val_every, steps_per_epoch), max_steps)
     image_size = _or(a.image_size, settings.image_size)
     data = FinetuneDataConfig(arrow, a.tokenizer.resolve(), train_splits, task.selection_split(options), image_size,
-                              batch_size, a.num_workers, a.seed, _or(a.horizontal_flip, settings.horizontal_flip))
+                              batch_size, a.num_workers, a.seed, _or(a.horizontal_flip, settings.horizontal_flip),
+                              augment=a.augment)
     head_lr_mult = _or(a.head_lr_mult, settings.head_lr_mult)
     multipliers = tuple((m, head_lr_mult) for m in task.head_modules) if head_lr_mult != 1 else ()
     optim = OptimConfig(lr=_or(a.lr, settings.lr), weight_decay=a.weight_decay, lr_multipliers=multipliers)

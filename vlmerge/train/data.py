@@ -43,6 +43,9 @@ class PretrainDataConfig:
     mlm_prob: float = 0.25
     max_text_len: int = MAX_TEXT_LEN
     validate: bool = True
+    # False: training images get the evaluation transform (no crop, flip or RandAugment), for corpora whose
+    # captions a crop or flip would make false, like the embedded synthetic scenes.
+    augment: bool = True
 
 
 def _shards(arrow: Path, pattern: str) -> list[Path]:
@@ -96,7 +99,7 @@ class PretrainData(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         size = self.config.image_size
-        self.train = CaptionPairs(self.train_files, train_transform(size))
+        self.train = CaptionPairs(self.train_files, train_transform(size) if self.config.augment else eval_transform(size))
         self.val = CaptionPairs(self.val_files, eval_transform(size)) if self.val_files else None
 
     def _loader(self, dataset: CaptionPairs, sampler: object) -> DataLoader:

@@ -48,7 +48,7 @@ class PretrainRun:
         """
         resolved = self.resolved()
         data = {k: resolved["data"][k] for k in ("datasets", "image_size", "batch_size", "seed", "mlm_prob",
-                                                 "max_text_len")}
+                                                 "max_text_len", "augment")}
         return {"preset": self.preset, "sharing": self.sharing.value, "init": self.init.kind,
                 "model_overrides": resolved["model_overrides"], "inputs": inputs, "train_files": train_files,
                 "data": data, "module": resolved["module"],
@@ -125,6 +125,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=2, help="data loading processes per device")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mlm-prob", type=float, default=0.25)
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="random crop, flip and RandAugment of training images (--no-augment: plain resize)")
     p.add_argument("--loss-weights", default="mlm=1,itc=1,itm=1", help="weights of the loss terms")
     p.add_argument("--restart-stale-work-dir", action="store_true",
                    help="move a work directory of another run aside and start afresh (default: an error)")
@@ -150,7 +152,8 @@ def _validate(a: argparse.Namespace) -> PretrainRun:
     global_batch = a.global_batch or a.batch_size * a.devices * a.nodes
     datasets = tuple(d for d in a.datasets.split(",") if d)
     data = PretrainDataConfig(a.arrow.resolve(), a.tokenizer.resolve(), datasets, config.image_size, a.batch_size,
-                              a.num_workers, a.seed, a.mlm_prob, config.max_text_len, validate=a.val_every > 0)
+                              a.num_workers, a.seed, a.mlm_prob, config.max_text_len, validate=a.val_every > 0,
+                              augment=a.augment)
     weights = _loss_weights(a.loss_weights)
     module = PretrainConfig(a.steps, warmup, OptimConfig(lr=a.lr, weight_decay=a.weight_decay), weights, a.seed)
     trainer = TrainerConfig(a.work_dir.resolve(), a.steps, accumulation_steps(global_batch, a.batch_size, a.devices,
