@@ -52,6 +52,8 @@ def run(config: PretrainRun) -> Path | None:
     model = initial_model(config.init, config.preset, config.sharing, Heads.pretraining(),
                           **config.model_overrides, vocab_size=len(data.tokenizer))
     trainer = build_trainer(config.trainer)
+    log.info("world size %d = %d node(s) x %d device(s); global rank %d on node rank %d", trainer.world_size,
+             trainer.num_nodes, trainer.num_devices, trainer.global_rank, trainer.node_rank)
     inputs = _inputs(config)  # claimed once everything above is known to be valid
     identity = config.identity({k: sha256_file(p) for k, p in inputs.items()},
                                {p.name: p.stat().st_size for p in data.train_files})

@@ -5,9 +5,10 @@ The work directory (``default_root_dir``) holds Lightning's checkpoints (``check
 the CSV/TensorBoard logs. It is scratch space that must survive a failed or requeued job, so under
 Snakemake it must not be a declared output (Snakemake deletes the outputs of failed jobs).
 
-Under SLURM, Lightning detects ``srun`` and uses ``SLURMEnvironment(auto_requeue=True)``: submit
-with ``--signal=SIGUSR1@90`` and every rank writes ``hpc_ckpt_<n>.ckpt`` 90 s before the time
-limit while rank 0 requeues the job; :func:`resume_checkpoint` then picks it up. ``devices`` must
+Under SLURM, Lightning detects ``srun`` and uses ``SLURMEnvironment``: submit with
+``--signal=SIGUSR1@90`` and :class:`~vlmerge.train.requeue.SlurmRequeue` writes ``hpc_ckpt_<n>.ckpt``
+at the next step 90 s before the time limit and requeues the job; :func:`resume_checkpoint` then
+picks it up (Lightning's own auto-requeue can deadlock DDP, see that module). ``devices`` must
 equal ``--ntasks-per-node`` and ``num_nodes`` ``--nodes``.
 """
 
@@ -28,6 +29,7 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
 from vlmerge.model.block import MultiwayBlock
 from vlmerge.train.errors import TrainConfigError
 from vlmerge.train.progress import StepProgress
+from vlmerge.train.requeue import SlurmRequeue
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,9 @@ def _loggers(work_dir: Path) -> list[Logger]:
 
 def build_trainer(config: TrainerConfig) -> pl.Trainer:
     """A Trainer for ``config``; resume with ``fit(..., ckpt_path=resume_checkpoint(config.work_dir))``."""
-    plugins = [SLURMEnvironment(auto_requeue=True)] if SLURMEnvironment.detect() else []
+    slurm = SLURMEnvironment.detect()
+    plugins = [SLURMEnvironment(auto_requeue=False)] if slurm else []
+    requeue = [SlurmRequeue(config.work_dir)] if slurm else []
     checkpoints = ModelCheckpoint(dirpath=config.work_dir / "checkpoints", filename="step{step}",
                                   auto_insert_metric_name=False, every_n_train_steps=config.ckpt_every,
                                   save_top_k=1, save_last=True)
@@ -119,7 +123,7 @@ def build_trainer(config: TrainerConfig) -> pl.Trainer:
         precision=_precision(config), plugins=plugins, max_steps=config.max_steps,
         accumulate_grad_batches=config.accumulate, gradient_clip_val=config.grad_clip,
         default_root_dir=config.work_dir, logger=_loggers(config.work_dir),
-        callbacks=[checkpoints, StepProgress(), LearningRateMonitor(logging_interval="step")],
+        callbacks=[checkpoints, StepProgress(), LearningRateMonitor(logging_interval="step"), *requeue],
         log_every_n_steps=config.log_every, enable_progress_bar=False, enable_model_summary=False,
         use_distributed_sampler=False,  # the data module shards and resumes its own sampler
         num_sanity_val_steps=0, check_val_every_n_epoch=None,

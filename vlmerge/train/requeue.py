@@ -1,0 +1,80 @@
+"""SLURM auto-requeue at a step boundary: on SIGUSR1 save ``hpc_ckpt_<n>.ckpt``, requeue the job, stop.
+
+Submit with ``--signal=SIGUSR1@<seconds>``: SLURM signals every task that long before the time limit.
+Lightning's own auto-requeue (``SLURMEnvironment(auto_requeue=True)``) saves its checkpoint inside
+the signal handler, and saving ends in a barrier: under DDP a rank that takes the signal between
+two steps then meets, in that barrier, a rank already blocked in the next step's gradient
+all-reduce, and the job hangs until killed (seen with gloo on 2 nodes x 2 ranks). Here the handler
+only records the signal; at the end of every optimizer step all ranks agree whether any of them got
+it (one boolean all-reduce), then save, requeue and stop together. The requeued job resumes from
+the newest checkpoint (:func:`vlmerge.train.trainer.resume_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning.pytorch as pl
+
+log = logging.getLogger(__name__)
+
+HPC_PREFIX = "hpc_ckpt_"
+
+
+def hpc_checkpoint_path(work_dir: Path) -> Path:
+    """``work_dir/hpc_ckpt_<n>.ckpt`` with n one above the highest already there (Lightning's naming)."""
+    numbers = [int(p.stem.removeprefix(HPC_PREFIX)) for p in work_dir.glob(f"{HPC_PREFIX}*.ckpt")
+               if p.stem.removeprefix(HPC_PREFIX).isdigit()]
+    return work_dir / f"{HPC_PREFIX}{max(numbers, default=0) + 1}.ckpt"
+
+
+def slurm_job_id() -> str:
+    """The id ``scontrol requeue`` takes: ``<array job>_<task>`` inside a job array."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array_job is not None:
+        return f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ["SLURM_JOB_ID"]
+
+
+class SlurmRequeue(pl.Callback):
+    def __init__(self, work_dir: Path, signum: int = signal.SIGUSR1) -> None:
+        self.work_dir = work_dir
+        self.signum = signum
+        self.signalled = False
+        self._previous: Any = None
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        # Only a flag: anything collective here could interleave with an in-flight all-reduce.
+        self.signalled = True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._previous = signal.signal(self.signum, self._record)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._previous is not None:
+            signal.signal(self.signum, self._previous)
+            self._previous = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # mid-accumulation: wait for the optimizer step (every rank skips the same batches)
+        if not trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
+            return
+        path = hpc_checkpoint_path(self.work_dir)
+        trainer.save_checkpoint(path)  # every rank: a collective under DDP/FSDP
+        trainer.should_stop = True
+        if trainer.is_global_zero:
+            job = slurm_job_id()
+            done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+            if done.returncode == 0:
+                log.info("signal %d at step %d: saved %s, requeued SLURM job %s", self.signum,
+                         trainer.global_step, path, job)
+            else:
+                log.warning("saved %s but `scontrol requeue %s` failed: %s", path, job, done.stderr.strip())
