@@ -10,18 +10,22 @@ rule finetune:
         sidecar=paths.finetuned("{task}", "{method}").replace(".safetensors", ".json"),
     params:
         args=finetuning.args,
+        launch=finetuning.launch.launcher,
         work=finetuning.work_dir,
     wildcard_constraints:
         task="|".join(TASKS),
         method=finetuning.method_pattern,
-    threads: config["pretrain"]["launch"]["threads"]
+    threads: finetuning.launch.threads
+    resources:
+        **finetuning.launch.resources,
     log:
         paths.log("finetune/{task}/{method}.log"),
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m vlmerge.finetune {params.args} --out {output.ckpt}"
-        " --work-dir {params.work} --restart-stale-work-dir > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.launch} python -m vlmerge.finetune {params.args} --out {output.ckpt}"
+        " --work-dir {params.work} --restart-stale-work-dir"
+        " --devices {resources.tasks_per_node} --nodes {resources.nodes} > {log} 2>&1"
 
 
 rule evaluate:

@@ -11,13 +11,13 @@ rule pretrain:
         sidecar=paths.sidecar("{run}"),
     params:
         args=pretraining.args,
-        launch=pretraining.launcher,
+        launch=pretraining.launch.launcher,
         work=pretraining.work_dir,
     wildcard_constraints:
         run=pretraining.run_pattern,
-    threads: config["pretrain"]["launch"]["threads"]
+    threads: pretraining.launch.threads
     resources:
-        **pretraining.resources,
+        **pretraining.launch.resources,
     log:
         paths.log("pretrain/{run}.log"),
     conda:

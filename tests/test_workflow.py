@@ -149,6 +149,11 @@ def test_slurm_profile_launches_multi_node_pretraining(tmp_path: Path) -> None:
     assert "srun --nodes=6 --ntasks-per-node=8 python -m vlmerge.pretrain" in text
     assert "--preset base" in text and "--strategy fsdp" in text and "--devices 8 --nodes 6" in text
     assert "mpi=srun" in text and "gres=gpu:8" in text and "--signal=SIGUSR1@300" in text
+    # Fine-tuning: one node of 8 ranks, the paper's task settings (none of config.yaml's embedded ones).
+    finetune = next(line for line in text.splitlines() if "python -m vlmerge.finetune" in line)
+    assert "srun --nodes=1 --ntasks-per-node=8 python -m vlmerge.finetune --task vqa" in finetune
+    assert "--devices 8 --nodes 1" in finetune and "--augment" in finetune
+    assert not any(flag in finetune for flag in ("--steps", "--global-batch", "--image-size", "--lr"))
 
 
 def test_a_sweep_entry_is_a_method_of_its_own(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from vlmerge.report.lineages import split_method
 from workflow.ablations import Ablations
+from workflow.launch import LOCAL, Launch
 from workflow.merging import Merging
 from workflow.paths import Paths, stage_code
 
@@ -22,6 +23,7 @@ class Finetuning:
         self.cfg, self.paths, self.merging = config["finetune"], paths, merging
         self.methods = [*self.cfg["baselines"], *merging.methods]
         self.ablation_methods = ablations.names()
+        self.launch = Launch(self.cfg.get("launch", LOCAL))
 
     @property
     def method_pattern(self) -> str:
@@ -47,7 +49,7 @@ class Finetuning:
         """The stage's arguments, from ``wildcards`` alone: Snakemake records such params for its params
         trigger (a function asking for ``input`` is "derived" and never compared)."""
         cfg = self.cfg
-        settings = cfg["settings"].get(wildcards.task, {})
+        settings = cfg["settings"].get(wildcards.task) or {}
         init = self.init_checkpoint(wildcards.task, wildcards.method)
         args = [f"--task {wildcards.task}", f"--init {init}", f"--arrow {self.paths.arrow_dir}",
                 f"--tokenizer {self.paths.tokenizer_dir}", f"--seed {cfg['seed']}",
@@ -56,11 +58,14 @@ class Finetuning:
         args += [f"--{key.replace('_', '-')} {value}" for key, value in sorted(settings.items())]
         return " ".join(args)
 
-    def work_dir(self, wildcards: Any) -> str:
-        """Resumable state of this exact run: a changed argument starts a fresh directory."""
-        digest = hashlib.sha256(self.args(wildcards).encode()).hexdigest()[:12]
+    def work_dir(self, wildcards: Any, resources: Any) -> str:
+        """Resumable state of this exact run: a changed argument or geometry starts a fresh directory."""
+        run = f"{self.args(wildcards)} --devices {resources.tasks_per_node} --nodes {resources.nodes}"
+        digest = hashlib.sha256(run.encode()).hexdigest()[:12]
         return self.paths.work(f"finetune/{wildcards.task}/{wildcards.method}-{digest}")
 
     def eval_args(self, wildcards: Any, input: Any) -> str:
-        return (f"--task {wildcards.task} --method {wildcards.method} --ckpt {input.ckpt}"
+        args = (f"--task {wildcards.task} --method {wildcards.method} --ckpt {input.ckpt}"
                 f" --arrow {self.paths.arrow_dir} --tokenizer {input.tokenizer}")
+        # The official VQA accuracy needs the ten human answers of the raw val annotations.
+        return args + (f" --vqa-annotations {self.paths.vqa_val_annotations()}" if wildcards.task == "vqa" else "")

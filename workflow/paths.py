@@ -111,6 +111,11 @@ class Paths:
         real = self.data["raw"].get(wildcards.dataset)
         return real if real else str(Path(input.raw[0]).parent / wildcards.dataset)
 
+    def vqa_val_annotations(self) -> str:
+        """The official VQAv2 val annotations (ten human answers per question) of the configured VQA root."""
+        root = self.data["raw"].get("vqa") or str(Path(self.synth_record).parent / "vqa")
+        return str(Path(root) / "v2_mscoco_val2014_annotations.json")
+
     def raw_input(self, wildcards: Any) -> list[str]:
         """A synthetic dataset depends on the generator's record; a real root is outside the DAG."""
         return [] if self.data["raw"].get(wildcards.dataset) else [self.synth_record]

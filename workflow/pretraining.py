@@ -11,6 +11,7 @@ import hashlib
 import re
 from typing import Any
 
+from workflow.launch import Launch
 from workflow.paths import Paths, stage_code
 
 MS_SHARINGS = ("modality_specific", "attn", "ffn", "ln")
@@ -22,16 +23,7 @@ class Pretraining:
     def __init__(self, config: dict[str, Any], paths: Paths) -> None:
         self.cfg, self.model, self.paths = config["pretrain"], config["model"], paths
         self.datasets = config["data"]["datasets"]
-        launch = self.cfg["launch"]
-        self.resources = {"nodes": launch["nodes"], "tasks_per_node": launch["devices"]}
-        if launch["launcher"] == "srun":
-            self.resources["mpi"] = "srun"
-
-    def launcher(self, wildcards: Any, resources: Any) -> str:
-        """``srun`` with the geometry written out (SLURM.md: the job step strips SLURM_NTASKS)."""
-        if self.cfg["launch"]["launcher"] != "srun":
-            return ""
-        return f"srun --nodes={resources.nodes} --ntasks-per-node={resources.tasks_per_node}"
+        self.launch = Launch(self.cfg["launch"])
 
     def inputs(self, wildcards: Any) -> dict[str, Any]:
         inputs: dict[str, Any] = {
