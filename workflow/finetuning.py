@@ -13,7 +13,7 @@ from typing import Any
 
 from vlmerge.report.lineages import split_method
 from workflow.ablations import Ablations
-from workflow.launch import LOCAL, Launch
+from workflow.launch import Launch
 from workflow.merging import Merging
 from workflow.paths import Paths, stage_code
 
@@ -23,7 +23,7 @@ class Finetuning:
         self.cfg, self.paths, self.merging = config["finetune"], paths, merging
         self.methods = [*self.cfg["baselines"], *merging.methods]
         self.ablation_methods = ablations.names()
-        self.launch = Launch(self.cfg.get("launch", LOCAL))
+        self.launch = Launch(self.cfg["launch"])
 
     @property
     def method_pattern(self) -> str:

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-# A config without `finetune.launch` fine-tunes in one local process per job.
-LOCAL = {"launcher": "local", "nodes": 1, "devices": 1, "threads": 1}
-
 
 class Launch:
     def __init__(self, spec: dict[str, Any]) -> None:
