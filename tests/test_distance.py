@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from vlmerge.distance import main
+from vlmerge.distance.cli import main
 from vlmerge.merging import block_groups, infer_layout
 from vlmerge.merging.distance import pair_metrics, pair_sums, weight_distances
 from vlmerge.merging.sparsify import magnitude_threshold

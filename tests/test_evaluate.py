@@ -16,7 +16,7 @@ from test_tasks import build_task_data, tiny_model
 from vlmerge.data.collate import BatchCollator
 from vlmerge.data.tokenizer import load_tokenizer
 from vlmerge.data.transforms import eval_transform
-from vlmerge.evaluate import main
+from vlmerge.evaluate.cli import main
 from vlmerge.metrics import retrieval_recall
 from vlmerge.model import Heads
 from vlmerge.model.checkpoint import read_meta, save_model

@@ -15,7 +15,7 @@ from test_tasks import build_task_data, tiny_model
 from vlmerge.data.collate import BatchCollator
 from vlmerge.data.tokenizer import load_tokenizer
 from vlmerge.data.transforms import eval_transform
-from vlmerge.finetune import main
+from vlmerge.finetune.cli import main
 from vlmerge.model import Heads
 from vlmerge.model.checkpoint import load_model, read_meta, save_model
 from vlmerge.runtime import sha256_file

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from vlmerge.merging import GramStats, GramsError, gram_targets, reduce_grams
-from vlmerge.merging.collect import sample_indices
-from vlmerge.merging.gram_files import load_grams, reduce_files, save_grams, sidecar_path
-from vlmerge.merging.hooks import GramCollector
+from vlmerge.grams.collect import sample_indices
+from vlmerge.files.grams import load_grams, reduce_files, save_grams, sidecar_path
+from vlmerge.grams.hooks import GramCollector
 from vlmerge.model import Modality, create_model
 
 SMALL = dict(num_layers=3, dim=16, num_heads=2, mlp_dim=32, image_size=32, max_text_len=8, vocab_size=50,

@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmerge import grams as grams_cli
-from vlmerge import merge as merge_cli
+from vlmerge.grams import cli as grams_cli
+from vlmerge.merge import cli as merge_cli
 from vlmerge.data.schema import CAPTION, NLVR2, VQA, VQA_ANSWERS_FILE
 from vlmerge.data.tokenizer import train_wordpiece
 from vlmerge.merging import GramStats
-from vlmerge.merging.gram_files import load_grams, save_grams, sidecar_path
+from vlmerge.files.grams import load_grams, save_grams, sidecar_path
 from vlmerge.model import create_model
 from vlmerge.model.checkpoint import load_model, read_meta, save_checkpoint, save_model
 

@@ -16,7 +16,7 @@ from vlmerge.data.arrow.writer import TableWriter
 from vlmerge.data.schema import CAPTION, DATASETS, FILES, SCHEMAS, VQA_ANSWERS_FILE, manifest_name
 from vlmerge.data.synth import generate
 from vlmerge.metrics import normalize_answer
-from vlmerge.prepare import main
+from vlmerge.prepare.cli import main
 
 MIN_ANSWERS, REST_VAL = 3, 5
 

@@ -21,12 +21,16 @@ from vlmerge.data.tokenizer import train_wordpiece
 from vlmerge.model import Heads, Sharing, create_model
 from vlmerge.model.checkpoint import load_model, read_meta, save_model
 from vlmerge.runtime import sha256_file
-from vlmerge.train import (InitSpec, LossWeights, PretrainConfig, PretrainData, PretrainDataConfig, PretrainModule,
-                           ResumableSampler, TrainConfigError, evaluation_keys, initial_model, resume_checkpoint)
-from vlmerge.train import pretrain_step
+from vlmerge.pretrain import step as pretrain_step
+from vlmerge.pretrain.data import PretrainData, PretrainDataConfig
+from vlmerge.pretrain.init_weights import InitSpec, initial_model
+from vlmerge.pretrain.module import LossWeights, PretrainConfig, PretrainModule
+from vlmerge.train.errors import TrainConfigError
+from vlmerge.train.sampler import ResumableSampler, evaluation_keys
+from vlmerge.train.trainer import resume_checkpoint
 from vlmerge.train.batches import KeyedSamples
 from vlmerge.train.optim import OptimConfig
-from vlmerge.vocab import arrow_texts
+from vlmerge.vocab.cli import arrow_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = dict(num_layers=3, dim=64, num_heads=2, mlp_dim=128, image_size=32)
@@ -338,7 +342,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(seed_run, corpus, tmp
 
 
 def error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    from vlmerge.pretrain import main
+    from vlmerge.pretrain.cli import main
 
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -291,7 +291,7 @@ def test_report_rule_passes_the_configured_sweeps(tmp_path: Path) -> None:
 
 
 def test_lineage_names_round_trip() -> None:
-    from vlmerge.report.lineages import Defaults, ms_run, resolve, split_method, variant_of_ms_run
+    from vlmerge.catalog.lineages import Defaults, ms_run, resolve, split_method, variant_of_ms_run
 
     defaults = Defaults("modality_specific", 150)
     assert split_method("regmean_alpha0.5@ms_attn") == ("regmean_alpha0.5", "ms_attn")

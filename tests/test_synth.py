@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vlmerge import synth as cli
+from vlmerge.synth import cli
 from vlmerge.data.schema import DATASETS
 from vlmerge.data.synth import MARKER, SPLITS, SUMMARY, SynthError, generate
 from vlmerge.data.synth.captions import captions

@@ -17,12 +17,12 @@ from vlmerge.model import Heads, ModelConfigError, Sharing, create_model
 from vlmerge.model.checkpoint import save_model
 from vlmerge.tasks import TASKS, SplitOptions, TaskError, concat_rows, get_task, merge_rows, shard_indices, task_model
 from vlmerge.tasks.evaluation import evaluation_rows
-from vlmerge.tasks.selection import BestWeights, Selection
+from vlmerge.finetune.selection import BestWeights, Selection
 from vlmerge.tasks.shards import Indexed
 from vlmerge.tasks.vqa import answer_vocabulary
 from vlmerge.tasks.vqa_eval import submission
-from vlmerge.train.finetune_module import FinetuneConfig, FinetuneModule
-from vlmerge.vocab import arrow_texts
+from vlmerge.finetune.module import FinetuneConfig, FinetuneModule
+from vlmerge.vocab.cli import arrow_texts
 
 TASK_DATASETS = ("coco", "f30k", "vqa", "nlvr2")
 MODEL = dict(num_layers=3, dim=64, num_heads=2, mlp_dim=128, image_size=32, drop_path=0.0)

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 from transformers import BertTokenizerFast
 
-from vlmerge import vocab as vocab_cli
+from vlmerge.vocab import cli as vocab_cli
 from vlmerge.data.schema import CAPTION, VQA
 from vlmerge.data.tokenizer import SPECIAL_TOKENS, TokenizerError, load_tokenizer, train_wordpiece
 

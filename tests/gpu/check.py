@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from vlmerge.model import Heads, create_model
-from vlmerge.train.pretrain_module import PretrainConfig, PretrainModule
+from vlmerge.pretrain.module import PretrainConfig, PretrainModule
 
 FAILURES: list[str] = []
 

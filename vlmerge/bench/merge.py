@@ -42,7 +42,7 @@ def write_inputs(work: str) -> None:
     import torch
 
     from vlmerge.merging import GramStats, gram_targets
-    from vlmerge.merging.gram_files import save_grams
+    from vlmerge.files.grams import save_grams
     from vlmerge.model import create_model
     from vlmerge.model.checkpoint import save_model
     from vlmerge.runtime import sha256_file
@@ -66,7 +66,7 @@ def write_inputs(work: str) -> None:
 def floor(ms: str, out: str, seed: str = "", grams: str = "") -> None:
     """(child) Load the inputs as the merge CLI does and write an MA-sized output (the v expert's weights)."""
     from vlmerge.merging import block_groups
-    from vlmerge.merging.gram_files import load_grams
+    from vlmerge.files.grams import load_grams
     from vlmerge.merging.keys import copied_keys
     from vlmerge.model import Modality, Sharing, expert_layout
     from vlmerge.model.checkpoint import CheckpointMeta, load_state, save_checkpoint
@@ -88,7 +88,7 @@ def gram_hooks(batches: str = "12", batch_size: str = "32") -> None:
 
     import torch
 
-    from vlmerge.merging.hooks import GramCollector
+    from vlmerge.grams.hooks import GramCollector
     from vlmerge.model import create_model
 
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vlmerge.model import Heads, create_model
-from vlmerge.train.pretrain_module import PretrainConfig, PretrainModule
+from vlmerge.pretrain.module import PretrainConfig, PretrainModule
 from vlmerge.train.seeds import Stream
 from vlmerge.train.trainer import TrainerConfig, build_trainer
 

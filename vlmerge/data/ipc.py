@@ -6,12 +6,14 @@ read tables, such as ``python -m vlmerge.vocab``, start without importing torch.
 
 from __future__ import annotations
 
+from vlmerge.errors import InputError
+
 from pathlib import Path
 
 import pyarrow as pa
 
 
-class ReaderError(ValueError):
+class ReaderError(InputError):
     """An arrow file, column or row cannot be read as the expected ViLT table."""
 
 

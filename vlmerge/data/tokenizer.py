@@ -9,6 +9,8 @@ vocabulary silently becomes a 5-token one there (every word → [UNK]).
 
 from __future__ import annotations
 
+from vlmerge.errors import InputError
+
 import collections
 import itertools
 import json
@@ -29,7 +31,7 @@ MAX_TEXT_LEN = 40
 _CHUNK = 4096  # texts normalised per call: amortises the Python↔Rust crossing
 
 
-class TokenizerError(ValueError):
+class TokenizerError(InputError):
     """A tokenizer file is missing, unreadable or not a usable BERT WordPiece vocabulary."""
 
 

@@ -2,8 +2,8 @@
 
 :func:`merge` turns an MS state dict (plus the seed and gram statistics where a method needs them)
 into an MA state dict; :data:`METHODS` lists the registered methods with their parameters and papers.
-Gram statistics are collected with :mod:`vlmerge.merging.collect` and stored with
-:mod:`vlmerge.merging.gram_files`; :mod:`vlmerge.merging.distance` measures how far experts drifted.
+Gram statistics are collected with :mod:`vlmerge.grams.collect` and stored with
+:mod:`vlmerge.files.grams`; :mod:`vlmerge.merging.distance` measures how far experts drifted.
 """
 
 # Importing the method modules registers them.

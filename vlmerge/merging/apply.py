@@ -16,7 +16,7 @@ import torch
 from vlmerge.merging.errors import MergeError
 from vlmerge.merging.grams import GramStats
 from vlmerge.merging.keys import copied_keys, infer_layout
-from vlmerge.merging.params import to_json
+from vlmerge.catalog.params import to_json
 from vlmerge.merging.registry import Merged, get_method
 from vlmerge.merging.selection import SELECTION_PARAMS, Selection
 from vlmerge.merging.validate import check_grams, check_ms_state, check_seed

@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 
 from vlmerge.merging.errors import MergeError
-from vlmerge.merging.params import Param, choice, real
 from vlmerge.merging.registry import BaseTensors, ExpertTensors, Merged, register
 from vlmerge.merging.task_arithmetic import generalized_task_arithmetic
 from vlmerge.model import Modality
@@ -32,11 +31,7 @@ def upstream_sequential(experts: ExpertTensors, base: BaseTensors, lam: float) -
     return state
 
 
-@register("arithmetic", paper="Sung et al. 2023, https://arxiv.org/abs/2304.14933", needs_seed=True, params=(
-    Param("lam", real(), 0.5, "scale λ of the summed modality vectors"),
-    Param("mode", choice("formula", "upstream_sequential"), "formula",
-          "formula: θ₀ + λΣ(θ_m − θ₀); upstream_sequential: the released in-place recursion"),
-))
+@register("arithmetic")
 def arithmetic(experts: ExpertTensors, base: BaseTensors = None, *, lam: float, mode: str) -> Merged:
     """Modality arithmetic: θ₀ + λ·Σ_m (θ_m − θ₀) over the layer's experts (or the upstream recursion).
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from vlmerge.errors import InputError
 
-class MergeError(ValueError):
+
+class MergeError(InputError):
     """A state dict, seed, gram file or parameter that cannot be merged, named in the message."""
 
 

@@ -16,7 +16,6 @@ import torch
 from vlmerge.merging.errors import GramsError
 from vlmerge.merging.validate import is_finite
 
-NORMALIZE = ("sum", "mean")
 
 
 @dataclass(frozen=True)

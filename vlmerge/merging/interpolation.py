@@ -7,7 +7,6 @@ from collections.abc import Mapping
 import torch
 
 from vlmerge.merging.errors import MergeError
-from vlmerge.merging.params import Param, real
 from vlmerge.merging.registry import BaseTensors, ExpertTensors, Merged, register
 from vlmerge.model import Modality
 
@@ -42,8 +41,7 @@ def interpolation_weights(experts: tuple[Modality, ...], ratio: float) -> dict[M
                      f"{sorted(m.value for m in found)}")
 
 
-@register("interpolation", paper="Sung et al. 2023, https://arxiv.org/abs/2304.14933",
-          params=(Param("ratio", real(0.0, 1.0), 0.5, "weight r of the v expert; l gets 1−r"),))
+@register("interpolation")
 def interpolation(experts: ExpertTensors, base: BaseTensors = None, *, ratio: float) -> Merged:
     """Interpolate the experts: r·v + (1−r)·l, or (2/3)r·v + (2/3)(1−r)·l + (1/3)·vl with three.
 

@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 
+from vlmerge.catalog.methods import METHOD_INFO, MethodInfo
+from vlmerge.catalog.params import Param
+from vlmerge.errors import ConfigError
 from vlmerge.merging.errors import MergeError
-from vlmerge.merging.params import Param, to_json
 from vlmerge.model import Modality
 
 ExpertTensors = Mapping[str, Mapping[Modality, torch.Tensor]]
@@ -34,12 +36,16 @@ class Merged:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    name: str
+    """A catalogued method (:data:`vlmerge.catalog.methods.METHOD_INFO`) with its function."""
+
+    info: MethodInfo
     fn: Callable[..., Merged]
-    params: tuple[Param, ...]
-    needs_seed: bool
-    needs_grams: bool
-    paper: str
+
+    name = property(lambda self: self.info.name)
+    params = property(lambda self: self.info.params)
+    needs_seed = property(lambda self: self.info.needs_seed)
+    needs_grams = property(lambda self: self.info.needs_grams)
+    paper = property(lambda self: self.info.paper)
 
     @property
     def summary(self) -> str:
@@ -47,32 +53,30 @@ class MethodSpec:
 
     def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults overridden by ``given``, each value parsed; an unknown name is an error."""
-        known = {p.name: p for p in self.params}
-        unknown = sorted(set(given) - set(known))
-        if unknown:
-            raise MergeError(f"method {self.name!r} has no parameter(s) {unknown}; it takes {sorted(known)}")
-        return {name: p.resolve(given[name]) if name in given else p.default for name, p in known.items()}
+        try:
+            return self.info.resolve(given)
+        except ConfigError as err:
+            raise MergeError(str(err)) from None
 
     def describe(self) -> dict[str, Any]:
-        return {"summary": self.summary, "paper": self.paper, "needs_seed": self.needs_seed,
-                "needs_grams": self.needs_grams,
-                "params": {p.name: {"default": to_json(p.default), "help": p.help} for p in self.params}}
+        return {"summary": self.summary, **self.info.describe()}
 
 
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register(name: str, *, paper: str, params: tuple[Param, ...] = (), needs_seed: bool = False,
-             needs_grams: bool = False) -> Callable[[Callable[..., Merged]], Callable[..., Merged]]:
-    """Decorator adding a method to :data:`METHODS`; its keyword-only arguments must be ``params``."""
+def register(name: str) -> Callable[[Callable[..., Merged]], Callable[..., Merged]]:
+    """Decorator attaching a function to the catalogued method ``name``; its keyword-only arguments must
+    be the catalogued parameters (plus ``grams`` for methods that need them)."""
     def add(fn: Callable[..., Merged]) -> Callable[..., Merged]:
+        info = METHOD_INFO[name]
         keyword = {n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
-        declared = {p.name for p in params} | ({"grams"} if needs_grams else set())
+        declared = {p.name for p in info.params} | ({"grams"} if info.needs_grams else set())
         if keyword != declared:
             raise TypeError(f"method {name!r}: keyword arguments {sorted(keyword)} != declared {sorted(declared)}")
         if name in METHODS:
             raise TypeError(f"method {name!r} registered twice")
-        METHODS[name] = MethodSpec(name, fn, params, needs_seed, needs_grams, paper)
+        METHODS[name] = MethodSpec(info, fn)
         return fn
     return add
 

@@ -22,10 +22,9 @@ from typing import Any
 import torch
 
 from vlmerge.merging.errors import GramsError, MergeError
-from vlmerge.merging.grams import NORMALIZE, GramStats
+from vlmerge.merging.grams import GramStats
 from vlmerge.merging.interpolation import plain_mean
 from vlmerge.merging.keys import LinearSlot, linear_slot
-from vlmerge.merging.params import Param, choice, real
 from vlmerge.merging.registry import BaseTensors, ExpertTensors, Merged, register
 from vlmerge.merging.regmean_bias import augmented, split_bias, with_bias
 from vlmerge.merging.solve import solve_psd
@@ -119,16 +118,7 @@ def _regmean(experts: ExpertTensors, grams: GramStats, **settings: Any) -> Merge
     return Merged(state, {"normalize": settings["normalize"], "linear": records, "ridged": ridged})
 
 
-_PARAMS = (
-    Param("alpha", real(0.0, 1.0), 1.0, "scale α of the grams' off-diagonal entries (upstream runs: 1.0)"),
-    Param("normalize", choice(*NORMALIZE), "sum", "sum: raw token sums (upstream); mean: per-token averages"),
-    Param("max_cond", real(1.0), 1e10, "condition estimate above which a ridge is added"),
-    Param("unseen", choice("error", "skip"), "error",
-          "an expert whose gram saw no tokens: error, or leave it out of that layer's solve (upstream; recorded)"),
-)
-
-
-@register("regmean", paper="Jin et al. 2023, https://arxiv.org/abs/2212.09849", needs_grams=True, params=_PARAMS)
+@register("regmean")
 def regmean(experts: ExpertTensors, base: BaseTensors = None, *, grams: GramStats, alpha: float, normalize: str,
             max_cond: float, unseen: str) -> Merged:
     """RegMean: linear weights from the gram-weighted least-squares solution; biases and norms averaged.
@@ -139,8 +129,7 @@ def regmean(experts: ExpertTensors, base: BaseTensors = None, *, grams: GramStat
                     exact_bias=False)
 
 
-@register("regmean_exact_bias", paper="Jin et al. 2023, https://arxiv.org/abs/2212.09849 (bias variant ours)",
-          needs_grams=True, params=_PARAMS)
+@register("regmean_exact_bias")
 def regmean_exact_bias(experts: ExpertTensors, base: BaseTensors = None, *, grams: GramStats, alpha: float,
                        normalize: str, max_cond: float, unseen: str) -> Merged:
     """RegMean with each linear bias solved jointly with its weight (inputs augmented with a constant 1).

@@ -15,25 +15,10 @@ from typing import Any
 
 from vlmerge.merging.errors import MergeError
 from vlmerge.merging.keys import KeyGroup
-from vlmerge.merging.params import Param, choice, layer_set, modality, names, optional, to_json
-from vlmerge.model import ExpertLayout, Modality, Part
-
-TASK_EXPERTS: dict[str, tuple[Modality, ...]] = {
-    "coco": (Modality.V, Modality.L), "f30k": (Modality.V, Modality.L), "retrieval": (Modality.V, Modality.L),
-    "vqa": (Modality.VL,), "nlvr2": (Modality.VL,),
-}
-PARTS: dict[str, frozenset[Part]] = {
-    "attention": frozenset({Part.NORM1, Part.ATTN}), "ffn": frozenset({Part.NORM2, Part.MLP}),
-}
-
-SELECTION_PARAMS = (
-    Param("used_experts_only", optional(choice(*TASK_EXPERTS)), None,
-          "task whose used experts alone merge in layers >= F (coco, f30k, retrieval: v,l; vqa, nlvr2: vl)"),
-    Param("layers", optional(layer_set), None, "merge only these layers, e.g. 0-5,9 (default: all)"),
-    Param("parts", optional(names(*PARTS)), None, "merge only these parts: attention, ffn (default: all)"),
-    Param("rest_from", optional(modality), None, "expert whose weights fill every key that does not merge"),
-)
-
+from vlmerge.catalog.methods import PARTS, SELECTION_PARAMS
+from vlmerge.catalog.names import TASK_EXPERTS
+from vlmerge.catalog.params import to_json
+from vlmerge.model import ExpertLayout, Modality
 
 @dataclass(frozen=True)
 class Selection:

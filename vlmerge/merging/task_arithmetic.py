@@ -12,7 +12,6 @@ from collections.abc import Mapping
 import torch
 
 from vlmerge.merging.errors import MergeError
-from vlmerge.merging.params import Param, choice, flag, integer, modalities, optional, real
 from vlmerge.merging.registry import BaseTensors, ExpertTensors, Merged, register
 from vlmerge.merging.sparsify import dare_drop, disjoint_mean, magnitude_threshold, tensor_seed, trim
 from vlmerge.model import Modality
@@ -59,12 +58,7 @@ def generalized_task_arithmetic(
     return Merged(state, {"global_thresholds": {m.value: t for m, t in thresholds.items()}} if thresholds else {})
 
 
-_SUBSET = Param("subset", optional(modalities), None, "expert subset, e.g. v,l (default: every expert of a layer)")
-_LAM = Param("lam", real(), 0.5, "scale λ of the combined task vectors")
-
-
-@register("task_arithmetic", paper="Ilharco et al. 2023, https://arxiv.org/abs/2212.04089", needs_seed=True,
-          params=(_LAM, _SUBSET))
+@register("task_arithmetic")
 def task_arithmetic(experts: ExpertTensors, base: BaseTensors = None, *, lam: float,
                     subset: tuple[Modality, ...] | None) -> Merged:
     """Task arithmetic over any expert subset: θ₀ + λ·Σ_m (θ_m − θ₀).
@@ -74,12 +68,7 @@ def task_arithmetic(experts: ExpertTensors, base: BaseTensors = None, *, lam: fl
     return generalized_task_arithmetic(experts, base, lam=lam, subset=subset)
 
 
-@register("ties", paper="Yadav et al. 2023, https://arxiv.org/abs/2306.01708", needs_seed=True, params=(
-    Param("lam", real(), 1.0, "scale λ of the merged task vector"),
-    Param("k", real(0.0, 100.0), 20.0, "percent of task-vector entries kept, by magnitude"),
-    Param("topk_scope", choice("per_tensor", "global"), "per_tensor",
-          "rank magnitudes within each tensor, or across an expert's whole task vector"),
-    _SUBSET))
+@register("ties")
 def ties(experts: ExpertTensors, base: BaseTensors = None, *, lam: float, k: float, topk_scope: str,
          subset: tuple[Modality, ...] | None) -> Merged:
     """TIES-Merging: trim each τ_m to its top-k % magnitudes, elect signs, disjoint mean, scale by λ.
@@ -92,13 +81,7 @@ def ties(experts: ExpertTensors, base: BaseTensors = None, *, lam: float, k: flo
                                        consensus=True)
 
 
-@register("dare", paper="Yu et al. 2023, https://arxiv.org/abs/2311.03099", needs_seed=True, params=(
-    _LAM,
-    Param("p", real(0.0, 1.0, below_high=True), 0.5, "drop rate of task-vector entries"),
-    Param("seed", integer(0), 0, "seed of the per-tensor drop masks"),
-    Param("rescale", flag, True, "rescale kept entries by 1/(1−p)"),
-    Param("consensus", flag, False, "elect signs and take the disjoint mean (DARE-TIES) instead of the sum"),
-    _SUBSET))
+@register("dare")
 def dare(experts: ExpertTensors, base: BaseTensors = None, *, lam: float, p: float, seed: int, rescale: bool,
          consensus: bool, subset: tuple[Modality, ...] | None) -> Merged:
     """DARE: drop each task-vector entry with probability p, rescale by 1/(1−p), then sum (or TIES-combine).

@@ -7,70 +7,13 @@ counts. Key names follow vl-merging (``transformer.blocks.{i}.attn.{m}.qkv.weigh
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from vlmerge.catalog.names import PART_PARAMS, Modality, Part, Sharing
 from vlmerge.model.config import ModelConfig
-from vlmerge.model.errors import CheckpointError, ModelConfigError
-
-
-class Modality(enum.Enum):
-    """An expert: vision, language, or the vision-language expert of the fusion layers."""
-
-    V = "v"
-    L = "l"
-    VL = "vl"
-
-
-class Part(enum.Enum):
-    """A block sub-module that a sharing layout may split per expert; the value is its attribute name."""
-
-    NORM1 = "norm1"
-    ATTN = "attn"
-    NORM2 = "norm2"
-    MLP = "mlp"
-
-
-# Parameter names inside each part, in module order.
-PART_PARAMS: dict[Part, tuple[str, ...]] = {
-    Part.NORM1: ("weight", "bias"),
-    Part.ATTN: ("qkv.weight", "q_bias", "v_bias", "proj.weight", "proj.bias"),
-    Part.NORM2: ("weight", "bias"),
-    Part.MLP: ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"),
-}
-
-
-class Sharing(enum.Enum):
-    """Which parts of every block have one copy per expert (the paper's ablations)."""
-
-    SHARED = "shared"  # modality-agnostic (MA): one set of weights
-    MODALITY_SPECIFIC = "modality_specific"  # upstream ``all_moe``
-    ATTN = "attn"
-    FFN = "ffn"
-    LN = "ln"
-
-    @property
-    def per_expert(self) -> frozenset[Part]:
-        return _PER_EXPERT[self]
-
-    @classmethod
-    def parse(cls, value: str | Sharing) -> Sharing:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ModelConfigError(
-                f"unknown sharing layout {value!r}; choose one of {[s.value for s in cls]}") from None
-
-
-_PER_EXPERT = {
-    Sharing.SHARED: frozenset(),
-    Sharing.MODALITY_SPECIFIC: frozenset(Part),
-    Sharing.ATTN: frozenset({Part.ATTN, Part.NORM1}),
-    Sharing.FFN: frozenset({Part.MLP, Part.NORM2}),
-    Sharing.LN: frozenset({Part.NORM1, Part.NORM2}),
-}
+from vlmerge.model.errors import CheckpointError
 
 
 @dataclass(frozen=True)

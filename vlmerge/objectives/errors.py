@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from vlmerge.errors import InputError
 
-class ObjectiveInputError(ValueError):
+
+class ObjectiveInputError(InputError):
     """Inputs of a loss do not match its documented contract (shape, range, length)."""

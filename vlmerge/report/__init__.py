@@ -2,5 +2,5 @@
 
 ``python -m vlmerge.report`` (see :mod:`vlmerge.report.cli`). The package imports nothing heavy at
 its top level, so the workflow can import :mod:`vlmerge.report.sweeps` and
-:mod:`vlmerge.report.lineages` at Snakemake start-up.
+:mod:`vlmerge.catalog.lineages` at Snakemake start-up.
 """

@@ -1,6 +1,6 @@
 """Ablation tables: sharing layout, seed length, and weight distance against downstream scores.
 
-Rows come from the results of methods named ``<name>@<variant>`` (:mod:`vlmerge.report.lineages`)
+Rows come from the results of methods named ``<name>@<variant>`` (:mod:`vlmerge.catalog.lineages`)
 next to ``<name>`` itself, the main lineage.
 """
 
@@ -15,7 +15,7 @@ import pandas as pd
 from vlmerge.report.distances import METRICS, PAIR
 from vlmerge.report.frames import Results, score_row, tasks_of
 from vlmerge.report.headline import columns
-from vlmerge.report.lineages import SHARINGS, Defaults, Lineage, resolve, split_method
+from vlmerge.catalog.lineages import SHARINGS, Defaults, Lineage, resolve, split_method
 from vlmerge.report.spearman import spearman
 from vlmerge.report.svg import Series
 

@@ -14,7 +14,7 @@ from vlmerge.report.config import ReportConfig
 from vlmerge.report.distances import METRICS, PAIR, read_distances
 from vlmerge.report.errors import ReportError
 from vlmerge.report.frames import Results, main_frame, score_columns, sweep_frame, sweep_series
-from vlmerge.report.lineages import split_method
+from vlmerge.catalog.lineages import split_method
 from vlmerge.report.svg import Series, line_plot, scatter_plot
 from vlmerge.report.tables import write_tables
 from vlmerge.runtime import atomic_write_bytes

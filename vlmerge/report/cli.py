@@ -21,7 +21,7 @@ from pathlib import Path
 from vlmerge.report.build import build
 from vlmerge.report.config import ReportConfig
 from vlmerge.report.errors import ReportError
-from vlmerge.report.lineages import SHARINGS, Defaults
+from vlmerge.catalog.lineages import SHARINGS, Defaults
 from vlmerge.report.sweeps import Sweep
 from vlmerge.runtime import provenance, setup_logging
 

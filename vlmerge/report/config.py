@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlmerge.report.lineages import Defaults
+from vlmerge.catalog.lineages import Defaults
 from vlmerge.report.sweeps import Sweep
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from vlmerge.report.errors import ReportError
-from vlmerge.report.lineages import Defaults, variant_of_ms_run
+from vlmerge.catalog.lineages import Defaults, variant_of_ms_run
 
 METRICS = ("l2", "cosine", "sign", "soft_sign", "truncated_sign")
 PAIR = "v-l"

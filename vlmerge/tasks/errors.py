@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from vlmerge.errors import InputError
 
-class TaskError(ValueError):
+
+class TaskError(InputError):
     """A missing task table, an option the task does not support, a checkpoint without the task's head."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from vlmerge.errors import IncompleteRun, InputError
 
-class TrainConfigError(ValueError):
+
+class TrainConfigError(InputError):
     """Inconsistent sizes, an unusable strategy or device choice, missing training data."""
 
 
-class TrainingIncomplete(RuntimeError):
+class TrainingIncomplete(IncompleteRun):
     """fit() returned before max_steps (a requeue or termination signal): nothing is written."""
 
 

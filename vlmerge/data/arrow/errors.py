@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from vlmerge.errors import InputError
 
-class RawDataError(Exception):
+
+class RawDataError(InputError):
     """A raw input is missing or malformed. The message names the file (and record or key)."""

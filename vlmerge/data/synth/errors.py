@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from vlmerge.errors import InputError
 
-class SynthError(ValueError):
+
+class SynthError(InputError):
     """A generation request that cannot be honoured; the message names the offending value or path."""

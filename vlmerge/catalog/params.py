@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vlmerge.merging.errors import MergeError
-from vlmerge.model import Modality
+from vlmerge.errors import ConfigError
+from vlmerge.catalog.names import Modality
 
 Parser = Callable[[Any], Any]
 
@@ -30,7 +30,7 @@ class Param:
         try:
             return self.parse(value)
         except (TypeError, ValueError) as err:
-            raise MergeError(f"parameter {self.name}={value!r}: {err}") from None
+            raise ConfigError(f"parameter {self.name}={value!r}: {err}") from None
 
 
 def real(low: float | None = None, high: float | None = None, *, below_high: bool = False) -> Parser:

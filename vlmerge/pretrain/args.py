@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from vlmerge.model import PRESETS, ModelConfig, ModelConfigError, Sharing, model_config
-from vlmerge.train.data import PRETRAIN_DATASETS, PretrainDataConfig
+from vlmerge.pretrain.data import PRETRAIN_DATASETS, PretrainDataConfig
 from vlmerge.train.errors import TrainConfigError
-from vlmerge.train.init_weights import InitSpec
+from vlmerge.pretrain.init_weights import InitSpec
 from vlmerge.train.optim import OptimConfig
-from vlmerge.train.pretrain_module import LossWeights, PretrainConfig
+from vlmerge.pretrain.module import LossWeights, PretrainConfig
 from vlmerge.train.trainer import PRECISIONS, STRATEGIES, TrainerConfig, accumulation_steps
 from vlmerge.runtime import jsonable
 

@@ -3,7 +3,7 @@
 It receives the model with its weights and task head already in place. Each validation runs the
 task's evaluation over the selection split on every rank, gathers and de-duplicates the rows
 (so the metrics are those of one process over the whole split), logs them, and keeps the weights
-of the best step so far (:mod:`vlmerge.tasks.selection`).
+of the best step so far (:mod:`vlmerge.finetune.selection`).
 
 Determinism: before each training batch torch is seeded from (seed, rank, batch index), so a run
 resumed from a checkpoint draws the same dropout and stochastic-depth masks.
@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from vlmerge.model import VLModel
 from vlmerge.tasks.base import Rows, Task
 from vlmerge.tasks.errors import TaskError
-from vlmerge.tasks.selection import BestWeights, Selection
+from vlmerge.finetune.selection import BestWeights, Selection
 from vlmerge.tasks.shards import concat_rows, gather_rows
 from vlmerge.train.optim import OptimConfig, build_optimizer, warmup_linear_schedule
 from vlmerge.train.seeds import Stream, derive_seed

@@ -28,15 +28,15 @@ from vlmerge.data.tokenizer import TokenizerError, vocabulary_file
 from vlmerge.model import CheckpointError, ModelConfigError
 from vlmerge.model.checkpoint import checkpoint_meta, save_checkpoint
 from vlmerge.runtime import provenance, setup_logging
-from vlmerge.tasks.datamodule import FinetuneData
+from vlmerge.finetune.datamodule import FinetuneData
 from vlmerge.tasks.errors import TaskError
-from vlmerge.tasks.finetune_args import parse_args
-from vlmerge.tasks.finetune_run import FinetuneRun
+from vlmerge.finetune.args import parse_args
+from vlmerge.finetune.run import FinetuneRun
 from vlmerge.tasks.lineage import lineage, weights_sha256
 from vlmerge.tasks.model_init import task_model
 from vlmerge.tasks.registry import get_task
 from vlmerge.train.errors import TrainConfigError, TrainingIncomplete, require_finished
-from vlmerge.train.finetune_module import FinetuneModule
+from vlmerge.finetune.module import FinetuneModule
 from vlmerge.train.trainer import build_trainer, resume_checkpoint
 from vlmerge.train.work_dir import claim_work_dir
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlmerge.tasks.datamodule import FinetuneDataConfig
+from vlmerge.finetune.datamodule import FinetuneDataConfig
 from vlmerge.tasks.settings import SplitOptions
-from vlmerge.train.finetune_module import FinetuneConfig
+from vlmerge.finetune.module import FinetuneConfig
 from vlmerge.train.trainer import TrainerConfig
 from vlmerge.runtime import jsonable
 

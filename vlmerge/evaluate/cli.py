@@ -31,7 +31,7 @@ from vlmerge.model.checkpoint import CheckpointMeta, load_model
 from vlmerge.runtime import atomic_write_json, provenance, setup_logging
 from vlmerge.tasks.base import Rows, Task
 from vlmerge.tasks.errors import TaskError
-from vlmerge.tasks.evaluate_args import EvaluateConfig, parse_args
+from vlmerge.evaluate.args import EvaluateConfig, parse_args
 from vlmerge.tasks.evaluation import evaluation_rows
 from vlmerge.tasks.lineage import lineage, weights_sha256
 from vlmerge.tasks.model_init import require_heads, resize

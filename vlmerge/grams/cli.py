@@ -26,9 +26,9 @@ from torch.utils.data import DataLoader, Subset
 from vlmerge.data.collate import BatchCollator
 from vlmerge.data.readers import ReaderError
 from vlmerge.data.tokenizer import TokenizerError, load_tokenizer
-from vlmerge.merging.collect import SPLITS, TASKS, collect_grams, sample_indices, task_dataset
+from vlmerge.grams.collect import SPLITS, TASKS, collect_grams, sample_indices, task_dataset
 from vlmerge.merging.errors import GramsError, MergeError
-from vlmerge.merging.gram_files import reduce_files, save_grams
+from vlmerge.files.grams import reduce_files, save_grams
 from vlmerge.model import CheckpointError, ModelConfigError, Sharing, VLModel
 from vlmerge.model.checkpoint import load_model
 from vlmerge.runtime import provenance, setup_logging, sha256_file

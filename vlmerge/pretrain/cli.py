@@ -26,11 +26,11 @@ from vlmerge.data.tokenizer import TokenizerError, vocabulary_file
 from vlmerge.model import CheckpointError, Heads, ModelConfigError
 from vlmerge.model.checkpoint import checkpoint_meta, save_checkpoint
 from vlmerge.runtime import provenance, setup_logging, sha256_file
-from vlmerge.train.data import PretrainData
+from vlmerge.pretrain.data import PretrainData
 from vlmerge.train.errors import TrainConfigError, TrainingIncomplete, require_finished
-from vlmerge.train.init_weights import initial_model
-from vlmerge.train.pretrain_args import PretrainRun, parse_args
-from vlmerge.train.pretrain_module import PretrainModule
+from vlmerge.pretrain.init_weights import initial_model
+from vlmerge.pretrain.args import PretrainRun, parse_args
+from vlmerge.pretrain.module import PretrainModule
 from vlmerge.train.trainer import build_trainer, resume_checkpoint
 from vlmerge.train.work_dir import claim_work_dir
 

@@ -21,7 +21,7 @@ from vlmerge.data.schema import FILES, VQA_ANSWERS_FILE
 from vlmerge.data.transforms import eval_transform
 from vlmerge.merging.errors import GramsError
 from vlmerge.merging.grams import GramStats
-from vlmerge.merging.hooks import GramCollector
+from vlmerge.grams.hooks import GramCollector
 from vlmerge.model import VLModel
 from vlmerge.runtime import Progress
 

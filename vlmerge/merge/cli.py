@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from vlmerge.merging import METHODS, MergeError, get_method, merge_with_report
-from vlmerge.merging.gram_files import load_grams
-from vlmerge.merging.params import to_json
+from vlmerge.files.grams import load_grams
+from vlmerge.catalog.params import to_json
 from vlmerge.merging.selection import SELECTION_PARAMS
 from vlmerge.model import CheckpointError, ModelConfigError, Sharing, expert_layout
 from vlmerge.model.checkpoint import CheckpointMeta, load_state, save_checkpoint, sidecar_path

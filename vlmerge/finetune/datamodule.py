@@ -1,4 +1,4 @@
-"""Training and validation loaders of a fine-tuning run, built like pre-training's (``vlmerge.train.data``).
+"""Training and validation loaders of a fine-tuning run, built like pre-training's (``vlmerge.pretrain.data``).
 
 Training: an endless, resumable, per-rank shuffled stream (``ResumableSampler``) whose samples
 draw their augmentation from their key (``KeyedSamples``). Validation: each evaluation side of

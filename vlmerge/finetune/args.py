@@ -12,13 +12,13 @@ from typing import Any
 
 from vlmerge.data.transforms import eval_transform
 from vlmerge.tasks.base import Task
-from vlmerge.tasks.datamodule import FinetuneDataConfig
+from vlmerge.finetune.datamodule import FinetuneDataConfig
 from vlmerge.tasks.errors import TaskError
-from vlmerge.tasks.finetune_run import FinetuneRun
+from vlmerge.finetune.run import FinetuneRun
 from vlmerge.tasks.registry import TASKS, get_task
 from vlmerge.tasks.retrieval import RetrievalTask
 from vlmerge.tasks.settings import SplitOptions
-from vlmerge.train.finetune_module import FinetuneConfig
+from vlmerge.finetune.module import FinetuneConfig
 from vlmerge.train.optim import OptimConfig
 from vlmerge.train.trainer import PRECISIONS, STRATEGIES, TrainerConfig, accumulation_steps
 

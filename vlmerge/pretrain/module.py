@@ -18,7 +18,7 @@ import torch
 
 from vlmerge.model import VLModel
 from vlmerge.train.optim import OptimConfig, build_optimizer, warmup_linear_schedule
-from vlmerge.train.pretrain_step import itc_terms, itm_term, mlm_term
+from vlmerge.pretrain.step import itc_terms, itm_term, mlm_term
 from vlmerge.train.seeds import Stream, derive_seed
 
 

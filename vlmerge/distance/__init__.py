@@ -1,0 +1,1 @@
+"""Stage ``vlmerge.distance``: see :mod:`vlmerge.distance.cli`. Imports nothing at its top level."""

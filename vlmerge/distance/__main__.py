@@ -1,0 +1,3 @@
+from vlmerge.distance.cli import main
+
+raise SystemExit(main())

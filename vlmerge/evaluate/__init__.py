@@ -1,0 +1,1 @@
+"""Stage ``vlmerge.evaluate``: see :mod:`vlmerge.evaluate.cli`. Imports nothing at its top level."""

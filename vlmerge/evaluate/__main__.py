@@ -1,0 +1,3 @@
+from vlmerge.evaluate.cli import main
+
+raise SystemExit(main())

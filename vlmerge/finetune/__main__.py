@@ -1,0 +1,3 @@
+from vlmerge.finetune.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+from vlmerge.grams.cli import main
+
+raise SystemExit(main())

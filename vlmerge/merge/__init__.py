@@ -1,0 +1,1 @@
+"""Stage ``vlmerge.merge``: see :mod:`vlmerge.merge.cli`. Imports nothing at its top level."""

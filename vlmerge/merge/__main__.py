@@ -1,0 +1,3 @@
+from vlmerge.merge.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Stage ``vlmerge.prepare``: see :mod:`vlmerge.prepare.cli`. Imports nothing at its top level."""

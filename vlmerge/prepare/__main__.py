@@ -1,0 +1,3 @@
+from vlmerge.prepare.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Stage ``vlmerge.pretrain``: see :mod:`vlmerge.pretrain.cli`. Imports nothing at its top level."""

@@ -1,0 +1,3 @@
+from vlmerge.pretrain.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Stage ``vlmerge.synth``: see :mod:`vlmerge.synth.cli`. Imports nothing at its top level."""

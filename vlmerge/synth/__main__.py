@@ -1,0 +1,3 @@
+from vlmerge.synth.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+from vlmerge.vocab.cli import main
+
+raise SystemExit(main())
