@@ -1,4 +1,4 @@
-"""The ablation lineages asked for in ``report.ablations`` (naming: :mod:`vlmerge.report.lineages`).
+"""The ablation lineages asked for in ``report.ablations`` (naming: :mod:`vlmerge.catalog.lineages`).
 
 Each configured sharing layout or seed length other than the main run's adds one lineage; on each,
 the listed methods (``merge.methods`` entries or ``ms``) are merged, fine-tuned and evaluated on
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlmerge.report.lineages import Defaults, seed_variant, sharing_variant
+from vlmerge.catalog.lineages import Defaults, seed_variant, sharing_variant
 
 
 class Ablations:

@@ -11,7 +11,7 @@ import hashlib
 import re
 from typing import Any
 
-from vlmerge.report.lineages import split_method
+from vlmerge.catalog.lineages import split_method
 from workflow.ablations import Ablations
 from workflow.launch import Launch
 from workflow.merging import Merging

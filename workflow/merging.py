@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from vlmerge.report.lineages import Defaults, ms_run, resolve, seed_run, split_method
+from vlmerge.catalog.lineages import Defaults, ms_run, resolve, seed_run, split_method
 from workflow.ablations import Ablations
 from workflow.paths import Paths, stage_code
 

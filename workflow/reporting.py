@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlmerge.report import outputs
-from vlmerge.report.lineages import ms_run
+from vlmerge.catalog.lineages import ms_run
 from vlmerge.report.sweeps import find_sweeps
 from workflow.ablations import Ablations
 from workflow.finetuning import Finetuning
