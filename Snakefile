@@ -1,14 +1,20 @@
 # vlmerge: merging modality-specific vision-language transformers (Sung et al., EMNLP Findings 2023).
 # Stages are rules in rules/; each calls `python -m vlmerge.<stage>`. See README.md.
-from snakemake.utils import min_version, validate
+import sys
+
+from snakemake.utils import min_version
 
 min_version("8.0")
+sys.path.insert(0, workflow.basedir)
+
+from workflow.config import validated
 
 
 configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# Typed once (workflow/config.py): a bad value or unknown key stops here, naming the key; defaults filled in.
+config.update(validated(config))
 
 
 include: "rules/common.smk"

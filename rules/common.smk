@@ -1,14 +1,12 @@
 # Paths and target functions shared by all rule files. Logic lives in workflow/*.py.
-import sys
 from pathlib import Path
 
-sys.path.insert(0, workflow.basedir)
-
+from vlmerge.catalog.names import MS_SHARINGS, TASKS
 from workflow.paths import Paths, parent_of_output, stage_code
 from workflow.ablations import Ablations
 from workflow.finetuning import Finetuning
-from workflow.merging import TASKS, Merging
-from workflow.pretraining import MS_SHARINGS, Pretraining, seed_of
+from workflow.merging import Merging
+from workflow.pretraining import Pretraining, seed_of
 from workflow.reporting import Reporting
 
 paths = Paths(config)

@@ -1,4 +1,26 @@
 # Data stage: synthetic raw datasets (when no real root is configured) -> ViLT Arrow -> tokenizer.
+# Each stage gets its config.yaml block as one --config JSON (its settings model, validated here and again
+# by the stage); paths travel as flags, quoted so that a path with a space stays one argument.
+from vlmerge.prepare.config import PrepareSettings
+from vlmerge.runtime.settings import build as build_settings
+from vlmerge.synth.config import SynthSettings
+from vlmerge.vocab.config import TokenizerSettings
+
+
+def synth_settings(wildcards):
+    """data.synthetic for the datasets without a real root (data.raw decides them, so they are added here)."""
+    block = {**config["data"]["synthetic"], "datasets": paths.synthetic_datasets()}
+    return build_settings(SynthSettings, block, "data.synthetic").as_json()
+
+
+def prepare_settings(wildcards):
+    """data.prepare; the same for every dataset, so a changed value reconverts all of them."""
+    return build_settings(PrepareSettings, config["data"]["prepare"], "data.prepare").as_json()
+
+
+def tokenizer_settings(wildcards):
+    """data.tokenizer, bert_vocab included: a vocabulary outside the DAG, named by the config."""
+    return build_settings(TokenizerSettings, config["data"]["tokenizer"], "data.tokenizer").as_json()
 
 
 rule synth:
@@ -8,17 +30,13 @@ rule synth:
         paths.synth_record,
     params:
         out=parent_of_output,
-        seed=config["data"]["synthetic"]["seed"],
-        size=config["data"]["synthetic"]["size"],
-        image_size=config["data"]["synthetic"]["image_size"],
-        datasets=",".join(paths.synthetic_datasets()),
+        config=synth_settings,
     log:
         paths.log("synth.log"),
     conda:
         ENV
     shell:
-        "python -m vlmerge.synth --out {params.out} --seed {params.seed} --size {params.size}"
-        " --image-size {params.image_size} --datasets {params.datasets} > {log} 2>&1"
+        "python -m vlmerge.synth --out {params.out:q} --config {params.config:q} > {log:q} 2>&1"
 
 
 rule prepare:
@@ -30,10 +48,7 @@ rule prepare:
     params:
         raw=paths.raw_root,
         out=parent_of_output,
-        strict="--strict" if config["data"]["prepare"]["strict"] else "",
-        shard_size=config["data"]["prepare"]["shard_size"],
-        min_answer_count=config["data"]["prepare"]["min_answer_count"],
-        rest_val_images=config["data"]["prepare"]["rest_val_images"],
+        config=prepare_settings,
     wildcard_constraints:
         dataset="|".join(paths.all_datasets),
     log:
@@ -41,9 +56,8 @@ rule prepare:
     conda:
         ENV
     shell:
-        "python -m vlmerge.prepare --dataset {wildcards.dataset} --raw {params.raw} --out {params.out}"
-        " --shard-size {params.shard_size} --min-answer-count {params.min_answer_count}"
-        " --rest-val-images {params.rest_val_images} {params.strict} > {log} 2>&1"
+        "python -m vlmerge.prepare --dataset {wildcards.dataset} --raw {params.raw:q} --out {params.out:q}"
+        " --config {params.config:q} > {log:q} 2>&1"
 
 
 rule vocab:
@@ -54,12 +68,10 @@ rule vocab:
         directory(paths.tokenizer_dir),
     params:
         arrow=lambda wildcards, input: Path(input.manifests[0]).parent,
-        source=paths.bert_vocab_arg,
-        vocab_size=config["data"]["tokenizer"]["vocab_size"],
+        config=tokenizer_settings,
     log:
         paths.log("vocab.log"),
     conda:
         ENV
     shell:
-        "python -m vlmerge.vocab --arrow {params.arrow} --out {output} {params.source}"
-        " --vocab-size {params.vocab_size} > {log} 2>&1"
+        "python -m vlmerge.vocab --arrow {params.arrow:q} --out {output:q} --config {params.config:q} > {log:q} 2>&1"

@@ -15,8 +15,6 @@ from vlmerge.merging.sparsify import magnitude_threshold
 from vlmerge.model import create_model
 from vlmerge.model.checkpoint import save_model
 
-SMALL = dict(num_layers=3, dim=16, num_heads=2, mlp_dim=32, image_size=32, max_text_len=8, vocab_size=50,
-             drop_path=0.0, embed_dropout=0.0)
 
 
 def test_pair_metrics_match_hand_worked_values() -> None:
@@ -39,8 +37,8 @@ def test_pair_metrics_match_hand_worked_values() -> None:
 def constructed(sharing: str = "modality_specific"):
     """Seed θ₀, direction D; experts v = θ₀ + D, l = θ₀ − D, vl = θ₀ + 2D."""
     torch.manual_seed(0)
-    seed = {k: torch.randn(v.shape) for k, v in create_model("tiny", "shared", **SMALL).state_dict().items()}
-    ms = {k: torch.randn(v.shape) for k, v in create_model("tiny", sharing, **SMALL).state_dict().items()}
+    seed = {k: torch.randn(v.shape) for k, v in create_model("pico", "shared").state_dict().items()}
+    ms = {k: torch.randn(v.shape) for k, v in create_model("pico", sharing).state_dict().items()}
     layout = infer_layout(ms)
     direction = {}
     for group in block_groups(layout):
@@ -90,7 +88,7 @@ def test_only_per_expert_parts_are_measured() -> None:
 
 
 def save(path, sharing: str, state) -> None:
-    model = create_model("tiny", sharing, **SMALL)
+    model = create_model("pico", sharing)
     model.load_state_dict(state)
     save_model(path, model)
 

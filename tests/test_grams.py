@@ -13,14 +13,12 @@ from vlmerge.files.grams import load_grams, reduce_files, save_grams, sidecar_pa
 from vlmerge.grams.hooks import GramCollector
 from vlmerge.model import Modality, create_model
 
-SMALL = dict(num_layers=3, dim=16, num_heads=2, mlp_dim=32, image_size=32, max_text_len=8, vocab_size=50,
-             drop_path=0.0, embed_dropout=0.0)
 F64 = torch.float64
 
 
 def model(sharing: str = "modality_specific"):
     torch.manual_seed(0)
-    m = create_model("tiny", sharing, **SMALL).eval()
+    m = create_model("pico", sharing).eval()
     with torch.no_grad():
         for p in m.parameters():
             p.normal_(0, 0.3)

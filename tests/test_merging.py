@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from tests.conftest import PICO
 from vlmerge.merging import METHODS, GramStats, MergeError, block_groups, gram_targets, infer_layout, merge
 from vlmerge.merging.apply import merge_with_report
 from vlmerge.merging.sparsify import tensor_seed
@@ -15,8 +16,6 @@ from vlmerge.merging.task_arithmetic import generalized_task_arithmetic
 from vlmerge.model import Modality, create_model, expand_experts, expert_layout, model_config
 from vlmerge.model.checkpoint import strict_load
 
-SMALL = dict(num_layers=3, dim=16, num_heads=2, mlp_dim=32, image_size=32, max_text_len=8, vocab_size=50,
-             drop_path=0.0, embed_dropout=0.0)
 V, L, VL = Modality.V, Modality.L, Modality.VL
 ABLATIONS = ("modality_specific", "attn", "ffn", "ln")
 
@@ -24,7 +23,7 @@ ABLATIONS = ("modality_specific", "attn", "ffn", "ln")
 def random_state(sharing: str, seed: int, **overrides) -> dict[str, torch.Tensor]:
     """A state dict of the small model with every parameter random (no trivial 0 or 1 weights)."""
     torch.manual_seed(seed)
-    model = create_model("tiny", sharing, **(SMALL | overrides))
+    model = create_model("pico", sharing, **overrides)
     return {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(seed * 1000 + i))
             for i, (k, v) in enumerate(model.state_dict().items())}
 
@@ -34,7 +33,7 @@ def random_grams(layout, seed: int = 0) -> GramStats:
     g = torch.Generator().manual_seed(seed)
     xtx, sums, counts = {}, {}, {}
     for name, _ in gram_targets(layout):
-        dim = SMALL["mlp_dim"] if name.endswith("fc2") else SMALL["dim"]
+        dim = PICO["mlp_dim"] if name.endswith("fc2") else PICO["dim"]
         x = torch.randn(4 * dim, dim, generator=g, dtype=torch.float64)
         xtx[name], sums[name], counts[name] = x.T @ x, x.sum(0), x.shape[0]
     return GramStats(xtx, sums, counts)
@@ -43,7 +42,7 @@ def random_grams(layout, seed: int = 0) -> GramStats:
 def inputs_for(sharing: str = "modality_specific", **overrides):
     ms = random_state(sharing, 1, **overrides)
     seed = random_state("shared", 2, **overrides)
-    layout = expert_layout(model_config("tiny", **(SMALL | overrides)), sharing)
+    layout = expert_layout(model_config("pico", **overrides), sharing)
     return ms, seed, random_grams(layout), layout
 
 
@@ -60,8 +59,8 @@ def block(key: str) -> bool:
 @pytest.mark.parametrize("num_layers", [3, 5])
 @pytest.mark.parametrize("sharing", ABLATIONS)
 def test_key_mapping_follows_the_model_structure(sharing: str, num_layers: int) -> None:
-    ms_keys = create_model("tiny", sharing, **(SMALL | {"num_layers": num_layers})).state_dict().keys()
-    ma_keys = create_model("tiny", "shared", **(SMALL | {"num_layers": num_layers})).state_dict().keys()
+    ms_keys = create_model("pico", sharing, **{"num_layers": num_layers}).state_dict().keys()
+    ma_keys = create_model("pico", "shared", **{"num_layers": num_layers}).state_dict().keys()
     layout = infer_layout(ms_keys)
     assert (layout.num_layers, layout.fusion_start, layout.sharing.value) == (num_layers, num_layers - 2, sharing)
     groups = block_groups(layout)
@@ -83,7 +82,7 @@ def test_ma_checkpoint_is_refused_as_ms() -> None:
 # ---------------------------------------------------------------------------------------------- invariants
 def test_identical_experts_are_returned_by_every_method() -> None:
     seed = random_state("shared", 3)
-    ms = expand_experts(seed, model_config("tiny", **SMALL), "modality_specific")
+    ms = expand_experts(seed, model_config("pico"), "modality_specific")
     layout = infer_layout(ms)
     for name, out in run_all(ms, seed, random_grams(layout)).items():
         assert out.keys() == seed.keys()
@@ -104,7 +103,7 @@ def test_every_method_strict_loads_and_leaves_inputs_untouched(sharing: str) -> 
 
     before = digest()
     pointers = {t.data_ptr() for state in (ms, seed) for t in state.values()}
-    model = create_model("tiny", "shared", **SMALL)
+    model = create_model("pico", "shared")
     for name, out in run_all(ms, seed, grams).items():
         strict_load(model, out, name)
         assert not pointers & {t.data_ptr() for t in out.values()}, f"{name} returned an input tensor"

@@ -5,19 +5,26 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import yaml
 from PIL import Image
 
+from vlmerge.data.arrow import ConvertOptions
 from vlmerge.data.arrow.writer import TableWriter
 from vlmerge.data.schema import CAPTION, DATASETS, FILES, SCHEMAS, VQA_ANSWERS_FILE, manifest_name
 from vlmerge.data.synth import generate
 from vlmerge.metrics import normalize_answer
 from vlmerge.prepare.cli import main
+from vlmerge.prepare.config import PrepareSettings
 
+ROOT = Path(__file__).resolve().parents[1]
 MIN_ANSWERS, REST_VAL = 3, 5
 
 
@@ -361,11 +368,47 @@ def test_corrupt_images_are_skipped_and_listed_or_fatal_when_strict(
     fails_naming(capsys, argv("coco", coco_copy, "--strict"), "corrupt image", "val2014/")
 
 
-def test_invalid_arguments_exit_2(raw: Path, tmp_path: Path) -> None:
-    for bad in (["--shard-size", "0"], ["--batch-rows", "x"], ["--dataset", "mnist"]):
-        with pytest.raises(SystemExit) as exc:
-            main(["--dataset", "sbu", "--raw", str(raw / "sbu"), "--out", str(tmp_path), *bad])
-        assert exc.value.code == 2
+def test_unknown_dataset_is_a_usage_error(raw: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--dataset", "mnist", "--raw", str(raw / "sbu"), "--out", str(tmp_path)])
+    assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("extra, key", [
+    (["--shard-size", "0"], "shard_size: "),
+    (["--batch-rows", "x"], "batch_rows: "),
+    (["--config", '{"min_answer_count": 0}'], "min_answer_count: "),
+    (["--config", '{"rest_val_images": -1, "strict": true}'], "rest_val_images: "),
+    (["--config", '{"shard_sise": 7}'], "shard_sise: "),
+    (["--config", "[7]"], "--config: "),
+])
+def test_bad_settings_are_one_line_naming_the_key(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  extra: list[str], key: str) -> None:
+    out = tmp_path / "out"
+    assert main(["--dataset", "sbu", "--raw", str(raw / "sbu"), "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vlmerge.prepare: error: ") and key in err[0], err
+    assert not out.exists()
+
+
+def test_the_workflow_json_with_a_flag_overriding_it(raw: Path, tmp_path: Path) -> None:
+    settings = PrepareSettings(shard_size=1, batch_rows=4)
+    manifest = prepare("sbu", raw / "sbu", tmp_path, "--config", settings.as_json(), "--shard-size", "7")
+    assert manifest["options"] == {**settings.model_dump(), "shard_size": 7}
+    assert manifest["provenance"]["config"]["shard_size"] == 7
+    assert len(manifest["files"]) == -(-manifest["splits"]["train"]["rows"] // 7)
+
+
+def test_settings_defaults_are_the_converters_and_config_blocks_are_valid() -> None:
+    assert PrepareSettings().model_dump() == asdict(ConvertOptions())
+    for path in ("config.yaml", "profiles/slurm/paper.yaml"):
+        block = yaml.safe_load((ROOT / path).read_text())["data"]["prepare"]
+        assert PrepareSettings(**block).model_dump(include=set(block)) == block, path
+
+
+def test_settings_module_never_imports_torch() -> None:
+    code = "import sys, vlmerge.prepare.config; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 
 
 # --- the streaming writer ------------------------------------------------------------------------

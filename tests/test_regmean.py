@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import PICO
 from vlmerge.merging import METHODS, GramStats, GramsError, gram_targets, merge, merge_with_report
 from vlmerge.merging.regmean import regmean_solve, scale_offdiagonal
 from vlmerge.merging.solve import solve_psd
 from vlmerge.model import Modality, create_model, expert_layout, model_config
 
-SMALL = dict(num_layers=3, dim=16, num_heads=2, mlp_dim=32, image_size=32, max_text_len=8, vocab_size=50,
-             drop_path=0.0, embed_dropout=0.0)
 V, L, VL = Modality.V, Modality.L, Modality.VL
 F64 = torch.float64
 KEY = "transformer.blocks.0.mlp.fc1.weight"  # a real linear key: the method finds its gram names from it
@@ -20,7 +19,7 @@ GRAM = "transformer.blocks.0.mlp.{}.fc1"
 
 
 def ms_state(seed: int = 0) -> dict[str, torch.Tensor]:
-    model = create_model("tiny", "modality_specific", **SMALL)
+    model = create_model("pico", "modality_specific")
     g = torch.Generator().manual_seed(seed)
     return {k: torch.randn(v.shape, generator=g) for k, v in model.state_dict().items()}
 
@@ -33,9 +32,9 @@ def grams_from(inputs: dict[str, torch.Tensor]) -> GramStats:
 
 def layout_grams(fill, seed: int = 0) -> GramStats:
     """Grams for every hook point of the small MS model, X from ``fill(name, dim, generator)``."""
-    layout = expert_layout(model_config("tiny", **SMALL), "modality_specific")
+    layout = expert_layout(model_config("pico"), "modality_specific")
     g = torch.Generator().manual_seed(seed)
-    return grams_from({name: fill(name, SMALL["mlp_dim"] if name.endswith("fc2") else SMALL["dim"], g)
+    return grams_from({name: fill(name, PICO["mlp_dim"] if name.endswith("fc2") else PICO["dim"], g)
                        for name, _ in gram_targets(layout)})
 
 
@@ -48,7 +47,7 @@ def regmean(experts, grams, exact: bool = False, **params):
 # ---------------------------------------------------------------------------------------------- closed forms
 def test_equal_grams_give_the_plain_average() -> None:
     ms = ms_state()
-    shared = torch.randn(200, SMALL["mlp_dim"], generator=torch.Generator().manual_seed(3), dtype=F64)
+    shared = torch.randn(200, PICO["mlp_dim"], generator=torch.Generator().manual_seed(3), dtype=F64)
     grams = layout_grams(lambda name, dim, g: shared[:, :dim])
     out = merge("regmean", ms, grams=grams, alpha=0.7)
     plain = merge("interpolation", ms, ratio=0.5)  # the average of two experts, and of three (1/3 each)
@@ -175,7 +174,7 @@ def test_missing_or_foreign_grams_are_errors_naming_the_layer() -> None:
     # VQA uses only the vl expert from F on: one expert, nothing to solve, no vl gram needed.
     out = merge("regmean", ms, grams=no_vl, used_experts_only="vqa")
     assert torch.equal(out["transformer.blocks.2.mlp.fc1.weight"], ms["transformer.blocks.2.mlp.vl.fc1.weight"])
-    wide = create_model("tiny", "modality_specific", **(SMALL | {"dim": 24, "num_heads": 2})).state_dict()
+    wide = create_model("pico", "modality_specific", **{"dim": 24, "num_heads": 2}).state_dict()
     with pytest.raises(GramsError, match="takes 24 inputs: grams from another model"):
         merge("regmean", {k: torch.randn(v.shape) for k, v in wide.items()}, grams=grams)
     empty = GramStats(grams.xtx, grams.sums, {n: 0 for n in grams.counts})

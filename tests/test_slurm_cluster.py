@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "workflow" / "slurm-local"
@@ -54,14 +54,21 @@ def _missing_binaries() -> list[str]:
     return [b for b in BINARIES if shutil.which(b) is None and not (Path("/usr/sbin") / b).exists()]
 
 
+def _cannot_run(reason: str) -> None:
+    """Skip with the reason in the summary; a failure where SLURM is required (CI: VLMERGE_REQUIRE_SLURM=1)."""
+    if os.environ.get("VLMERGE_REQUIRE_SLURM") == "1":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[None]:
     """The local cluster, started once and stopped at the end of the session."""
     if missing := _missing_binaries():
-        pytest.fail(f"SLURM is not installed (missing {', '.join(missing)}): as root run "
-                    f"{SCRIPTS / 'install.sh'} (apt-get install munge slurmctld slurmd slurm-client)", pytrace=False)
+        _cannot_run(f"SLURM is not installed (missing {', '.join(missing)}): as root run {SCRIPTS / 'install.sh'} "
+                    "(apt-get install munge slurmctld slurmd slurm-client), as `make test` does where it can")
     if os.geteuid() != 0:
-        pytest.fail(f"the SLURM cluster test must run as root: it starts {SCRIPTS / 'start.sh'}", pytrace=False)
+        _cannot_run(f"the SLURM cluster test must run as root: it starts {SCRIPTS / 'start.sh'}")
     started = subprocess.run([str(SCRIPTS / "start.sh")], capture_output=True, text=True, timeout=120)
     if started.returncode != 0:
         pytest.fail(f"start.sh failed:\n{started.stdout}{started.stderr}", pytrace=False)

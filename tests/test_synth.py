@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
-from vlmerge.synth import cli
 from vlmerge.data.schema import DATASETS
 from vlmerge.data.synth import MARKER, SPLITS, SUMMARY, SynthError, generate
 from vlmerge.data.synth.captions import captions
@@ -20,7 +21,11 @@ from vlmerge.data.synth.questions import Query, answer, ask
 from vlmerge.data.synth.render import object_box, render
 from vlmerge.data.synth.scenes import Obj, Scene, sample_scene
 from vlmerge.data.synth.statements import Claim, state, truth
-from vlmerge.data.synth.vocab import BACKGROUND, CELL_NAMES, COLORS, SHAPES, SIZES
+from vlmerge.data.synth.vocab import BACKGROUND, CELL_NAMES, COLORS, SIZES
+from vlmerge.synth import cli
+from vlmerge.synth.config import SynthSettings
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -357,12 +362,59 @@ def test_refuses_to_replace_a_folder_it_did_not_write(tmp_path):
 
 def test_cli(tmp_path, capsys):
     assert cli.main(["--out", str(tmp_path), "--seed", "4", "--datasets", "sbu,gcc",
-                     "--count", "sbu.train=3", "--count", "gcc.val=2", "--image-size", "24"]) == 0
+                     "--count", "sbu.train=3,gcc.val=2", "--image-size", "24"]) == 0
     summary = load(tmp_path / SUMMARY)
     assert summary["written"]["sbu"]["train"]["images"] == 3 and summary["image_size"] == 24
     assert summary["written"]["gcc"]["val"] == {"entries": 2, "images": 1}
-    capsys.readouterr()
-    for argv in (["--datasets", "coco,nope"], ["--count", "sbu.train"], ["--count", "sbu.train=x"]):
-        assert cli.main(["--out", str(tmp_path / "x"), *argv]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert err[-1].startswith("vlmerge.synth: error: ") and "Traceback" not in "".join(err)
+
+
+def test_cli_takes_the_workflow_json_and_a_flag_overrides_it(tmp_path):
+    settings = SynthSettings(seed=1, image_size=24, datasets=("sbu",), count={"sbu.train": 2})
+    assert cli.main(["--out", str(tmp_path), "--config", settings.as_json(), "--seed", "4"]) == 0
+    summary = load(tmp_path / SUMMARY)
+    assert (summary["seed"], summary["image_size"], summary["datasets"]) == (4, 24, ["sbu"])
+    assert summary["written"] == {"sbu": {"train": {"entries": 2, "images": 2}}}
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--datasets", "coco,nope"], "datasets: "),
+    (["--datasets", "sbu,sbu"], "each once"),
+    (["--count", "sbu.train=x"], "count.sbu.train: "),
+    (["--count", "sbu=3"], "count: "),
+    (["--image-size", "8"], "image_size: "),
+    (["--seed", "-1"], "seed: "),
+    (["--config", '{"seeds": 1}'], "seeds: "),
+    (["--config", '{"size": "huge"}'], "size: "),
+    (["--config", "[1]"], "--config: "),
+])
+def test_cli_errors_are_one_line_naming_the_key(tmp_path, capsys, argv, needle):
+    assert cli.main(["--out", str(tmp_path / "x"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vlmerge.synth: error: ") and needle in err[0], err
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_generator_errors_end_with_one_line(tmp_path, capsys):
+    """Names the generator checks (splits, ranges) fail after the provenance log lines, as one last line."""
+    assert cli.main(["--out", str(tmp_path / "x"), "--count", "sbu.val=3", "--datasets", "sbu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "vlmerge.synth: error: count sbu.val: unknown split; sbu has ['train']"
+    assert "Traceback" not in "".join(err)
+
+
+@pytest.mark.parametrize("argv", [["--count", "sbu.train"], ["--config", "{not json"], ["--size", "huge"]])
+def test_cli_malformed_flags_are_usage_errors(tmp_path, capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--out", str(tmp_path / "x"), *argv])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("python -m vlmerge.synth: error: ")
+
+
+def test_config_yaml_block_is_valid_settings():
+    block = yaml.safe_load((ROOT / "config.yaml").read_text())["data"]["synthetic"]
+    assert SynthSettings(**block).model_dump(include=set(block)) == block
+
+
+def test_settings_module_never_imports_torch():
+    code = "import sys, vlmerge.synth.config; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)

@@ -7,16 +7,21 @@ import importlib.util
 import json
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import yaml
 from transformers import BertTokenizerFast
 
-from vlmerge.vocab import cli as vocab_cli
 from vlmerge.data.schema import CAPTION, VQA
 from vlmerge.data.tokenizer import SPECIAL_TOKENS, TokenizerError, load_tokenizer, train_wordpiece
+from vlmerge.vocab import cli as vocab_cli
+from vlmerge.vocab.config import TokenizerSettings
 
+ROOT = Path(__file__).resolve().parents[1]
 BERT_SHA256 = "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"
 # bert-base-uncased ids, from its vocab.txt: "a" line 1037, "red" 2417, "circle" 4418; [CLS] 101, [SEP] 102.
 A_RED_CIRCLE = [101, 1037, 2417, 4418, 102]
@@ -144,9 +149,33 @@ def test_cli_rejects_bad_inputs_with_one_line(tmp_path: Path, capsys: pytest.Cap
     empty = tmp_path / "empty"
     empty.mkdir()
     for argv, needle in [(["--bert-vocab", str(cased)], "upper-case"), (["--arrow", str(empty)], "no *.arrow"),
-                         (["--bert-vocab", str(tmp_path / "missing.txt")], "missing.txt")]:
+                         (["--bert-vocab", str(tmp_path / "missing.txt")], "missing.txt"),
+                         ([], "give --arrow"), (["--arrow", str(empty), "--vocab-size", "63"], "vocab_size: "),
+                         (["--arrow", str(empty), "--config", '{"min_frequency": 0}'], "min_frequency: "),
+                         (["--arrow", str(empty), "--config", '{"vocab_sise": 80}'], "vocab_sise: "),
+                         (["--arrow", str(empty), "--config", '"4096"'], "--config: ")]:
         assert vocab_cli.main([*argv, "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and needle in err[0]
+        assert len(err) == 1 and err[0].startswith("vlmerge.vocab: error: ") and needle in err[0], err
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_cli_takes_the_workflow_json_and_a_flag_overrides_it(bert_model_dir: Path, tmp_path: Path) -> None:
+    settings = TokenizerSettings(bert_vocab=str(tmp_path / "missing.txt"), vocab_size=64)
+    out = tmp_path / "tokenizer"
+    argv = ["--out", str(out), "--config", settings.as_json(), "--bert-vocab", str(bert_model_dir)]
+    assert vocab_cli.main(argv) == 0
+    config = json.loads((out / vocab_cli.RECORD_FILE).read_text())["provenance"]["config"]
+    assert (config["bert_vocab"], config["vocab_size"]) == (str(bert_model_dir.resolve()), 64)
+
+
+def test_config_blocks_are_valid_settings() -> None:
+    for path in ("config.yaml", "profiles/slurm/paper.yaml"):
+        block = yaml.safe_load((ROOT / path).read_text())["data"]["tokenizer"]
+        assert TokenizerSettings(**block).model_dump(include=set(block)) == block, path
+
+
+def test_settings_module_never_imports_torch() -> None:
+    code = "import sys, vlmerge.vocab.config; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)

@@ -50,25 +50,52 @@ def planned_jobs(tmp_path: Path, config: Path, *targets: str) -> dict[str, int]:
     return counts
 
 
-def test_default_config_matches_schema() -> None:
-    import jsonschema
+@pytest.mark.parametrize("overlay", [None, "profiles/slurm/paper.yaml"])
+def test_the_configs_are_valid_experiments(overlay: str | None) -> None:
+    """config.yaml, alone and under the paper overlay (layered key by key, as Snakemake does)."""
+    from snakemake.utils import update_config
 
-    spec = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
-    jsonschema.validate(yaml.safe_load((ROOT / "config.yaml").read_text()), spec)
+    from workflow.config import validated
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    if overlay:
+        update_config(config, yaml.safe_load((ROOT / overlay).read_text()))
+    resolved = validated(config)
+    assert resolved["merge"]["methods"].keys() == config["merge"]["methods"].keys()
 
 
 @pytest.mark.parametrize(
     ("override", "named"),
     [
-        ({"colour": "red"}, "'colour' was unexpected"),
+        ({"colour": "red"}, "config.data.colour: Extra inputs are not permitted"),
         ({"prepare": {"strict": False, "shard_size": "many", "min_answer_count": 9, "rest_val_images": 1}},
-         "shard_size"),
+         "config.data.prepare.shard_size"),
         ({"datasets": ["coco", "imagenet"]}, "imagenet"),
     ],
 )
 def test_bad_config_fails_naming_the_key(tmp_path: Path, override: dict, named: str) -> None:
     out = snakemake(tmp_path, write_config(tmp_path, **override), "-n")
     assert out.returncode != 0
+    assert named in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(
+    ("entry", "spec", "named"),
+    [
+        ("regmean", {"method": "regmean", "params": {"alpha": 7.0}}, "parameter alpha=7.0: must lie in [0.0, 1.0]"),
+        ("regmean", {"method": "regmean", "params": {"alhpa": 1.0}}, "has no parameter(s) ['alhpa']"),
+        ("interpolation", {"method": "interpolation", "params": {"ratio": 1.5}}, "parameter ratio=1.5"),
+        ("mystery", {"method": "fisher"}, "unknown merge method 'fisher'"),
+    ],
+)
+def test_bad_merge_parameter_stops_the_dry_run_naming_entry_and_key(
+        tmp_path: Path, entry: str, spec: dict, named: str) -> None:
+    config = yaml.safe_load(write_config(tmp_path).read_text())
+    config["merge"]["methods"][entry] = spec
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    out = snakemake(tmp_path, tmp_path / "config.yaml", "-n", "results/vqa/ma.json")
+    assert out.returncode != 0
+    assert f"config.merge.methods.{entry}" in out.stdout + out.stderr
     assert named in out.stdout + out.stderr
 
 
@@ -127,13 +154,13 @@ def test_data_stage_end_to_end(tmp_path: Path) -> None:
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
-def test_workflow_knows_which_methods_need_seed_and_grams() -> None:
-    """workflow/merging.py keeps its own copy (no torch at Snakemake start-up); it must match the registry."""
+def test_every_catalogued_method_is_registered_with_its_parameters() -> None:
+    """The workflow plans from the torch-free catalogue; the merge functions are registered against it."""
+    from vlmerge.catalog.methods import METHOD_INFO
     from vlmerge.merging import METHODS
-    from workflow.merging import NEEDS_GRAMS, NEEDS_SEED
 
-    assert NEEDS_SEED == {name for name, spec in METHODS.items() if spec.needs_seed}
-    assert NEEDS_GRAMS == {name for name, spec in METHODS.items() if spec.needs_grams}
+    assert METHODS.keys() == METHOD_INFO.keys()
+    assert all(METHODS[name].info is info for name, info in METHOD_INFO.items())
 
 
 def test_slurm_profile_launches_multi_node_pretraining(tmp_path: Path) -> None:

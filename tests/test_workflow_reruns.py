@@ -242,7 +242,10 @@ MERGE_JOBS = {"all": 1, "merge": 2, "merge_per_task": 4, "finetune": 12, "evalua
 @pytest.mark.parametrize(
     ("source", "jobs", "outputs"),
     [
-        ("vlmerge/merge.py", MERGE_JOBS, MERGED | lineage(TASKS, MERGES)),
+        ("vlmerge/merge/cli.py", MERGE_JOBS, MERGED | lineage(TASKS, MERGES)),
+        # Modules a stage reaches only indirectly: the gram file format (grams and merge stages) and the
+        # Lightning trainer factory (pre-training and fine-tuning: everything but the data stage).
+        ("vlmerge/files/grams.py", {**MERGE_JOBS, "grams": 4}, GRAMS | MERGED | lineage(TASKS, MERGES)),
         # The merging library is code of the grams, merge and distance stages: the MS branch but ms itself.
         ("vlmerge/merging/interpolation.py", {**MERGE_JOBS, "grams": 4, "distance": 1},
          MS_BRANCH - lineage(TASKS, ("ms",))),
@@ -255,9 +258,44 @@ def test_changed_stage_code_reruns_its_jobs_and_descendants(
     assert plan(state) == Plan(jobs, frozenset(outputs | report))
 
 
+def recorded_inputs(workdir: Path) -> dict[str, tuple[str, set[str]]]:
+    """Output file → (rule, the input files Snakemake recorded for its job) from ``--detailed-summary``."""
+    lines = snakemake(workdir, "--detailed-summary").stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("output_file\t"))
+    header = lines[start].split("\t")
+    rows = [dict(zip(header, line.split("\t"))) for line in lines[start + 1:] if "\t" in line]
+    return {r["output_file"]: (r["rule"], set(r["input-file(s)"].split(","))) for r in rows}
+
+
+LIBRARIES = {"__init__.py", "catalog", "data", "errors.py", "files", "merging", "metrics", "model", "objectives",
+             "runtime", "tasks", "train"}
+STAGE_OF_RULE = {"synth": "synth", "prepare": "prepare", "vocab": "vocab", "pretrain": "pretrain", "grams": "grams",
+                 "merge": "merge", "merge_per_task": "merge", "distance": "distance", "finetune": "finetune",
+                 "evaluate": "evaluate", "tables": "report"}
+
+
+def test_every_job_depends_on_every_module_its_stage_imports(state: Path) -> None:
+    """Each job's recorded inputs hold the whole import closure of its stage (read with ``ast`` from the
+    copied package), so editing any of those modules reruns it; and no module of another stage's room."""
+    sys.path.insert(0, str(state))
+    try:
+        from workflow.imports import closure, module_file
+    finally:
+        sys.path.remove(str(state))
+    checked = set()
+    for output, (rule, inputs) in recorded_inputs(state).items():
+        stage = STAGE_OF_RULE[rule]
+        code = {str(p) for p in closure(module_file(f"vlmerge.{stage}.__main__", state), state)}
+        assert code <= inputs, (output, sorted(code - inputs)[:5])
+        rooms = {p.split("/vlmerge/")[1].split("/")[0] for p in inputs if "/vlmerge/" in p}
+        assert rooms <= {stage, *LIBRARIES}, (output, sorted(rooms - {stage, *LIBRARIES}))
+        checked.add(rule)
+    assert checked == set(STAGE_OF_RULE)
+
+
 def test_touched_source_with_the_same_content_reruns_nothing(state: Path) -> None:
     # Files under 1 MB are compared by checksum, not by modification time.
-    rewrite(state, "vlmerge/merge.py", (state / "vlmerge/merge.py").read_bytes())
+    rewrite(state, "vlmerge/merge/cli.py", (state / "vlmerge/merge/cli.py").read_bytes())
     assert plan(state) == NOTHING
 
 

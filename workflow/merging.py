@@ -1,27 +1,41 @@
 """Inputs and arguments of the grams, merge and distance rules, derived from the validated config.
 
-Which methods need the seed or grams is written down here rather than imported from
-``vlmerge.merging`` (that would import torch into every Snakemake start-up); a test checks that the
-two agree.
+Which methods need the seed or grams, and which parameters each takes, comes from the torch-free
+catalogue :mod:`vlmerge.catalog.methods`, the same table the merge functions are registered against.
+Every ``merge.methods`` entry is checked here, when the DAG is built: a bad value or an unknown key
+stops ``snakemake -n`` naming the entry and the key, long before any job runs.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 from typing import Any
 
 from vlmerge.catalog.lineages import Defaults, ms_run, resolve, seed_run, split_method
+from vlmerge.catalog.methods import check_merge, method_info, per_task
+from vlmerge.catalog.names import TASKS
+from vlmerge.errors import ConfigError
 from workflow.ablations import Ablations
 from workflow.paths import Paths, stage_code
 
-NEEDS_SEED = frozenset({"arithmetic", "task_arithmetic", "ties", "dare"})
-NEEDS_GRAMS = frozenset({"regmean", "regmean_exact_bias"})
-TASKS = ("vqa", "coco", "f30k", "nlvr2")
+__all__ = ["TASKS", "Merging"]
+
+
+def checked_methods(methods: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``merge.methods`` with every entry's parameters parsed against the catalogue (for every task)."""
+    for name, spec in methods.items():
+        try:
+            for task in TASKS:
+                check_merge(spec["method"], spec.get("params") or {}, task=task)
+        except ConfigError as err:
+            raise ConfigError(f"config merge.methods.{name}: {err}") from None
+    return methods
 
 
 class Merging:
     def __init__(self, config: dict[str, Any], paths: Paths, ablations: Ablations) -> None:
-        self.methods: dict[str, dict[str, Any]] = config["merge"]["methods"]
+        self.methods: dict[str, dict[str, Any]] = checked_methods(config["merge"]["methods"])
         self.grams = config["merge"]["grams"]
         self.paths = paths
         self.defaults: Defaults = ablations.defaults
@@ -36,7 +50,7 @@ class Merging:
     def per_task(self, name: str) -> bool:
         """A merge that depends on the downstream task: grams of its data, or its used experts."""
         spec = self.methods[split_method(name)[0]]
-        return spec["method"] in NEEDS_GRAMS or spec.get("params", {}).get("used_experts_only") is not None
+        return per_task(spec["method"], spec.get("params") or {})
 
     def task_independent(self) -> str:
         """Wildcard pattern of the merges made once (``^$`` matches none when there are none)."""
@@ -52,12 +66,12 @@ class Merging:
 
     def inputs(self, wildcards: Any) -> dict[str, Any]:
         (base, variant), task = split_method(wildcards.name), getattr(wildcards, "task", None)
-        method = self.methods[base]["method"]
+        info = method_info(self.methods[base]["method"])
         ms, seed = self.lineage_runs(variant)
         inputs: dict[str, Any] = {"ms": self.paths.checkpoint(ms), "code": stage_code("merge")}
-        if method in NEEDS_SEED:
+        if info.needs_seed:
             inputs["seed"] = self.paths.checkpoint(seed)
-        if method in NEEDS_GRAMS:
+        if info.needs_grams:
             inputs["grams"] = self.paths.grams(task, variant)
         return inputs
 
@@ -68,30 +82,35 @@ class Merging:
     # The argument builders below take only ``wildcards``: Snakemake records (and compares on rerun) the
     # params whose functions do not ask for input/output/threads/resources; an ``input`` argument would
     # hide every hyper-parameter from the params trigger. Paths come from the same input functions.
+    # Every value is shell-quoted: config values are data, never shell code.
     def args(self, wildcards: Any) -> str:
         spec = self.methods[split_method(wildcards.name)[0]]
-        params = {k: v for k, v in spec.get("params", {}).items() if v is not None}
+        params = {k: v for k, v in (spec.get("params") or {}).items() if v is not None}
         if params.get("used_experts_only") == "task":
             params["used_experts_only"] = wildcards.task
         inputs = self.inputs(wildcards)
-        args = [f"--method {spec['method']}", f"--ms {inputs['ms']}"]
-        args += [f"--param {k}={_text(v)}" for k, v in sorted(params.items())]
-        if "seed" in inputs:
-            args.append(f"--seed {inputs['seed']}")
-        if "grams" in inputs:
-            args.append(f"--grams {inputs['grams']}")
-        return " ".join(args)
+        args = ["--method", spec["method"], "--ms", inputs["ms"]]
+        for key, value in sorted(params.items()):
+            args += ["--param", f"{key}={_text(value)}"]
+        for name in ("seed", "grams"):
+            if name in inputs:
+                args += [f"--{name}", inputs[name]]
+        return shlex.join(args)
 
     def grams_args(self, wildcards: Any) -> str:
         g = self.grams
-        args = [f"--ckpt {self.grams_ms(wildcards)}", f"--task {wildcards.task}", f"--arrow {self.paths.arrow_dir}",
-                f"--tokenizer {self.paths.tokenizer_dir}", f"--split {g['split']}", f"--batch-size {g['batch_size']}"]
+        args = ["--ckpt", self.grams_ms(wildcards), "--task", wildcards.task, "--arrow", self.paths.arrow_dir,
+                "--tokenizer", self.paths.tokenizer_dir, "--split", g["split"], "--batch-size", str(g["batch_size"])]
         if g["max_samples"]:
-            args.append(f"--max-samples {g['max_samples']}")
+            args += ["--max-samples", str(g["max_samples"])]
         if g["include_pad"]:
             args.append("--include-pad")
-        return " ".join(args)
+        return shlex.join(args)
 
 
 def _text(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)

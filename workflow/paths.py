@@ -9,37 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-DATASETS = ("coco", "f30k", "vqa", "nlvr2", "vg", "sbu", "gcc")
+from vlmerge.catalog.names import DATASETS
+from workflow.imports import stage_code  # re-exported: rules declare a stage's code as inputs
 
-# Package sources each stage runs; declared as rule inputs so a code change reruns the stage.
-_STAGE_CODE = {
-    "synth": ["vlmerge/synth.py", "vlmerge/data/synth"],
-    "prepare": ["vlmerge/prepare.py", "vlmerge/data/arrow", "vlmerge/data/schema.py", "vlmerge/metrics/normalize.py"],
-    "vocab": ["vlmerge/vocab.py", "vlmerge/data/tokenizer.py", "vlmerge/data/ipc.py"],
-    "grams": ["vlmerge/grams.py", "vlmerge/merging", "vlmerge/model", "vlmerge/data/readers",
-              "vlmerge/data/transforms.py", "vlmerge/data/collate.py", "vlmerge/data/tokenizer.py"],
-    "merge": ["vlmerge/merge.py", "vlmerge/merging", "vlmerge/model"],
-    "distance": ["vlmerge/distance.py", "vlmerge/merging", "vlmerge/model"],
-    "finetune": ["vlmerge/finetune.py", "vlmerge/tasks", "vlmerge/train", "vlmerge/model", "vlmerge/objectives",
-                 "vlmerge/metrics", "vlmerge/data/readers", "vlmerge/data/ipc.py", "vlmerge/data/transforms.py", "vlmerge/data/collate.py",
-                 "vlmerge/data/tokenizer.py"],
-    "evaluate": ["vlmerge/evaluate.py", "vlmerge/tasks", "vlmerge/model", "vlmerge/metrics", "vlmerge/data/readers",
-                 "vlmerge/data/transforms.py", "vlmerge/data/collate.py", "vlmerge/data/tokenizer.py"],
-    "report": ["vlmerge/report"],
-    "pretrain": ["vlmerge/pretrain.py", "vlmerge/train", "vlmerge/model", "vlmerge/objectives",
-                 "vlmerge/data/readers", "vlmerge/data/ipc.py", "vlmerge/data/transforms.py", "vlmerge/data/collate.py",
-                 "vlmerge/data/tokenizer.py"],
-}
-
-
-def stage_code(stage: str) -> list[str]:
-    """The .py files of the package that ``python -m vlmerge.<stage>`` depends on (sorted, absolute)."""
-    files: list[Path] = []
-    for entry in _STAGE_CODE[stage]:
-        path = ROOT / entry
-        files.extend(sorted(path.rglob("*.py")) if path.is_dir() else [path])
-    return [str(f) for f in files]
+__all__ = ["Paths", "parent_of_output", "stage_code"]
 
 
 def parent_of_output(wildcards: Any, output: Any) -> str:
@@ -96,8 +69,8 @@ class Paths:
     def table(self, stem: str, suffix: str) -> str:
         return str(Path(self.table_dir) / f"{stem}{suffix}")
 
-    def plot(self, stem: str) -> str:
-        return str(Path(self.plot_dir) / f"{stem}.svg")
+    def plot(self, stem: str, suffix: str) -> str:
+        return str(Path(self.plot_dir) / f"{stem}{suffix}")
 
     def manifest(self, dataset: str) -> str:
         return str(Path(self.arrow_dir) / f"{dataset}.manifest.json")
@@ -120,7 +93,3 @@ class Paths:
         """A synthetic dataset depends on the generator's record; a real root is outside the DAG."""
         return [] if self.data["raw"].get(wildcards.dataset) else [self.synth_record]
 
-    @property
-    def bert_vocab_arg(self) -> str:
-        vocab = self.data["tokenizer"]["bert_vocab"]
-        return f"--bert-vocab {vocab}" if vocab else ""

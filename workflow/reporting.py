@@ -40,7 +40,7 @@ class Reporting:
         return [self.paths.table(s, x) for s in stems if stem in (None, s) for x in outputs.TABLE_SUFFIXES]
 
     def plots(self) -> list[str]:
-        return [self.paths.plot(s) for s in outputs.plot_stems(self.sweeps, **self.flags)]
+        return [self.paths.plot(s, x) for s in outputs.plot_stems(self.sweeps, **self.flags) for x in outputs.PLOT_SUFFIXES]
 
     def args(self, wildcards: Any, input: Any) -> str:
         defaults = self.ablations.defaults

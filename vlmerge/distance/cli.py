@@ -21,7 +21,10 @@ from vlmerge.merging.errors import MergeError
 from vlmerge.merging.validate import check_finite, check_ms_state
 from vlmerge.model import CheckpointError, ModelConfigError, Sharing, expert_layout
 from vlmerge.model.checkpoint import load_state
-from vlmerge.runtime import atomic_write_json, provenance, setup_logging, sha256_file
+from vlmerge.distance.config import DistanceSettings
+from vlmerge.runtime import atomic_write_json, provenance, sha256_file
+from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
+from vlmerge.runtime.stage import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +34,10 @@ class DistanceConfig:
     ms: Path
     seed: Path
     out: Path
-    k: float = 20.0
+    settings: DistanceSettings
 
     def resolved(self) -> dict[str, Any]:
-        return {"ms": str(self.ms), "seed": str(self.seed), "out": str(self.out), "k": self.k}
-
-
-def _percent(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= 100:
-        raise argparse.ArgumentTypeError(f"must lie in (0, 100], got {value}")
-    return value
+        return {"ms": str(self.ms), "seed": str(self.seed), "out": str(self.out), **self.settings.model_dump()}
 
 
 def parse_args(argv: list[str] | None) -> DistanceConfig:
@@ -52,9 +45,9 @@ def parse_args(argv: list[str] | None) -> DistanceConfig:
     parser.add_argument("--ms", type=Path, required=True, help="the modality-specific (MS) checkpoint")
     parser.add_argument("--seed", type=Path, required=True, help="the seed (MA) checkpoint")
     parser.add_argument("--out", type=Path, required=True, help="output JSON")
-    parser.add_argument("--k", type=_percent, default=20.0, help="percent of magnitudes kept by truncated_sign")
+    add_settings_arguments(parser, DistanceSettings)
     args = parser.parse_args(argv)
-    return DistanceConfig(args.ms, args.seed, args.out, args.k)
+    return DistanceConfig(args.ms, args.seed, args.out, settings_from_args(args, DistanceSettings))
 
 
 def run(config: DistanceConfig) -> None:
@@ -71,7 +64,7 @@ def run(config: DistanceConfig) -> None:
         if group.ma_key not in seed_state or tuple(seed_state[group.ma_key].shape) != shape:
             raise MergeError(f"{config.seed}: {group.ma_key} is missing or not shaped {shape} like the experts")
     check_finite({g.ma_key: seed_state[g.ma_key] for g in groups}, str(config.seed))
-    record = weight_distances(ms_state, seed_state, layout, config.k)
+    record = weight_distances(ms_state, seed_state, layout, config.settings.k)
     record["inputs"] = {"ms": sha256_file(config.ms), "seed": sha256_file(config.seed)}
     record["provenance"] = provenance("distance", config.resolved())
     atomic_write_json(config.out, record)
@@ -79,14 +72,7 @@ def run(config: DistanceConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
-    setup_logging()
-    try:
-        run(config)
-    except (MergeError, CheckpointError, ModelConfigError) as err:
-        print(f"vlmerge.distance: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_stage("distance", lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":

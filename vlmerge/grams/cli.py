@@ -31,7 +31,10 @@ from vlmerge.merging.errors import GramsError, MergeError
 from vlmerge.files.grams import reduce_files, save_grams
 from vlmerge.model import CheckpointError, ModelConfigError, Sharing, VLModel
 from vlmerge.model.checkpoint import load_model
-from vlmerge.runtime import provenance, setup_logging, sha256_file
+from vlmerge.grams.config import GramsSettings
+from vlmerge.runtime import jsonable, provenance, sha256_file
+from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
+from vlmerge.runtime.stage import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -43,29 +46,19 @@ class CollectConfig:
     arrow: Path
     tokenizer: Path
     out: Path
-    split: str = "train"
-    image_size: int | None = None
-    max_samples: int | None = None
-    batch_size: int = 32
-    include_pad: bool = False
+    settings: GramsSettings
     shard: tuple[int, int] = (0, 1)
     workers: int = 0
     device: str = "cpu"
 
     def resolved(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        return jsonable({**asdict(self), "settings": self.settings})
 
 
 @dataclass(frozen=True)
 class ReduceConfig:
     shards: tuple[Path, ...]
     out: Path
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -83,29 +76,26 @@ def parse_args(argv: list[str] | None) -> CollectConfig | ReduceConfig:
     parser.add_argument("--arrow", type=Path, help="folder of the ViLT arrow tables")
     parser.add_argument("--tokenizer", type=Path, help="tokenizer folder or vocab.txt")
     parser.add_argument("--out", type=Path, required=True, help="output .safetensors (sidecar .json beside it)")
-    parser.add_argument("--split", choices=("train", "val"), default="train", help="train (default) or val (upstream)")
-    parser.add_argument("--image-size", type=_positive, help="pixels (default: the checkpoint's; upstream 224)")
-    parser.add_argument("--max-samples", type=_positive, help="evenly spaced subset of this many samples")
-    parser.add_argument("--batch-size", type=_positive, default=32)
-    parser.add_argument("--include-pad", action="store_true", help="count text pad tokens too (upstream)")
     parser.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: collect every N-th sample from the I-th")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_settings_arguments(parser, GramsSettings)
     args = parser.parse_args(argv)
     if args.reduce:
         return ReduceConfig(tuple(args.reduce), args.out)
     missing = [f"--{n}" for n in ("ckpt", "task", "arrow", "tokenizer") if getattr(args, n) is None]
     if missing:
         parser.error(f"collecting grams needs {', '.join(missing)} (or --reduce SHARD ...)")
-    return CollectConfig(args.ckpt, args.task, args.arrow, args.tokenizer, args.out, args.split, args.image_size,
-                         args.max_samples, args.batch_size, args.include_pad, args.shard, args.workers, args.device)
+    return CollectConfig(ckpt=args.ckpt, task=args.task, arrow=args.arrow, tokenizer=args.tokenizer, out=args.out,
+                         settings=settings_from_args(args, GramsSettings), shard=args.shard, workers=args.workers,
+                         device=args.device)
 
 
 def _prepare_model(config: CollectConfig) -> VLModel:
     model, _ = load_model(config.ckpt, config.device)
     if model.sharing is Sharing.SHARED:
         raise GramsError(f"{config.ckpt} is a modality-agnostic (MA) checkpoint; grams come from the MS model")
-    size = config.image_size or model.config.image_size
+    size = config.settings.image_size or model.config.image_size
     if size % model.config.patch_size:
         raise GramsError(f"--image-size {size} is not a multiple of the patch size {model.config.patch_size}")
     if size != model.config.image_size:
@@ -118,16 +108,16 @@ def _prepare_model(config: CollectConfig) -> VLModel:
 def collect(config: CollectConfig) -> None:
     model = _prepare_model(config)
     tokenizer = load_tokenizer(config.tokenizer, max_length=model.config.max_text_len)
-    data = task_dataset(config.task, config.split, config.arrow, model.config.image_size)
-    indices = sample_indices(len(data), config.max_samples, config.shard)
-    loader = DataLoader(Subset(data, indices), batch_size=config.batch_size, shuffle=False,
+    data = task_dataset(config.task, config.settings.split, config.arrow, model.config.image_size)
+    indices = sample_indices(len(data), config.settings.max_samples, config.shard)
+    loader = DataLoader(Subset(data, indices), batch_size=config.settings.batch_size, shuffle=False,
                         num_workers=config.workers, collate_fn=BatchCollator(tokenizer, model.config.max_text_len))
-    log.info("%s %s (%s table): %d samples, shard %d/%d", config.task, config.split,
-             SPLITS[config.task][config.split], len(indices), *config.shard)
-    grams = collect_grams(model, loader, config.task, config.include_pad, total=len(loader))
+    log.info("%s %s (%s table): %d samples, shard %d/%d", config.task, config.settings.split,
+             SPLITS[config.task][config.settings.split], len(indices), *config.shard)
+    grams = collect_grams(model, loader, config.task, config.settings.include_pad, total=len(loader))
     layout = model.expert_layout()
-    record = {"task": config.task, "split": config.split, "samples": len(indices),
-              "image_size": model.config.image_size, "include_pad": config.include_pad,
+    record = {"task": config.task, "split": config.settings.split, "samples": len(indices),
+              "image_size": model.config.image_size, "include_pad": config.settings.include_pad,
               "checkpoint_sha256": sha256_file(config.ckpt), "shard": list(config.shard),
               "layout": {"num_layers": layout.num_layers, "fusion_start": layout.fusion_start,
                          "sharing": layout.sharing.value, "dim": model.config.dim},
@@ -144,14 +134,10 @@ def reduce(config: ReduceConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
-    setup_logging()
-    try:
+    def body() -> None:
+        config = parse_args(argv)
         collect(config) if isinstance(config, CollectConfig) else reduce(config)
-    except (MergeError, CheckpointError, ModelConfigError, ReaderError, TokenizerError) as err:
-        print(f"vlmerge.grams: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_stage("grams", body)
 
 
 if __name__ == "__main__":

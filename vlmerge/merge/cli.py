@@ -23,10 +23,11 @@ from typing import Any
 from vlmerge.merging import METHODS, MergeError, get_method, merge_with_report
 from vlmerge.files.grams import load_grams
 from vlmerge.catalog.params import to_json
-from vlmerge.merging.selection import SELECTION_PARAMS
+from vlmerge.catalog.methods import SELECTION_PARAMS
 from vlmerge.model import CheckpointError, ModelConfigError, Sharing, expert_layout
 from vlmerge.model.checkpoint import CheckpointMeta, load_state, save_checkpoint, sidecar_path
-from vlmerge.runtime import provenance, setup_logging
+from vlmerge.runtime import provenance
+from vlmerge.runtime.stage import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -142,13 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if config is None:
         print(describe_methods())
         return 0
-    setup_logging()
-    try:
-        run(config)
-    except (MergeError, CheckpointError, ModelConfigError) as err:
-        print(f"vlmerge.merge: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_stage("merge", lambda: run(config))
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ from typing import Any
 
 import pandas as pd
 
+from vlmerge.catalog.lineages import SHARINGS, Defaults, Lineage, resolve, split_method
 from vlmerge.report.distances import METRICS, PAIR
 from vlmerge.report.frames import Results, score_row, tasks_of
 from vlmerge.report.headline import columns
-from vlmerge.catalog.lineages import SHARINGS, Defaults, Lineage, resolve, split_method
+from vlmerge.report.series import Series
 from vlmerge.report.spearman import spearman
-from vlmerge.report.svg import Series
 
 
 def lineages(results: Results, defaults: Defaults) -> dict[str, list[Lineage]]:
@@ -78,11 +78,14 @@ def distance_points(results: Results, distances: dict[str | None, dict[str, floa
 
 def distance_frame(results: Results, distances: dict[str | None, dict[str, float]],
                    defaults: Defaults) -> pd.DataFrame | None:
-    """Spearman's ρ between each distance metric and each (method, headline) score across lineages."""
+    """Spearman's ρ between each distance metric and each (method, headline) score across lineages
+    (NaN where undefined: :mod:`vlmerge.report.spearman`)."""
     rows = []
     for metric in METRICS:
         for series in distance_points(results, distances, defaults, metric):
-            rows.append([f"{PAIR} {metric}", series.label, len(series.x), spearman(series.x, series.y)])
+            distance = f"{PAIR} {metric}"
+            rho = spearman(series.x, series.y, what=f"{distance} and {series.label}")
+            rows.append([distance, series.label, len(series.x), rho])
     if not rows:
         return None
     return pd.DataFrame(rows, columns=["distance", "score", "n", "spearman"])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from vlmerge.catalog.lineages import split_method
 from vlmerge.report import outputs
 from vlmerge.report.ablations import distance_frame, distance_points, lineages, seed_frame, sharing_frame
 from vlmerge.report.collect import read_results
@@ -14,23 +15,15 @@ from vlmerge.report.config import ReportConfig
 from vlmerge.report.distances import METRICS, PAIR, read_distances
 from vlmerge.report.errors import ReportError
 from vlmerge.report.frames import Results, main_frame, score_columns, sweep_frame, sweep_series
-from vlmerge.catalog.lineages import split_method
-from vlmerge.report.svg import Series, line_plot, scatter_plot
+from vlmerge.report.plots import line_plot, scatter_plot, write_plot
+from vlmerge.report.series import Series
 from vlmerge.report.tables import write_tables
-from vlmerge.runtime import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 
 def _table(frame: pd.DataFrame, config: ReportConfig, stem: str) -> list[Path]:
     return write_tables(frame, config.tables / stem, score_columns(frame))
-
-
-def _plot(svg: str, config: ReportConfig, stem: str) -> Path:
-    path = config.plots / f"{stem}.svg"
-    atomic_write_bytes(path, svg.encode("utf-8"))
-    log.info("wrote %s", path)
-    return path
 
 
 def _seed_series(frame: pd.DataFrame) -> list[Series]:
@@ -50,8 +43,8 @@ def _ablations(results: Results, config: ReportConfig) -> list[Path]:
     seed = seed_frame(results, config.defaults)
     if seed is not None:
         written += _table(seed, config, outputs.SEED)
-        written.append(_plot(line_plot(_seed_series(seed), "Seed pre-training length", "seed steps", "score (%)"),
-                             config, outputs.SEED))
+        figure = line_plot(_seed_series(seed), "Seed pre-training length", "seed steps", "score (%)")
+        written += write_plot(figure, config.plots / outputs.SEED)
     distances = read_distances(config.distances, config.defaults)
     correlations = distance_frame(results, distances, config.defaults)
     if correlations is None:
@@ -60,8 +53,8 @@ def _ablations(results: Results, config: ReportConfig) -> list[Path]:
     written += _table(correlations, config, outputs.DISTANCE)
     for metric in METRICS:
         points = distance_points(results, distances, config.defaults, metric)
-        written.append(_plot(scatter_plot(points, f"Expert distance ({PAIR} {metric}) vs score",
-                                          f"{PAIR} {metric}", "score (%)"), config, outputs.distance_plot(metric)))
+        figure = scatter_plot(points, f"Expert distance ({PAIR} {metric}) vs score", f"{PAIR} {metric}", "score (%)")
+        written += write_plot(figure, config.plots / outputs.distance_plot(metric))
     return written
 
 
@@ -74,8 +67,8 @@ def build(config: ReportConfig) -> list[Path]:
         frame = sweep_frame(results, sweep)
         written += _table(frame, config, outputs.sweep_stem(sweep))
         title = f"{sweep.method}: {sweep.param} sweep"
-        svg = line_plot(sweep_series(frame, sweep.param), title, sweep.param, "score (%)")
-        written.append(_plot(svg, config, outputs.sweep_stem(sweep)))
+        figure = line_plot(sweep_series(frame, sweep.param), title, sweep.param, "score (%)")
+        written += write_plot(figure, config.plots / outputs.sweep_stem(sweep))
     if lineages(results, config.defaults):
         written += _ablations(results, config)
     return written

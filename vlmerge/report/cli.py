@@ -7,8 +7,8 @@
 Writes ``main.{csv,md,tex}`` (methods without ``@`` in their name, in the order given, the trivial
 baseline and the gap to MA); per ``--sweep`` a table and a line plot ``sweep_<NAME>``; from the
 ablation lineages (methods ``<name>@<variant>``) ``sharing``, ``seed_steps`` (+ plot) and
-``distance`` (Spearman's ρ, + one scatter plot per distance metric). Bad input ends with a
-one-line error naming the file and key, and exit code 2.
+``distance`` (Spearman's ρ, + one scatter plot per distance metric). Each plot is written as
+``.svg`` and ``.png``. Bad input ends with a one-line error naming the file and key, and exit code 2.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import logging
 import sys
 from pathlib import Path
 
+from vlmerge.catalog.lineages import SHARINGS, Defaults
 from vlmerge.report.build import build
 from vlmerge.report.config import ReportConfig
 from vlmerge.report.errors import ReportError
-from vlmerge.catalog.lineages import SHARINGS, Defaults
 from vlmerge.report.sweeps import Sweep
 from vlmerge.runtime import provenance, setup_logging
 
@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None) -> ReportConfig:
     parser.add_argument("--sharing", choices=SHARINGS, required=True, help="the configured MS sharing layout")
     parser.add_argument("--seed-steps", type=int, required=True, help="the configured seed run length")
     parser.add_argument("--tables", type=Path, required=True, help="folder of the .csv/.md/.tex tables")
-    parser.add_argument("--plots", type=Path, required=True, help="folder of the .svg plots")
+    parser.add_argument("--plots", type=Path, required=True, help="folder of the .svg/.png plots")
     args = parser.parse_args(argv)
     names = [s.name for s in args.sweep]
     if len(set(names)) != len(names):

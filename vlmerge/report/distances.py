@@ -10,8 +10,8 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from vlmerge.report.errors import ReportError
 from vlmerge.catalog.lineages import Defaults, variant_of_ms_run
+from vlmerge.report.errors import ReportError
 
 METRICS = ("l2", "cosine", "sign", "soft_sign", "truncated_sign")
 PAIR = "v-l"

@@ -14,7 +14,7 @@ import pandas as pd
 from vlmerge.report.collect import Result
 from vlmerge.report.errors import ReportError
 from vlmerge.report.headline import HEADLINES, Column, columns
-from vlmerge.report.svg import Series
+from vlmerge.report.series import Series
 from vlmerge.report.sweeps import Sweep
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ from vlmerge.report.sweeps import Sweep
 
 MAIN, SHARING, SEED, DISTANCE = "main", "sharing", "seed_steps", "distance"
 TABLE_SUFFIXES = (".csv", ".md", ".tex")
+PLOT_SUFFIXES = (".svg", ".png")
 
 
 def sweep_stem(sweep: Sweep) -> str:
@@ -35,7 +36,8 @@ def table_stems(sweeps: Sequence[Sweep], sharing: bool, seed: bool) -> list[str]
 
 
 def plot_stems(sweeps: Sequence[Sweep], sharing: bool, seed: bool) -> list[str]:
-    """Stems of the SVG plots: one line plot per sweep and for seed length, one scatter per metric."""
+    """Stems of the plots (each written with every ``PLOT_SUFFIXES``): one line plot per sweep and
+    for seed length, one scatter plot per distance metric."""
     stems = [sweep_stem(s) for s in sweeps]
     stems += [SEED] if seed else []
     stems += [distance_plot(m) for m in METRICS] if sharing or seed else []

@@ -1,43 +1,41 @@
-"""Spearman rank correlation, written out: Pearson correlation of average ranks (ties share a rank)."""
+"""Spearman's rank correlation for the distance table: :func:`scipy.stats.spearmanr`, except
+where ρ says nothing about the lineages.
+
+With one side constant, ρ is undefined (scipy returns NaN and emits a ``ConstantInputWarning``);
+with fewer than three points it is undefined or trivially ±1 (any two distinct points are
+monotone). This wrapper returns NaN in those cases without calling scipy (so no warning reaches
+the stage's log) and logs why; the tables print NaN as an empty cell (CSV) or a dash.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
+from scipy.stats import spearmanr
 
-def average_ranks(values: Sequence[float]) -> list[float]:
-    """1-based ranks of ``values``; a group of tied values gets the mean of the ranks it spans."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    start = 0
-    while start < len(order):
-        end = start
-        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
-            end += 1
-        for i in order[start:end + 1]:
-            ranks[i] = (start + end) / 2 + 1  # mean of the 1-based ranks start+1 .. end+1
-        start = end + 1
-    return ranks
+log = logging.getLogger(__name__)
+MIN_POINTS = 3
 
 
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson correlation; NaN when fewer than two points or either side is constant."""
-    n = len(x)
-    if n != len(y):
-        raise ValueError(f"x has {n} values but y has {len(y)}")
-    if n < 2:
-        return math.nan
-    mean_x, mean_y = sum(x) / n, sum(y) / n
-    dx, dy = [v - mean_x for v in x], [v - mean_y for v in y]
-    sxx, syy = sum(d * d for d in dx), sum(d * d for d in dy)
-    if sxx == 0 or syy == 0:
-        return math.nan
-    return sum(a * b for a, b in zip(dx, dy)) / math.sqrt(sxx * syy)
+def undefined_because(x: Sequence[float], y: Sequence[float]) -> str | None:
+    """Why ρ of ``x`` and ``y`` is not worth reporting, or None when it is."""
+    if len(x) < MIN_POINTS:
+        return f"{len(x)} point(s), fewer than {MIN_POINTS}"
+    constant = [name for name, values in (("x", x), ("y", y)) if len(set(values)) == 1]
+    return f"constant {' and '.join(constant)}" if constant else None
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's ρ of paired samples (NaN when undefined: n < 2 or all ranks tied on one side)."""
+def spearman(x: Sequence[float], y: Sequence[float], what: str = "paired samples") -> float:
+    """Spearman's ρ of paired samples (ties share their mean rank), NaN where undefined.
+
+    ``what`` names the samples in the log line that explains a NaN.
+    """
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} values but y has {len(y)}")
-    return pearson(average_ranks(x), average_ranks(y))
+    reason = undefined_because(x, y)
+    if reason is not None:
+        log.info("Spearman's rho of %s left empty: %s", what, reason)
+        return math.nan
+    return float(spearmanr(x, y).statistic)

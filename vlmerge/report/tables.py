@@ -2,63 +2,73 @@
 
 Score columns (fractions in the result JSONs) are printed as percentages with two decimals in the
 Markdown and LaTeX files, as the paper prints them; the CSV keeps the fractions. Missing cells are
-empty in the CSV and a dash elsewhere. Written by hand so that no optional pandas dependency
-(tabulate, jinja2) is needed and the bytes are stable.
+empty in the CSV and a dash elsewhere. pandas writes all three: Markdown through tabulate
+(``DataFrame.to_markdown``), LaTeX through its Styler (which needs jinja2); both print the same
+cell strings, made by :func:`formatters`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
-from pandas.api.types import is_numeric_dtype
+from pandas.api.types import is_float_dtype, is_numeric_dtype
 
 from vlmerge.runtime import atomic_write_bytes
 
 log = logging.getLogger(__name__)
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+Formatter = Callable[[Any], str]
 
 
-def cell(value: object, percent: bool, missing: str) -> str:
-    """How one value prints: a score as a percentage, another number compactly, text as is."""
-    if isinstance(value, float) and math.isnan(value):
-        return missing
-    if isinstance(value, float):
-        return f"{100 * value:.2f}" if percent else f"{value:.4g}"
-    return str(value)
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f}"
 
 
-def _rows(frame: pd.DataFrame, percent: Collection[str], missing: str,
-          escape: Callable[[str], str]) -> list[list[str]]:
-    header = [escape(str(c)) for c in frame.columns]
-    body = [[escape(cell(value, column in percent, missing)) for column, value in zip(frame.columns, row)]
-            for row in frame.itertuples(index=False)]
-    return [header, *body]
+def _compact(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def formatters(frame: pd.DataFrame, percent: Collection[str]) -> dict[str, Formatter]:
+    """How each column's (non-missing) cells print: scores as percentages, other floats compactly,
+    anything else (integers, text) as it is."""
+    return {column: _percent if column in percent else _compact if is_float_dtype(frame[column]) else str
+            for column in frame.columns}
+
+
+def right_aligned(frame: pd.DataFrame) -> list[bool]:
+    """Numbers are right-aligned (so that their decimal points line up), text left."""
+    return [is_numeric_dtype(frame[column]) for column in frame.columns]
+
+
+def _markdown_escape(text: str) -> str:
+    return text.replace("|", r"\|")  # a bare pipe would end the cell
+
+
+def _markdown_cells(frame: pd.DataFrame, percent: Collection[str]) -> pd.DataFrame:
+    """``frame`` as the strings the Markdown table shows, header included."""
+    fmt = formatters(frame, percent)
+    return pd.DataFrame({_markdown_escape(str(column)): [_markdown_escape("–" if pd.isna(v) else fmt[column](v))
+                                                          for v in frame[column]]
+                         for column in frame.columns})
 
 
 def to_markdown(frame: pd.DataFrame, percent: Collection[str]) -> str:
-    header, *body = _rows(frame, percent, "–", lambda s: s.replace("|", r"\|"))
-    align = ["---:" if is_numeric_dtype(frame[c]) else "---" for c in frame.columns]
-    lines = [header, align, *body]
-    return "".join("| " + " | ".join(line) + " |\n" for line in lines)
-
-
-def latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+    """A pipe table; the cells are formatted here, so tabulate's own number parsing is off."""
+    align = ["right" if right else "left" for right in right_aligned(frame)]
+    return _markdown_cells(frame, percent).to_markdown(index=False, tablefmt="pipe", colalign=align,
+                                                       disable_numparse=True) + "\n"
 
 
 def to_latex(frame: pd.DataFrame, percent: Collection[str]) -> str:
     """A booktabs ``tabular`` (include it in a ``table`` float of your own)."""
-    header, *body = _rows(frame, percent, "--", latex_escape)
-    spec = "".join("r" if is_numeric_dtype(frame[c]) else "l" for c in frame.columns)
-    lines = [f"\\begin{{tabular}}{{{spec}}}", "\\toprule", " & ".join(header) + r" \\", "\\midrule"]
-    lines += [" & ".join(row) + r" \\" for row in body]
-    lines += ["\\bottomrule", "\\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    spec = "".join("r" if right else "l" for right in right_aligned(frame))
+    styler = (frame.style.hide(axis="index")
+              .format(formatters(frame, percent), na_rep="--", escape="latex")
+              .format_index(escape="latex", axis=1))
+    return styler.to_latex(column_format=spec, hrules=True)
 
 
 def to_csv(frame: pd.DataFrame) -> str:

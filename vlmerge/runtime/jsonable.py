@@ -8,6 +8,8 @@ from typing import Any
 
 def jsonable(value: Any) -> Any:
     """``value`` with dicts/lists/tuples walked, paths as strings (for ``dataclasses.asdict`` output)."""
+    if hasattr(value, "model_dump"):  # a pydantic settings model
+        return jsonable(value.model_dump(mode="json"))
     if isinstance(value, dict):
         return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

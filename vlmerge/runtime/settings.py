@@ -43,7 +43,8 @@ def validation_message(err: ValidationError, where: str = "") -> str:
     for e in err.errors():
         key = ".".join(str(x) for x in e["loc"])
         path = f"{where}.{key}" if where and key else (where or key)
-        parts.append(f"{path}: {e['msg']}" + (f" (got {e['input']!r})" if "input" in e and
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{path}: {msg}" + (f" (got {e['input']!r})" if "input" in e and
                                                not isinstance(e["input"], dict) else ""))
     return "; ".join(parts)
 
@@ -79,6 +80,14 @@ def _pairs(text: str) -> dict[str, str]:
     return out
 
 
+class _MergePairs(argparse.Action):
+    """A repeated ``--flag a=1 --flag b=2`` adds up to ``{"a": "1", "b": "2"}``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, {**getattr(namespace, self.dest, {}), **values})
+
+
 def add_settings_arguments(parser: argparse.ArgumentParser, model: type[Settings]) -> None:
     """``--config JSON`` plus one flag per field of ``model`` (absent flags keep ``--config``'s or the default)."""
     group = parser.add_argument_group("settings", f"fields of {model.__name__}; --config gives them as one "
@@ -88,7 +97,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, model: type[Settings
     for name, field in model.model_fields.items():
         flag = "--" + name.replace("_", "-")
         kind = _plain(field.annotation)
-        default = "required" if field.is_required() else f"default: {field.default!r}"
+        default = "required" if field.is_required() else f"default: {field.get_default(call_default_factory=True)!r}"
         help_text = f"{field.description or ''} ({default})".strip()
         common: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
         origin = get_origin(kind)
@@ -99,7 +108,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, model: type[Settings
         elif origin in (tuple, list):
             group.add_argument(flag, type=_items, metavar="A,B,…", **common)
         elif origin is dict or kind is dict:
-            group.add_argument(flag, type=_pairs, metavar="K=V,…", **common)
+            group.add_argument(flag, type=_pairs, action=_MergePairs, metavar="K=V,…", **common)
         else:
             group.add_argument(flag, metavar=getattr(kind, "__name__", "VALUE").upper(), **common)
 
@@ -112,9 +121,4 @@ def settings_from_args(args: argparse.Namespace, model: type[S]) -> S:
     return build(model, {**args.config, **given})
 
 
-def schema_of(model: type[BaseModel]) -> dict[str, Any]:
-    """The JSON schema of a settings model (documentation and editor support)."""
-    return model.model_json_schema()
-
-
-__all__ = ["Settings", "add_settings_arguments", "build", "schema_of", "settings_from_args", "validation_message"]
+__all__ = ["Settings", "add_settings_arguments", "build", "settings_from_args", "validation_message"]

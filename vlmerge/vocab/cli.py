@@ -6,7 +6,8 @@ With ``--bert-vocab`` (a bert-base-uncased ``vocab.txt`` or a folder holding one
 is validated and written to OUT; otherwise a WordPiece vocabulary is trained on the ``caption`` and
 ``questions`` text of every ``*.arrow`` file in ARROW (sorted by name). OUT appears all at once
 (built in a temporary folder, then renamed) and holds a record, ``vocab_record.json`` (source,
-vocab size, sha256 of vocab.txt, provenance). Bad input ends with a one-line error and exit code 2.
+vocab size, sha256 of vocab.txt, provenance). Bad input or a bad setting ends with a one-line error
+and exit code 2.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import argparse
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,8 +25,12 @@ from typing import Any
 import pyarrow.compute as pc
 
 from vlmerge.data.ipc import ReaderError, open_ipc
-from vlmerge.data.tokenizer import SPECIAL_TOKENS, TokenizerError, load_tokenizer, train_wordpiece, write_tokenizer
-from vlmerge.runtime import Progress, atomic_write_json, provenance, setup_logging, sha256_file
+from vlmerge.data.tokenizer import TokenizerError, load_tokenizer, train_wordpiece, write_tokenizer
+from vlmerge.errors import ConfigError
+from vlmerge.runtime import Progress, atomic_write_json, provenance, sha256_file
+from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
+from vlmerge.runtime.stage import run_stage
+from vlmerge.vocab.config import TokenizerSettings
 
 log = logging.getLogger(__name__)
 
@@ -39,38 +43,35 @@ class VocabConfig:
     out: Path
     arrow: Path | None
     bert_vocab: Path | None
-    vocab_size: int
-    min_frequency: int
-    verbose: bool = False
+    settings: TokenizerSettings
 
     def resolved(self) -> dict[str, Any]:
+        """What the record's provenance holds: the paths (absolute) and every setting."""
         return {"out": str(self.out), "arrow": _text(self.arrow), "bert_vocab": _text(self.bert_vocab),
-                "vocab_size": self.vocab_size, "min_frequency": self.min_frequency}
+                "vocab_size": self.settings.vocab_size, "min_frequency": self.settings.min_frequency}
 
 
 def _text(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
 
-def _absolute(path: Path | None) -> Path | None:
-    return None if path is None else path.resolve()
-
-
-def parse_args(argv: list[str] | None) -> VocabConfig:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vlmerge.vocab", description=__doc__.split("\n")[0])
     parser.add_argument("--arrow", type=Path, help="folder of arrow tables whose text trains the vocabulary")
     parser.add_argument("--out", required=True, type=Path, help="tokenizer folder to write")
-    parser.add_argument("--bert-vocab", type=Path, help="local BERT uncased vocab.txt (or its folder) to use instead")
-    parser.add_argument("--vocab-size", type=int, default=4096, help="size of a trained vocabulary")
-    parser.add_argument("--min-frequency", type=int, default=2, help="least count of a merged sub-word pair")
-    parser.add_argument("--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    if args.bert_vocab is None and args.arrow is None:
-        parser.error("give --arrow (to train a vocabulary) or --bert-vocab")
-    if args.vocab_size <= len(SPECIAL_TOKENS) or args.min_frequency < 1:
-        parser.error(f"--vocab-size must exceed {len(SPECIAL_TOKENS)} and --min-frequency be at least 1")
-    return VocabConfig(args.out.resolve(), _absolute(args.arrow), _absolute(args.bert_vocab),
-                       args.vocab_size, args.min_frequency, args.verbose)
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    add_settings_arguments(parser, TokenizerSettings)
+    return parser
+
+
+def config_from(args: argparse.Namespace) -> VocabConfig:
+    """The validated run: settings from ``--config`` and flags, every path absolute, a text source present."""
+    settings = settings_from_args(args, TokenizerSettings)
+    bert_vocab = Path(settings.bert_vocab).resolve() if settings.bert_vocab else None
+    if bert_vocab is None and args.arrow is None:
+        raise ConfigError("give --arrow (to train a vocabulary) or --bert-vocab")
+    arrow = None if args.arrow is None else args.arrow.resolve()
+    return VocabConfig(args.out.resolve(), arrow, bert_vocab, settings)
 
 
 def arrow_texts(arrow_dir: Path) -> Iterator[str]:
@@ -109,7 +110,7 @@ def build(config: VocabConfig, tmp: Path) -> str:
         _check_uncased(tokens, config.bert_vocab)
         write_tokenizer(tokens, tmp)
         return f"bert-vocab {config.bert_vocab}"
-    train_wordpiece(arrow_texts(config.arrow), tmp, config.vocab_size, config.min_frequency)
+    train_wordpiece(arrow_texts(config.arrow), tmp, config.settings.vocab_size, config.settings.min_frequency)
     return f"wordpiece trained on {config.arrow}"
 
 
@@ -141,14 +142,8 @@ def run(config: VocabConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
-    setup_logging(config.verbose)
-    try:
-        run(config)
-    except (ReaderError, TokenizerError) as err:
-        print(f"vlmerge.vocab: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    args = _parser().parse_args(argv)
+    return run_stage("vocab", lambda: run(config_from(args)), verbose=args.verbose)
 
 
 if __name__ == "__main__":

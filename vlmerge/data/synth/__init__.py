@@ -7,6 +7,6 @@ COCO/F30K (Karpathy), VQAv2, NLVR2, Visual Genome, SBU and GCC publish them (RAW
 
 from vlmerge.data.synth.errors import SynthError
 from vlmerge.data.synth.generate import MARKER, SUMMARY, generate
-from vlmerge.data.synth.sizes import SIZES, SPLITS, parse_count
+from vlmerge.data.synth.sizes import SIZES, SPLITS
 
-__all__ = ["MARKER", "SIZES", "SPLITS", "SUMMARY", "SynthError", "generate", "parse_count"]
+__all__ = ["MARKER", "SIZES", "SPLITS", "SUMMARY", "SynthError", "generate"]

@@ -56,18 +56,6 @@ SIZES: dict[str, SizePreset] = {
 }
 
 
-def parse_count(text: str) -> tuple[str, str, int]:
-    """``"sbu.train=20000"`` → ``("sbu", "train", 20000)``; values are checked by ``resolve_counts``."""
-    key, eq, value = text.partition("=")
-    dataset, dot, split = key.partition(".")
-    if not (eq and dot and dataset and split):
-        raise SynthError(f"count {text!r}: expected DATASET.SPLIT=N, e.g. sbu.train=20000")
-    try:
-        return dataset, split, int(value)
-    except ValueError:
-        raise SynthError(f"count {text!r}: {value!r} is not an integer") from None
-
-
 def resolve_counts(size: str, datasets: Sequence[str],
                    overrides: Mapping[str, Mapping[str, int]] | None) -> dict[str, dict[str, int]]:
     """The preset's counts for ``datasets`` with ``overrides`` applied; every name and value checked."""
