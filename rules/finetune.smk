@@ -23,9 +23,11 @@ rule finetune:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} python -m vlmerge.finetune {params.args} --out {output.ckpt}"
-        " --work-dir {params.work} --restart-stale-work-dir"
-        " --devices {resources.tasks_per_node} --nodes {resources.nodes} > {log} 2>&1"
+        # params.args is shell-quoted already (--config JSON and paths); the geometry flags override the JSON's
+        # devices and nodes, so that a profile's resources decide them.
+        "OMP_NUM_THREADS={threads} {params.launch} python -m vlmerge.finetune {params.args} --out {output.ckpt:q}"
+        " --work-dir {params.work:q} --restart-stale-work-dir"
+        " --devices {resources.tasks_per_node} --nodes {resources.nodes} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -46,4 +48,4 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m vlmerge.evaluate {params.args} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m vlmerge.evaluate {params.args} --out {output:q} > {log:q} 2>&1"

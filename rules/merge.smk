@@ -1,4 +1,4 @@
-# Grams, merges and weight distances (SPEC §5). RegMean's grams come from each task's data, so a
+# Grams, merges and weight distances (docs/merging.md). RegMean's grams come from each task's data, so a
 # merge that needs them (or names used_experts_only) is made per task: results/merged/<task>/<name>.
 
 

@@ -1,6 +1,7 @@
 # Pre-training (SPEC §2, §4): `seed` (MA, the seed run), `ms_<sharing>` (initialised from the seed by
 # copying its weights into every expert, the paper's W0) and `ma` (the MA baseline). Lightning
 # checkpoints live under work/ (not outputs), so a killed or requeued job resumes where it stopped.
+# params.args is `--config <the run's settings as JSON>` plus the input folders, already shell-quoted.
 
 
 rule pretrain:
@@ -23,6 +24,6 @@ rule pretrain:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} python -m vlmerge.pretrain --out {output.ckpt}"
-        " --work-dir {params.work} --restart-stale-work-dir {params.args}"
-        " --devices {resources.tasks_per_node} --nodes {resources.nodes} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.launch} python -m vlmerge.pretrain --out {output.ckpt:q}"
+        " --work-dir {params.work:q} --restart-stale-work-dir {params.args}"
+        " --devices {resources.tasks_per_node} --nodes {resources.nodes} > {log:q} 2>&1"

@@ -200,3 +200,21 @@ def test_bad_input_is_a_one_line_error(data, vocab, vqa_ckpt, tmp_path: Path, ca
     assert "cannot read VQA annotations" in error_of(
         evaluate_args(data, "vqa", vqa_ckpt, out, "--vqa-annotations", str(other.with_suffix(".safetensors"))), capsys)
     assert not out.exists() and read_meta(vqa_ckpt).heads.vqa_answers > 0
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    (("--config", '{"batch_sise": 3}'), "batch_sise: Extra inputs are not permitted"),
+    (("--num-workers", "-1"), "num_workers: Input should be greater than or equal to 0"),
+    (("--config", '{"vqa_submission_split": "val"}'), "vqa_submission_split: Input should be 'test-dev' or 'test'"),
+    (("--device", "gpu0"), "device 'gpu0'"),
+])
+def test_a_bad_setting_is_one_line_naming_its_key(extra, key, data, vqa_ckpt, tmp_path: Path, capsys) -> None:
+    assert key in error_of(evaluate_args(data, "vqa", vqa_ckpt, tmp_path / "x.json", *extra), capsys)
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_a_flag_overrides_its_key_of_config(data, tmp_path: Path, capsys) -> None:
+    # --config's batch size 0 would be refused; the flag's 3 wins, so the missing checkpoint is what fails.
+    argv = evaluate_args(data, "vqa", tmp_path / "none.safetensors", tmp_path / "x.json",
+                         "--config", '{"batch_size": 0, "task": "coco"}')
+    assert error_of(argv, capsys).endswith("none.safetensors does not exist")

@@ -1,24 +1,30 @@
 """``python -m vlmerge.finetune``: a short run per task, selection, sharing from the sidecar, resume, errors,
-and validation metrics on two DDP ranks equal to a one-process evaluation."""
+validation metrics on two DDP ranks equal to a one-process evaluation, and the settings (``--config`` and
+flags, the ``finetune:`` block of the configs)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from test_tasks import build_task_data, tiny_model
 from vlmerge.data.collate import BatchCollator
 from vlmerge.data.tokenizer import load_tokenizer
 from vlmerge.data.transforms import eval_transform
+from vlmerge.errors import ConfigError
 from vlmerge.finetune.cli import main
+from vlmerge.finetune.config import FinetuneSection, FinetuneSettings
 from vlmerge.model import Heads
 from vlmerge.model.checkpoint import load_model, read_meta, save_model
 from vlmerge.runtime import sha256_file
+from vlmerge.runtime.settings import build
 from vlmerge.tasks import get_task
 from vlmerge.tasks.evaluation import evaluation_rows
 from vlmerge.tasks.lineage import weights_sha256
@@ -43,19 +49,23 @@ def inits(data, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-def finetune_args(data, task: str, init: Path, root: Path, *extra: str) -> list[str]:
+# A short run: the settings go in as the workflow passes them, one --config JSON; flags override its keys.
+SHORT = {"steps": 2, "batch_size": 4, "global_batch": 4, "val_every": 1, "image_size": 32, "num_workers": 0,
+         "lr": 1e-3}
+
+
+def finetune_args(data, task: str, init: Path, root: Path, *flags: str, **settings: object) -> list[str]:
     arrow, tokenizer, _ = data
-    return ["--task", task, "--init", str(init), "--arrow", str(arrow), "--tokenizer", str(tokenizer),
-            "--out", str(root / "out.safetensors"), "--work-dir", str(root / "work"), "--steps", "2",
-            "--batch-size", "4", "--global-batch", "4", "--val-every", "1", "--image-size", "32",
-            "--num-workers", "0", "--lr", "1e-3", *extra]
+    return ["--config", json.dumps({"task": task, **SHORT, **settings}), "--init", str(init), "--arrow", str(arrow),
+            "--tokenizer", str(tokenizer), "--out", str(root / "out.safetensors"), "--work-dir", str(root / "work"),
+            *flags]
 
 
 @pytest.fixture(scope="module")
 def vqa_run(data, inits, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path]:
     root = tmp_path_factory.mktemp("vqa-run")
     # Resamples the relative positions from 32 to 48 px; accumulates two micro-batches per step.
-    args = finetune_args(data, "vqa", inits["shared"], root, "--image-size", "48", "--global-batch", "8")
+    args = finetune_args(data, "vqa", inits["shared"], root, image_size=48, global_batch=8)
     assert main(args) == 0
     return args, root
 
@@ -128,7 +138,7 @@ def test_bad_input_is_a_one_line_error(data, inits, tmp_path: Path, capsys) -> N
                                                            "--batch-size", "4000"), capsys)
     assert "is not a multiple" in error_of(args("nlvr2", inits["shared"], "--global-batch", "12", "--batch-size", "8"),
                                           capsys)
-    assert "must be positive" in error_of(args("nlvr2", inits["shared"], "--lr", "0"), capsys)
+    assert "lr: Input should be greater than 0" in error_of(args("nlvr2", inits["shared"], "--lr", "0"), capsys)
     foreign = tmp_path / "foreign.safetensors"
     save_model(foreign, tiny_model(50, "shared", Heads.pretraining()))
     assert "tokens but" in error_of(args("nlvr2", foreign), capsys)
@@ -137,6 +147,7 @@ def test_bad_input_is_a_one_line_error(data, inits, tmp_path: Path, capsys) -> N
 
 def test_two_ddp_ranks_select_on_the_one_process_metrics(data, inits, tmp_path: Path) -> None:
     # f30k val has 7 images and 35 captions: both shards are padded, then gathered and de-duplicated.
+    # The workflow's shape: --config JSON, then geometry flags (and here two settings) overriding its keys.
     args = finetune_args(data, "f30k", inits["modality_specific"], tmp_path, "--devices", "2", "--val-every", "2",
                          "--global-batch", "8")
     done = subprocess.run([sys.executable, "-m", "vlmerge.finetune", *args], cwd=ROOT, capture_output=True,
@@ -150,3 +161,59 @@ def test_two_ddp_ranks_select_on_the_one_process_metrics(data, inits, tmp_path: 
     metrics = task.metrics(evaluation_rows(task, model, sides, BatchCollator(tokenizer), batch_size=5), sides)
     (recorded,) = meta.extra["selection"]["history"]
     assert recorded["step"] == 2 and recorded["metrics"] == pytest.approx(metrics, abs=1e-12)
+
+
+# --- settings -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("settings", "flags", "key"), [
+    ({"warmup_ratio": 2}, (), "warmup_ratio: Input should be less than or equal to 1"),
+    ({"learning_rate": 1e-3}, (), "learning_rate: Extra inputs are not permitted"),
+    ({"epochs": 3}, (), "epochs: give steps or epochs, not both"),
+    ({"precision": "16"}, (), "precision: Input should be 'auto', '32' or 'bf16'"),
+    ({}, ("--steps", "two"), "steps: Input should be a valid integer"),
+])
+def test_a_bad_setting_is_one_line_naming_its_key(settings, flags, key, data, inits, tmp_path: Path,
+                                                   capsys) -> None:
+    assert main(finetune_args(data, "nlvr2", inits["shared"], tmp_path, *flags, **settings)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vlmerge.finetune: error: ") and err.count("\n") == 1 and key in err, err
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_flag_overrides_its_key_of_config(data, inits, tmp_path: Path, capsys) -> None:
+    # --config's lr 0 would be refused; the flag's 1e-3 wins, so the run gets as far as the retrieval check.
+    message = error_of(finetune_args(data, "coco", inits["shared"], tmp_path, "--lr", "1e-3", "--val-batches", "1",
+                                     lr=0, val_batches=0), capsys)
+    assert "val_batches: retrieval ranks whole splits" in message
+
+
+def test_the_finetune_blocks_of_the_configs_are_accepted() -> None:
+    """config.yaml's block and paper.yaml's over it (Snakemake merges configfiles key by key; paper.yaml names
+    every task, so its settings replace config.yaml's whole)."""
+    embedded = yaml.safe_load((ROOT / "config.yaml").read_text())["finetune"]
+    paper = yaml.safe_load((ROOT / "profiles/slurm/paper.yaml").read_text())["finetune"]
+    section = build(FinetuneSection, embedded)
+    vqa = section.task_settings("vqa")
+    assert (vqa.task, vqa.steps, vqa.global_batch, vqa.lr, vqa.image_size, vqa.val_every) == ("vqa", 200, 32, 2e-4,
+                                                                                              48, 100)
+    assert (vqa.epochs, vqa.drop_path, vqa.augment, vqa.num_workers, vqa.devices) == (None, None, False, 1, 1)
+    at_scale = build(FinetuneSection, {**embedded, **paper})
+    assert at_scale.settings == {"vqa": None, "coco": None, "f30k": None, "nlvr2": None}
+    coco = at_scale.task_settings("coco")
+    paper_defaults = {k: getattr(coco, k) for k in ("steps", "epochs", "global_batch", "lr", "image_size")}
+    assert paper_defaults == dict.fromkeys(paper_defaults) and coco.augment and coco.precision == "bf16"
+    assert (coco.devices, coco.nodes, coco.num_workers) == (8, 1, 8)
+    # What the workflow passes is what the stage reads back.
+    assert build(FinetuneSettings, json.loads(coco.as_json())) == coco
+    with pytest.raises(ConfigError, match=r"^finetune\.settings\.vqa\.lr_warmup: Extra inputs"):
+        build(FinetuneSection, {**embedded, "settings": {"vqa": {"lr_warmup": 3}}}, "finetune")
+    with pytest.raises(ConfigError, match=r"^finetune\.launch: Field required"):
+        build(FinetuneSection, {k: v for k, v in embedded.items() if k != "launch"}, "finetune")
+
+
+def test_the_settings_modules_do_not_import_torch() -> None:
+    """The workflow imports them at every snakemake start-up (dry runs included)."""
+    code = ("import sys, vlmerge.finetune.config, vlmerge.evaluate.config; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -112,8 +112,11 @@ def test_paper_dry_run_never_imports_torch(tmp_path: Path) -> None:
     (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('torch imported while planning')\n")
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    site = tmp_path / "site.yaml"  # the paper overlay names site paths (BEiT weights) that do not exist here
+    site.write_text("pretrain: {init: scratch}\n")
     done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/slurm", "-d", str(tmp_path / "w"),
-                           "-s", str(ROOT / "Snakefile"), "results/vqa/regmean.json"],
+                           "-s", str(ROOT / "Snakefile"), "results/vqa/regmean.json", "--configfile",
+                           str(ROOT / "config.yaml"), str(ROOT / "profiles/slurm/paper.yaml"), str(site)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "pretrain" in done.stdout

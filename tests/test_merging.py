@@ -184,7 +184,7 @@ def test_arithmetic_upstream_sequential_closed_form_is_recorded() -> None:
     key = "transformer.blocks.{}.norm2.{}weight"
     for layer in range(layout.num_layers):
         base, v, l_ = seed[key.format(layer, "")], ms[key.format(layer, "v.")], ms[key.format(layer, "l.")]
-        if layer < layout.fusion_start:  # SPEC §5's example
+        if layer < layout.fusion_start:  # docs/merging.md's example
             expected = 0.0625 * base + 0.1875 * v + 0.75 * l_
         else:  # (1−λ)³θ₀ + λ(1−λ)²θ_v + λ(1−λ)θ_l + λθ_vl
             vl = ms[key.format(layer, "vl.")]

@@ -14,7 +14,7 @@ from vlmerge.model import (
 from vlmerge.model.relpos import RelPosLayout, joint_index, resize_image_table
 
 SHARINGS = [s.value for s in Sharing]
-# Which sub-modules each layout splits per expert, written out by hand (SPEC §3).
+# Which sub-modules each layout splits per expert, written out by hand (docs/model.md).
 PER_EXPERT = {
     "shared": set(), "modality_specific": {"norm1", "attn", "norm2", "mlp"},
     "attn": {"attn", "norm1"}, "ffn": {"mlp", "norm2"}, "ln": {"norm1", "norm2"},

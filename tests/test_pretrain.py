@@ -1,35 +1,43 @@
-"""Pre-training: sampler and keyed batches, the objectives' composition, seed expansion, the CLI and resume."""
+"""Pre-training: sampler and keyed batches, the objectives' composition, seed expansion, the settings, the CLI
+and resume."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import get_args, get_type_hints
 
 import pytest
 import torch
+import yaml
 
 from vlmerge.data.arrow import ConvertOptions, convert
 from vlmerge.data.readers import CaptionPairs
-from vlmerge.data.transforms import eval_transform
 from vlmerge.data.synth import generate
 from vlmerge.data.tokenizer import train_wordpiece
-from vlmerge.model import Heads, Sharing, create_model
+from vlmerge.data.transforms import eval_transform
+from vlmerge.errors import ConfigError
+from vlmerge.model import PRESETS, Heads, ModelConfig, Sharing, create_model
 from vlmerge.model.checkpoint import load_model, read_meta, save_model
-from vlmerge.runtime import sha256_file
 from vlmerge.pretrain import step as pretrain_step
+from vlmerge.pretrain.config import MODEL_KEYS, Preset, PretrainSection, PretrainSettings
 from vlmerge.pretrain.data import PretrainData, PretrainDataConfig
 from vlmerge.pretrain.init_weights import InitSpec, initial_model
 from vlmerge.pretrain.module import LossWeights, PretrainConfig, PretrainModule
-from vlmerge.train.errors import TrainConfigError
-from vlmerge.train.sampler import ResumableSampler, evaluation_keys
-from vlmerge.train.trainer import resume_checkpoint
+from vlmerge.runtime import sha256_file
+from vlmerge.runtime.settings import build, settings_from_args
 from vlmerge.train.batches import KeyedSamples
+from vlmerge.train.errors import TrainConfigError
 from vlmerge.train.optim import OptimConfig
+from vlmerge.train.sampler import ResumableSampler, evaluation_keys
+from vlmerge.train.trainer import PRECISIONS, STRATEGIES, resume_checkpoint
 from vlmerge.vocab.cli import arrow_texts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -354,7 +362,15 @@ def error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 def test_bad_input_is_a_one_line_error(corpus, tmp_path: Path, capsys, monkeypatch) -> None:
     base = [*common_args(corpus), "--out", str(tmp_path / "x.safetensors"), "--work-dir", str(tmp_path / "w")]
     assert str(tmp_path / "nowhere") in error_of([*base, "--arrow", str(tmp_path / "nowhere")], capsys)
-    assert "unknown sharing layout 'moe'" in error_of([*base, "--sharing", "moe"], capsys)
+    assert "sharing: Input should be" in error_of([*base, "--sharing", "moe"], capsys)
+    assert "model: unknown key(s) ['depth']" in error_of([*base, "--model", "depth=2"], capsys)
+    assert "num_layers 2 < 3" in error_of([*base, "--model", "num_layers=2,dim=64"], capsys)
+    assert "warmup: 20 must be in [0, steps 10]" in error_of([*base, "--steps", "10", "--warmup", "20"], capsys)
+    assert "expected a .safetensors path" in error_of([*base, "--out", str(tmp_path / "x.pt")], capsys)
+    assert "init: expected scratch or beit:PATH or seed:PATH" in error_of([*base, "--init", "beit:"], capsys)
+    assert "does not exist" in error_of([*base, "--init", f"seed:{tmp_path / 'missing'}"], capsys)
+    assert "loss_weights: the weights must not all be 0" in error_of(
+        [*base, "--loss-weights", "mlm=0,itc=0,itm=0"], capsys)
     assert "is not a multiple" in error_of([*base, "--global-batch", "12"], capsys)
     (tmp_path / "empty").mkdir()
     assert "missing pre-training table" in error_of([*base, "--arrow", str(tmp_path / "empty"), "--datasets", "vg"],
@@ -380,3 +396,93 @@ def test_resume_picks_the_newest_of_last_and_slurm_checkpoints(tmp_path: Path) -
         path.write_bytes(b"x")
         os.utime(path, (time.time() - age, time.time() - age))
     assert resume_checkpoint(tmp_path) == files[1]
+
+
+# --- the settings: --config, flags and the workflow's pretrain section ------------------------------
+
+PATH_ARGS = ["--arrow", "a", "--tokenizer", "t", "--out", "o.safetensors", "--work-dir", "w"]
+
+
+def settings_of(argv: list[str]) -> PretrainSettings:
+    """What the stage's command line ``argv`` asks for (parsing and validation only)."""
+    from vlmerge.pretrain.cli import _parser
+
+    return settings_from_args(_parser().parse_args(argv), PretrainSettings)
+
+
+def section_of(*files: str) -> dict:
+    """The ``pretrain:`` block of ``files`` layered key by key, as Snakemake merges configfiles."""
+    block: dict = {}
+    for name in files:
+        block |= yaml.safe_load((ROOT / name).read_text())["pretrain"]
+    return block
+
+
+def test_the_settings_import_no_torch() -> None:
+    code = ("import sys, vlmerge.pretrain.config, workflow.pretraining; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_settings_mirror_the_model_and_trainer_choices() -> None:
+    hints = get_type_hints(ModelConfig)
+    assert MODEL_KEYS == {name: hints[name] for name in hints if name not in {"preset", "vocab_size"}}
+    assert set(get_args(Preset)) == set(PRESETS) - {"pico"}  # pico: conftest's test-only preset
+    fields = PretrainSettings.model_fields
+    assert get_args(fields["precision"].annotation) == PRECISIONS
+    assert get_args(fields["strategy"].annotation) == STRATEGIES
+
+
+def test_config_errors_name_the_key_in_one_line(tmp_path: Path, capsys) -> None:
+    assert error_of([*PATH_ARGS, "--config", '{"lr": -1}'], capsys).startswith("vlmerge.pretrain: error: lr: ")
+    unknown = error_of([*PATH_ARGS, "--config", '{"lrate": 0.001}'], capsys)
+    assert unknown.startswith("vlmerge.pretrain: error: lrate: ") and "not permitted" in unknown
+    assert "loss_weights.itx" in error_of([*PATH_ARGS, "--config", '{"loss_weights": {"itx": 1}}'], capsys)
+    assert "model: ['dim'] must be whole numbers" in error_of([*PATH_ARGS, "--config", '{"model": {"dim": 1.5}}'],
+                                                               capsys)
+
+
+def test_a_flag_overrides_its_key_of_config() -> None:
+    config = json.dumps({"lr": 1e-3, "steps": 50, "augment": False, "model": {"dim": 64}})
+    settings = settings_of([*PATH_ARGS, "--config", config, "--lr", "5e-4", "--augment", "--model", "drop_path=0"])
+    assert (settings.lr, settings.steps, settings.augment) == (5e-4, 50, True)
+    assert settings.model == {"drop_path": 0.0}  # a flag replaces the whole key
+    assert settings.warmup_steps == round(0.0125 * 50)
+    assert settings_of([*PATH_ARGS, "--loss-weights", "itm=0"]).loss_weights == {"mlm": 1.0, "itc": 1.0, "itm": 0.0}
+    assert build(PretrainSettings, json.loads(settings.as_json())) == settings  # --config round-trips
+
+
+def test_the_section_accepts_the_shipped_config_blocks() -> None:
+    embedded = build(PretrainSection, section_of("config.yaml"), "pretrain")
+    build(PretrainSection, section_of("profiles/slurm/paper.yaml"), "pretrain")
+    paper = build(PretrainSection, section_of("config.yaml", "profiles/slurm/paper.yaml"), "pretrain")
+    seed = embedded.settings_for("seed", "tiny", {}, None)
+    assert (seed.steps, seed.warmup, seed.init, seed.augment, seed.global_batch) == (150, 15, "scratch", False, 32)
+    assert (seed.lr, seed.num_workers, seed.val_every, seed.image_size) == (5e-4, 1, 0, 48)
+    assert embedded.settings_for("seed50", "tiny", {}, None).warmup == 5  # the seed run's 10 %
+    assert paper.settings_for("seed50000", "base", {}, None).warmup == 625
+    ms = embedded.settings_for("ms_ffn@seed50", "tiny", {"drop_path": 0}, "results/pretrain/seed50.safetensors")
+    assert ms.sharing is Sharing.FFN and ms.init == "seed:results/pretrain/seed50.safetensors"
+    assert (ms.steps, ms.warmup, ms.model) == (300, 30, {"drop_path": 0.0})
+    with pytest.raises(ConfigError, match="pretrain.gpus: "):
+        build(PretrainSection, section_of("config.yaml") | {"gpus": 8}, "pretrain")
+    with pytest.raises(ConfigError, match="pretrain.runs.ms.sharing: "):
+        build(PretrainSection, section_of("config.yaml") | {"runs": {
+            "seed": {"steps": 2, "warmup": 0}, "ma": {"steps": 2, "warmup": 0},
+            "ms": {"steps": 2, "warmup": 0, "sharing": "shared"}}}, "pretrain")
+
+
+def test_the_workflow_passes_the_run_settings_quoted(tmp_path: Path) -> None:
+    from workflow.paths import Paths
+    from workflow.pretraining import Pretraining
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["data"]["dir"] = "my data"  # a space the shell must keep
+    pretraining = Pretraining(config, Paths(config))
+    argv = shlex.split(pretraining.args(SimpleNamespace(run="ms_attn")))
+    assert argv[argv.index("--arrow") + 1] == "my data/arrow"
+    settings = settings_of([*argv, "--out", "o.safetensors", "--work-dir", "w", "--devices", "2"])
+    assert settings == pretraining.settings("ms_attn").model_copy(update={"devices": 2})
+    assert settings.init == f"seed:{Paths(config).checkpoint('seed')}"

@@ -3,25 +3,30 @@ sharded evaluation, the VQA submission, model selection."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
 
+from vlmerge.catalog.names import TASKS as CATALOG_TASKS
 from vlmerge.data.arrow import ConvertOptions, convert
 from vlmerge.data.collate import BatchCollator
 from vlmerge.data.synth import generate
 from vlmerge.data.tokenizer import load_tokenizer, train_wordpiece
 from vlmerge.data.transforms import eval_transform
+from vlmerge.finetune.config import FinetuneSettings, TaskOverrides
+from vlmerge.finetune.module import FinetuneConfig, FinetuneModule
+from vlmerge.finetune.selection import BestWeights, Selection
 from vlmerge.model import Heads, ModelConfigError, Sharing, create_model
 from vlmerge.model.checkpoint import save_model
-from vlmerge.tasks import TASKS, SplitOptions, TaskError, concat_rows, get_task, merge_rows, shard_indices, task_model
+from vlmerge.tasks import (TASKS, SplitOptions, TaskError, TaskSettings, concat_rows, get_task, merge_rows,
+                           shard_indices, task_model)
 from vlmerge.tasks.evaluation import evaluation_rows
-from vlmerge.finetune.selection import BestWeights, Selection
 from vlmerge.tasks.shards import Indexed
 from vlmerge.tasks.vqa import answer_vocabulary
 from vlmerge.tasks.vqa_eval import submission
-from vlmerge.finetune.module import FinetuneConfig, FinetuneModule
 from vlmerge.vocab.cli import arrow_texts
 
 TASK_DATASETS = ("coco", "f30k", "vqa", "nlvr2")
@@ -76,10 +81,19 @@ def test_registry_holds_the_paper_settings() -> None:
     assert [TASKS[t].settings.headline for t in ("vqa", "coco", "nlvr2")] == ["vqa_score", "mean_recall", "accuracy"]
     with pytest.raises(TaskError, match="unknown task"):
         get_task("gqa")
+    with pytest.raises(TypeError):  # keyword-only: a misordered row of numbers cannot slip in
+        TaskSettings(480, 128, 3e-5, 10, 0.15, 10.0, False, "vqa_score")  # type: ignore[misc]
+
+
+def test_the_stage_settings_know_every_task_and_its_overrides() -> None:
+    """The torch-free settings (vlmerge.finetune.config) name the registry's tasks and TaskSettings' keys."""
+    overridable = set(TaskOverrides.model_fields) - {"steps", "batch_size", "val_every"}
+    assert set(TASKS) == set(CATALOG_TASKS) == set(get_args(FinetuneSettings.model_fields["task"].annotation))
+    assert overridable == {f.name for f in dataclasses.fields(TaskSettings)} - {"headline"}
 
 
 def test_split_options_reproduce_the_upstream_quirks() -> None:
-    default, quirks = SplitOptions(), SplitOptions("test", f30k_val_is_test=True, coco_train_restval=False,
+    default, quirks = SplitOptions(), SplitOptions(select_on="test", f30k_val_is_test=True, coco_train_restval=False,
                                                    vqa_trainable_val=True)
     assert TASKS["coco"].train_splits(default) == ("train", "restval")
     assert TASKS["coco"].train_splits(quirks) == ("train",)
@@ -91,7 +105,7 @@ def test_split_options_reproduce_the_upstream_quirks() -> None:
     with pytest.raises(TaskError, match="not public"):
         TASKS["vqa"].selection_split(quirks)
     with pytest.raises(TaskError):
-        SplitOptions("dev")
+        SplitOptions(select_on="dev")
 
 
 # --- forward, loss, evaluation rows -------------------------------------------------------------------
@@ -233,8 +247,8 @@ def test_selection_keeps_the_first_best_and_prunes_weights(tmp_path: Path) -> No
 
 def test_a_restart_keeps_the_validations_up_to_its_checkpoint(data, tokenizer, tmp_path: Path) -> None:
     task = get_task("nlvr2")
-    module = FinetuneModule(tiny_model(len(tokenizer), heads=task.heads(data[0])), task, (), FinetuneConfig(8, 0),
-                            tmp_path, run_id="run-a")
+    module = FinetuneModule(tiny_model(len(tokenizer), heads=task.heads(data[0])), task, (),
+                            FinetuneConfig(max_steps=8, warmup_steps=0), tmp_path, run_id="run-a")
     history = Selection("accuracy")
     for step, value in ((2, 0.6), (4, 0.5), (6, 0.9)):
         history.record(step, {"accuracy": value})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -173,14 +174,25 @@ def test_slurm_profile_launches_multi_node_pretraining(tmp_path: Path) -> None:
          str(site)], capture_output=True, text=True, timeout=300, env=ENV)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     text = out.stdout + out.stderr
-    assert "srun --nodes=6 --ntasks-per-node=8 python -m vlmerge.pretrain" in text
-    assert "--preset base" in text and "--strategy fsdp" in text and "--devices 8 --nodes 6" in text
+    pretrain = next(line for line in text.splitlines() if "python -m vlmerge.pretrain" in line)
+    assert "srun --nodes=6 --ntasks-per-node=8 python -m vlmerge.pretrain" in pretrain
+    assert "--devices 8 --nodes 6" in pretrain
+    settings = stage_settings(pretrain)
+    assert settings["preset"] == "base" and settings["strategy"] == "fsdp" and settings["augment"] is True
     assert "mpi=srun" in text and "gres=gpu:8" in text and "--signal=SIGUSR1@300" in text
     # Fine-tuning: one node of 8 ranks, the paper's task settings (none of config.yaml's embedded ones).
     finetune = next(line for line in text.splitlines() if "python -m vlmerge.finetune" in line)
-    assert "srun --nodes=1 --ntasks-per-node=8 python -m vlmerge.finetune --task vqa" in finetune
-    assert "--devices 8 --nodes 1" in finetune and "--augment" in finetune
-    assert not any(flag in finetune for flag in ("--steps", "--global-batch", "--image-size", "--lr"))
+    assert "srun --nodes=1 --ntasks-per-node=8 python -m vlmerge.finetune" in finetune
+    assert "--devices 8 --nodes 1" in finetune
+    settings = stage_settings(finetune)
+    assert settings["task"] == "vqa" and settings["augment"] is True
+    assert all(settings[key] is None for key in ("steps", "global_batch", "image_size", "lr"))
+
+
+def stage_settings(command: str) -> dict:
+    """The JSON a rule hands its stage as ``--config`` (parsed from the shell command line)."""
+    words = shlex.split(command)
+    return json.loads(words[words.index("--config") + 1])
 
 
 def test_a_sweep_entry_is_a_method_of_its_own(tmp_path: Path) -> None:
@@ -213,7 +225,8 @@ def test_sharing_ablation_adds_one_ms_run_and_its_merges(tmp_path: Path) -> None
     assert jobs == {"ablations": 1, "synth": 1, "prepare": 7, "vocab": 1, "pretrain": 3, "grams_ablation": 2,
                     "merge": 2, "merge_per_task": 2, "finetune": 4, "evaluate": 4}
     out = snakemake(tmp_path, config, "results/vqa/regmean@ms_ln.json", "-n", "-p")
-    assert "--sharing ln --init seed:results/pretrain/seed.safetensors" in out.stdout
+    ms_ln = stage_settings(next(line for line in out.stdout.splitlines() if "vlmerge.pretrain" in line))
+    assert ms_ln["sharing"] == "ln" and ms_ln["init"] == "seed:results/pretrain/seed.safetensors"
     assert "--ms results/pretrain/ms_ln.safetensors" in out.stdout
     assert "--grams results/grams/vqa@ms_ln.safetensors" in out.stdout
 
@@ -225,8 +238,9 @@ def test_seed_length_ablation_adds_a_seed_and_an_ms_run(tmp_path: Path) -> None:
     assert jobs == {"ablations": 1, "synth": 1, "prepare": 7, "vocab": 1, "pretrain": 2, "merge": 1,
                     "finetune": 4, "evaluate": 4}
     out = snakemake(tmp_path, config, "results/nlvr2/arithmetic@seed50.json", "-n", "-p")
-    assert "--steps 50 --warmup 5" in out.stdout
-    assert "--init seed:results/pretrain/seed50.safetensors" in out.stdout
+    runs = [stage_settings(line) for line in out.stdout.splitlines() if "vlmerge.pretrain" in line]
+    assert {(r["steps"], r["warmup"]) for r in runs if r["sharing"] == "shared"} == {(50, 5)}
+    assert [r["init"] for r in runs if r["sharing"] != "shared"] == ["seed:results/pretrain/seed50.safetensors"]
     assert "--ms results/pretrain/ms_modality_specific@seed50.safetensors --param lam=0.5 --seed " \
            "results/pretrain/seed50.safetensors" in out.stdout
 

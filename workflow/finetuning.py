@@ -2,16 +2,21 @@
 
 A method name is ``ma`` (the MA baseline), ``ms`` (the MS model, fine-tuned as MS) or a merge of
 ``config["merge"]["methods"]`` (fine-tuned as MA); ``<name>@<variant>`` is one of them on an ablation
-lineage (:mod:`workflow.ablations`).
+lineage (:mod:`workflow.ablations`). The ``finetune:`` block is read as its typed model
+(:class:`~vlmerge.finetune.config.FinetuneSection`); each job gets its task's settings as one ``--config``
+JSON argument, which the stage validates against the same model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 from typing import Any
 
 from vlmerge.catalog.lineages import split_method
+from vlmerge.finetune.config import FinetuneSection
+from vlmerge.runtime.settings import build
 from workflow.ablations import Ablations
 from workflow.launch import Launch
 from workflow.merging import Merging
@@ -20,10 +25,11 @@ from workflow.paths import Paths, stage_code
 
 class Finetuning:
     def __init__(self, config: dict[str, Any], paths: Paths, merging: Merging, ablations: Ablations) -> None:
-        self.cfg, self.paths, self.merging = config["finetune"], paths, merging
-        self.methods = [*self.cfg["baselines"], *merging.methods]
+        self.section = build(FinetuneSection, config["finetune"], where="finetune")
+        self.paths, self.merging = paths, merging
+        self.methods = [*self.section.baselines, *merging.methods]
         self.ablation_methods = ablations.names()
-        self.launch = Launch(self.cfg["launch"])
+        self.launch = Launch(self.section.launch.model_dump())
 
     @property
     def method_pattern(self) -> str:
@@ -47,16 +53,12 @@ class Finetuning:
 
     def args(self, wildcards: Any) -> str:
         """The stage's arguments, from ``wildcards`` alone: Snakemake records such params for its params
-        trigger (a function asking for ``input`` is "derived" and never compared)."""
-        cfg = self.cfg
-        settings = cfg["settings"].get(wildcards.task) or {}
-        init = self.init_checkpoint(wildcards.task, wildcards.method)
-        args = [f"--task {wildcards.task}", f"--init {init}", f"--arrow {self.paths.arrow_dir}",
-                f"--tokenizer {self.paths.tokenizer_dir}", f"--seed {cfg['seed']}",
-                f"--num-workers {cfg['num_workers']}", f"--precision {cfg['precision']}",
-                f"--strategy {cfg['strategy']}", "--augment" if cfg["augment"] else "--no-augment"]
-        args += [f"--{key.replace('_', '-')} {value}" for key, value in sorted(settings.items())]
-        return " ".join(args)
+        trigger (a function asking for ``input`` is "derived" and never compared), so a changed setting
+        reruns exactly the jobs of its task. Shell-quoted: the JSON and the paths pass the shell unchanged."""
+        settings = self.section.task_settings(wildcards.task)
+        return shlex.join(["--config", settings.as_json(),
+                           "--init", self.init_checkpoint(wildcards.task, wildcards.method),
+                           "--arrow", self.paths.arrow_dir, "--tokenizer", self.paths.tokenizer_dir])
 
     def work_dir(self, wildcards: Any, resources: Any) -> str:
         """Resumable state of this exact run: a changed argument or geometry starts a fresh directory."""
@@ -65,7 +67,8 @@ class Finetuning:
         return self.paths.work(f"finetune/{wildcards.task}/{wildcards.method}-{digest}")
 
     def eval_args(self, wildcards: Any, input: Any) -> str:
-        args = (f"--task {wildcards.task} --method {wildcards.method} --ckpt {input.ckpt}"
-                f" --arrow {self.paths.arrow_dir} --tokenizer {input.tokenizer}")
-        # The official VQA accuracy needs the ten human answers of the raw val annotations.
-        return args + (f" --vqa-annotations {self.paths.vqa_val_annotations()}" if wildcards.task == "vqa" else "")
+        args = ["--task", wildcards.task, "--method", wildcards.method, "--ckpt", str(input.ckpt),
+                "--arrow", self.paths.arrow_dir, "--tokenizer", str(input.tokenizer)]
+        if wildcards.task == "vqa":  # the official VQA accuracy needs the ten human answers of the raw val annotations
+            args += ["--vqa-annotations", self.paths.vqa_val_annotations()]
+        return shlex.join(args)

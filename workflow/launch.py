@@ -3,7 +3,7 @@
 ``launcher: srun`` makes the rule start ``srun --nodes N --ntasks-per-node T python -m ...`` itself, with
 the geometry written out: the SLURM executor's job step strips ``SLURM_NTASKS`` and its relatives, and a
 rule that launches several ranks must carry the resource ``mpi="srun"`` or the executor wraps it in its
-own one-task ``srun`` (SLURM.md). ``local``: one process per rule.
+own one-task ``srun`` (docs/slurm.md). ``local``: one process per rule.
 """
 
 from __future__ import annotations

@@ -8,9 +8,11 @@ ablation adds ``seed<steps>`` and ``ms_<sharing>@seed<steps>`` initialised from 
 from __future__ import annotations
 
 import hashlib
-import re
+import shlex
 from typing import Any
 
+from vlmerge.pretrain.config import PretrainSection, PretrainSettings
+from vlmerge.runtime.settings import build
 from workflow.launch import Launch
 from workflow.paths import Paths, stage_code
 
@@ -21,30 +23,26 @@ class Pretraining:
     run_pattern = "seed([0-9]+)?|ma|ms_(" + "|".join(MS_SHARINGS) + ")(@seed[0-9]+)?"
 
     def __init__(self, config: dict[str, Any], paths: Paths) -> None:
-        self.cfg, self.model, self.paths = config["pretrain"], config["model"], paths
-        self.datasets = config["data"]["datasets"]
-        self.launch = Launch(self.cfg["launch"])
+        self.section = build(PretrainSection, config["pretrain"], where="pretrain")
+        self.model, self.paths = config["model"], paths
+        self.launch = Launch(self.section.launch.model_dump())
 
     def inputs(self, wildcards: Any) -> dict[str, Any]:
         inputs: dict[str, Any] = {
-            "manifests": [self.paths.manifest(d) for d in ("coco", "vg", "sbu", "gcc") if d in self.cfg["datasets"]],
+            "manifests": [self.paths.manifest(d) for d in ("coco", "vg", "sbu", "gcc") if d in self.section.datasets],
             "tokenizer": self.paths.tokenizer_dir,
             "code": stage_code("pretrain"),
         }
         if wildcards.run.startswith("ms_"):
             inputs["seed"] = self.paths.checkpoint(seed_of(wildcards.run))
-        elif self.cfg["init"].startswith("beit:"):
-            inputs["beit"] = self.cfg["init"].removeprefix("beit:")
+        elif self.section.init.startswith("beit:"):
+            inputs["beit"] = self.section.init.removeprefix("beit:")
         return inputs
 
-    def run_spec(self, run: str) -> dict[str, int]:
-        """Steps and warm-up of an MA run; ``seed<N>`` keeps the seed run's warm-up fraction."""
-        steps = re.fullmatch(r"seed([0-9]+)", run)
-        if steps is None:
-            return self.cfg["runs"][run]
-        seed = self.cfg["runs"]["seed"]
-        n = int(steps[1])
-        return {"steps": n, "warmup": round(seed["warmup"] * n / seed["steps"])}
+    def settings(self, run: str) -> PretrainSettings:
+        """The validated settings of ``run``, from the ``pretrain`` and ``model`` sections."""
+        seed = self.paths.checkpoint(seed_of(run)) if run.startswith("ms_") else None
+        return self.section.settings_for(run, self.model["preset"], self.model["overrides"], seed)
 
     def work_dir(self, wildcards: Any, resources: Any) -> str:
         """Resumable state of this exact run: a changed argument starts a fresh directory.
@@ -56,34 +54,16 @@ class Pretraining:
         return self.paths.work(f"pretrain/{wildcards.run}-{digest}")
 
     def args(self, wildcards: Any) -> str:
-        """Everything but the process geometry (the rule adds it from its resources, which a profile may set).
+        """``--config JSON`` of the run's settings and its input folders, each quoted for the shell.
 
-        Only ``wildcards``: Snakemake records such params for its params trigger, while a function asking
-        for ``input`` or ``resources`` is "derived" and never compared, hiding every hyper-parameter.
+        The process geometry is not here: the rule appends ``--devices``/``--nodes`` from its resources (which
+        a profile may set), overriding the settings' defaults. Only ``wildcards``: Snakemake records such
+        params for its params trigger, while a function asking for ``input`` or ``resources`` is "derived"
+        and never compared, hiding every hyper-parameter.
         """
-        run = wildcards.run
-        if run.startswith("ms_"):
-            sharing = run.removeprefix("ms_").partition("@")[0]
-            spec, init = self.cfg["runs"]["ms"], f"seed:{self.paths.checkpoint(seed_of(run))}"
-        else:
-            spec, sharing, init = self.run_spec(run), "shared", self.cfg["init"]
-        cfg = self.cfg
-        overrides = ",".join(f"{k}={v}" for k, v in sorted(self.model["overrides"].items()))
-        args = [
-            f"--arrow {self.paths.arrow_dir}", f"--tokenizer {self.paths.tokenizer_dir}",
-            f"--preset {self.model['preset']}", f"--sharing {sharing}", f"--init {init}",
-            f"--steps {spec['steps']}", f"--warmup {spec['warmup']}",
-            f"--datasets {','.join(cfg['datasets'])}", f"--image-size {cfg['image_size']}",
-            f"--batch-size {cfg['batch_size']}", f"--global-batch {cfg['global_batch']}",
-            f"--lr {cfg['lr']}", f"--weight-decay {cfg['weight_decay']}", f"--mlm-prob {cfg['mlm_prob']}",
-            "--augment" if cfg["augment"] else "--no-augment",
-            f"--seed {cfg['seed']}", f"--precision {cfg['precision']}", f"--strategy {cfg['strategy']}",
-            f"--num-workers {cfg['num_workers']}", f"--ckpt-every {cfg['ckpt_every']}",
-            f"--val-every {cfg['val_every']}",
-        ]
-        if overrides:
-            args.append(f"--model {overrides}")
-        return " ".join(args)
+        paths = {"--arrow": self.paths.arrow_dir, "--tokenizer": self.paths.tokenizer_dir}
+        return " ".join([f"--config {shlex.quote(self.settings(wildcards.run).as_json())}",
+                         *(f"{flag} {shlex.quote(path)}" for flag, path in paths.items())])
 
 
 def seed_of(ms_run: str) -> str:

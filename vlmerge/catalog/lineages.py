@@ -1,4 +1,4 @@
-"""Names of the ablation lineages, shared by the workflow and the report (SPEC §1 ablations).
+"""Names of the ablation lineages, shared by the workflow and the report (docs/overview.md ablations).
 
 The main lineage is seed → ``ms_<sharing>`` (the configured layout) → merges. An ablation changes
 one thing upstream of the merge, and every name downstream carries it after an ``@``:

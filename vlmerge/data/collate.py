@@ -1,4 +1,4 @@
-"""Batching: tokenised text with word ids, whole-word masking for MLM (SPEC §4), sample stacking.
+"""Batching: tokenised text with word ids, whole-word masking for MLM (docs/objectives.md), sample stacking.
 
 Whole-word masking picks *words* (the sub-tokens that share a fast-tokenizer word id), each with
 probability ``mlm_prob``, then applies BERT's 80/10/10 rule per token. **Upstream quirk:** ViLT's

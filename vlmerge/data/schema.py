@@ -1,4 +1,4 @@
-"""The ViLT Arrow tables (SPEC §7): file names and column types, shared by writers and readers.
+"""The ViLT Arrow tables (docs/data.md): file names and column types, shared by writers and readers.
 
 Files are Arrow IPC *file* format; images are the raw encoded bytes of the source file. These
 match the tables written by ViLT's ``write_*.py`` scripts (and used by VLMo and vl-merging), so

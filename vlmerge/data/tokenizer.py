@@ -1,4 +1,4 @@
-"""BERT uncased WordPiece tokenizer (SPEC §3): train one, write it, load one safely.
+"""BERT uncased WordPiece tokenizer (docs/model.md): train one, write it, load one safely.
 
 A tokenizer directory holds ``vocab.txt`` (one token per line, line number = id),
 ``tokenizer.json`` and ``tokenizer_config.json``, so that

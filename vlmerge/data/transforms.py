@@ -1,4 +1,4 @@
-"""Image transforms (SPEC §4): PIL RGB image → float tensor [3, S, S] in [-1, 1].
+"""Image transforms (docs/objectives.md): PIL RGB image → float tensor [3, S, S] in [-1, 1].
 
 "square" evaluation: bicubic resize to S×S. Training: random-resized-crop (scale 0.5–1, bicubic),
 optional horizontal flip (off for tasks whose text says "left"/"right"), RandAugment(2 ops,

@@ -1,7 +1,10 @@
 """Stage ``evaluate``: score one checkpoint on a task's report splits, against a trivial baseline (SPEC §6).
 
     python -m vlmerge.evaluate --task vqa --ckpt vqa.safetensors --arrow data/arrow \\
-        --tokenizer data/arrow/tokenizer --out results/vqa/regmean.json [--method regmean]
+        --tokenizer data/arrow/tokenizer --out results/vqa/regmean.json [--method regmean] [--config JSON]
+
+The settings are the fields of :class:`~vlmerge.evaluate.config.EvaluateSettings` (``--config`` and one
+flag each, a flag overriding its key); paths are flags of their own.
 
 VQA: the VQA score and the official accuracy on rest_val, and the evaluation-server file of
 test-dev beside the JSON (``<out stem>.submission-test-dev.json``); retrieval: image→text and
@@ -15,23 +18,28 @@ Bad input ends with a one-line error and exit code 2.
 
 from __future__ import annotations
 
+import argparse
 import logging
-import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import Dataset
 
 from vlmerge.data.collate import BatchCollator
-from vlmerge.data.readers import ReaderError, VQADataset
-from vlmerge.data.tokenizer import TokenizerError, load_tokenizer
+from vlmerge.data.readers import VQADataset
+from vlmerge.data.tokenizer import load_tokenizer
 from vlmerge.data.transforms import eval_transform
-from vlmerge.model import CheckpointError, ModelConfigError, VLModel, config_hash
+from vlmerge.evaluate.config import EvaluateSettings
+from vlmerge.model import VLModel, config_hash
 from vlmerge.model.checkpoint import CheckpointMeta, load_model
-from vlmerge.runtime import atomic_write_json, provenance, setup_logging
+from vlmerge.runtime import atomic_write_json, provenance
+from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
+from vlmerge.runtime.stage import run_stage
 from vlmerge.tasks.base import Rows, Task
 from vlmerge.tasks.errors import TaskError
-from vlmerge.evaluate.args import EvaluateConfig, parse_args
 from vlmerge.tasks.evaluation import evaluation_rows
 from vlmerge.tasks.lineage import lineage, weights_sha256
 from vlmerge.tasks.model_init import require_heads, resize
@@ -40,7 +48,28 @@ from vlmerge.tasks.vqa import VQATask, answer_vocabulary
 from vlmerge.tasks.vqa_eval import constant_accuracy, official_accuracy, read_human_answers, submission
 
 log = logging.getLogger(__name__)
-BAD_INPUT = (TaskError, ModelConfigError, CheckpointError, ReaderError, TokenizerError)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig:
+    """One evaluation, resolved: the settings with the method name and device filled in, absolute paths."""
+
+    task: str
+    ckpt: Path
+    arrow: Path
+    tokenizer: Path
+    out: Path
+    method: str
+    batch_size: int = 32
+    num_workers: int = 0
+    image_size: int | None = None  # None: the checkpoint's
+    device: str = "cpu"
+    vqa_annotations: Path | None = None
+    vqa_submission_split: str = "test-dev"
+    verbose: bool = False
+
+    def resolved(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
 
 
 class Evaluation:
@@ -130,19 +159,54 @@ def _selection(extra: dict[str, Any]) -> dict[str, Any] | None:
     return None if selection is None else {k: selection[k] for k in ("metric", "value", "step", "split")}
 
 
+def _parser() -> argparse.ArgumentParser:
+    """Paths of this invocation, then every field of :class:`EvaluateSettings` as ``--config`` + flags."""
+    p = argparse.ArgumentParser(prog="python -m vlmerge.evaluate",
+                                description="Evaluate a checkpoint on VQAv2, COCO, Flickr30k or NLVR2.")
+    p.add_argument("--ckpt", required=True, type=Path, help="checkpoint, PATH.safetensors (+ PATH.json)")
+    p.add_argument("--arrow", required=True, type=Path, help="folder of the ViLT arrow tables")
+    p.add_argument("--tokenizer", required=True, type=Path, help="tokenizer folder (or vocab.txt)")
+    p.add_argument("--out", required=True, type=Path, help="result JSON, e.g. results/<task>/<method>.json")
+    p.add_argument("--vqa-annotations", type=Path,
+                   help="official v2_mscoco_val2014_annotations.json: VQA accuracy from the ten human answers "
+                        "(default: from the soft scores of the Arrow tables)")
+    p.add_argument("--verbose", action="store_true")
+    add_settings_arguments(p, EvaluateSettings)
+    return p
+
+
+def _device(name: str) -> str:
+    """``auto`` made concrete; a name torch does not know is bad input."""
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    try:
+        torch.device(device)
+    except RuntimeError as err:
+        raise TaskError(f"device {name!r}: {err}") from None
+    return device
+
+
+def _resolve(args: argparse.Namespace) -> EvaluateConfig:
+    """The evaluation the parsed command line asks for; raises an InputError (a one-line message)."""
+    settings = settings_from_args(args, EvaluateSettings)
+    if not args.ckpt.is_file():
+        raise TaskError(f"--ckpt {args.ckpt} does not exist")
+    if args.out.suffix != ".json":
+        raise TaskError(f"--out {args.out}: expected a .json path")
+    if args.vqa_annotations is not None and not args.vqa_annotations.is_file():
+        raise TaskError(f"--vqa-annotations {args.vqa_annotations} does not exist")
+    return EvaluateConfig(task=settings.task, ckpt=args.ckpt.resolve(), arrow=args.arrow.resolve(),
+                          tokenizer=args.tokenizer.resolve(), out=args.out.resolve(),
+                          method=settings.method or args.out.stem, batch_size=settings.batch_size,
+                          num_workers=settings.num_workers, image_size=settings.image_size,
+                          device=_device(settings.device),
+                          vqa_annotations=args.vqa_annotations.resolve() if args.vqa_annotations else None,
+                          vqa_submission_split=settings.vqa_submission_split, verbose=args.verbose)
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = parse_args(argv)
-    except BAD_INPUT as err:
-        print(f"vlmerge.evaluate: error: {err}", file=sys.stderr)
-        return 2
-    setup_logging(config.verbose)
-    try:
-        run(config)
-    except BAD_INPUT as err:
-        print(f"vlmerge.evaluate: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    """Exit code 0 when the result is written, 2 for bad input."""
+    args = _parser().parse_args(argv)
+    return run_stage("evaluate", lambda: run(_resolve(args)), verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
 """Stage ``finetune``: fine-tune a checkpoint on one downstream task, select it on validation (SPEC §6).
 
-    python -m vlmerge.finetune --task vqa --init merged.safetensors --arrow data/arrow \\
-        --tokenizer data/arrow/tokenizer --out vqa.safetensors --work-dir work/vqa [--epochs N | --steps N] …
+    python -m vlmerge.finetune --init merged.safetensors --arrow data/arrow --tokenizer data/arrow/tokenizer \\
+        --out vqa.safetensors --work-dir work/vqa [--config JSON] --task vqa [--epochs N | --steps N] …
+
+The hyper-parameters are the fields of :class:`~vlmerge.finetune.config.FinetuneSettings`: given as one
+JSON object (``--config``, what the workflow passes) or one flag each, a flag overriding its key; a key
+left ``None`` takes the task's paper value. Paths are flags of their own.
 
 The sharing layout is the init checkpoint's (a merged checkpoint is MA-shaped and fine-tunes as
-MA; an MS checkpoint fine-tunes as MS). The selection split is evaluated every ``--val-every``
+MA; an MS checkpoint fine-tunes as MS). The selection split is evaluated every ``val_every``
 steps (default: every epoch) and after the last step; the weights of the best validation are
 written (by global rank zero) as safetensors + sidecar recording the task, the init checkpoint's
 checksum, the selection metric and step, and the init checkpoint's lineage. The work directory
@@ -15,33 +19,32 @@ and exits 1.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
-import sys
 from pathlib import Path
 
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from vlmerge.data.readers import ReaderError
-from vlmerge.data.tokenizer import TokenizerError, vocabulary_file
-from vlmerge.model import CheckpointError, ModelConfigError
-from vlmerge.model.checkpoint import checkpoint_meta, save_checkpoint
-from vlmerge.runtime import provenance, setup_logging
+from vlmerge.data.tokenizer import vocabulary_file
+from vlmerge.finetune.config import FinetuneSettings
 from vlmerge.finetune.datamodule import FinetuneData
+from vlmerge.finetune.module import FinetuneModule
+from vlmerge.finetune.run import FinetunePaths, FinetuneRun, resolve_run
+from vlmerge.model.checkpoint import checkpoint_meta, save_checkpoint
+from vlmerge.runtime import provenance
+from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
+from vlmerge.runtime.stage import run_stage
 from vlmerge.tasks.errors import TaskError
-from vlmerge.finetune.args import parse_args
-from vlmerge.finetune.run import FinetuneRun
 from vlmerge.tasks.lineage import lineage, weights_sha256
 from vlmerge.tasks.model_init import task_model
 from vlmerge.tasks.registry import get_task
-from vlmerge.train.errors import TrainConfigError, TrainingIncomplete, require_finished
-from vlmerge.finetune.module import FinetuneModule
+from vlmerge.train.errors import require_finished
 from vlmerge.train.trainer import build_trainer, resume_checkpoint
 from vlmerge.train.work_dir import claim_work_dir
 
 log = logging.getLogger(__name__)
-BAD_INPUT = (TaskError, TrainConfigError, ModelConfigError, CheckpointError, ReaderError, TokenizerError)
 
 
 def run(config: FinetuneRun) -> Path | None:
@@ -83,22 +86,35 @@ def run(config: FinetuneRun) -> Path | None:
     return config.out
 
 
+def _parser() -> argparse.ArgumentParser:
+    """Paths and switches of this invocation, then every field of :class:`FinetuneSettings` as ``--config`` + flags."""
+    p = argparse.ArgumentParser(prog="python -m vlmerge.finetune",
+                                description="Fine-tune a checkpoint on VQAv2, COCO, Flickr30k or NLVR2.")
+    p.add_argument("--init", required=True, type=Path, help="checkpoint to start from, PATH.safetensors (+ PATH.json)")
+    p.add_argument("--arrow", required=True, type=Path, help="folder of the ViLT arrow tables")
+    p.add_argument("--tokenizer", required=True, type=Path, help="tokenizer folder (or vocab.txt)")
+    p.add_argument("--out", required=True, type=Path, help="selected weights, PATH.safetensors (+ PATH.json)")
+    p.add_argument("--work-dir", required=True, type=Path, help="Lightning checkpoints, logs and candidate "
+                   "best weights; reruns resume from here (not a Snakemake output)")
+    p.add_argument("--restart-stale-work-dir", action="store_true",
+                   help="move a work directory of another run aside and start afresh (default: an error)")
+    p.add_argument("--verbose", action="store_true")
+    add_settings_arguments(p, FinetuneSettings)
+    return p
+
+
+def _resolve(args: argparse.Namespace) -> FinetuneRun:
+    """The run the parsed command line asks for; raises an InputError (a one-line message) on bad input."""
+    paths = FinetunePaths(init=args.init, arrow=args.arrow, tokenizer=args.tokenizer, out=args.out,
+                          work_dir=args.work_dir)
+    return resolve_run(settings_from_args(args, FinetuneSettings), paths, verbose=args.verbose,
+                       restart_stale=args.restart_stale_work_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = parse_args(argv)
-    except BAD_INPUT as err:
-        print(f"vlmerge.finetune: error: {err}", file=sys.stderr)
-        return 2
-    setup_logging(config.verbose)
-    try:
-        run(config)
-    except BAD_INPUT as err:
-        print(f"vlmerge.finetune: error: {err}", file=sys.stderr)
-        return 2
-    except TrainingIncomplete as err:
-        print(f"vlmerge.finetune: {err}", file=sys.stderr)
-        return 1
-    return 0
+    """Exit code 0 when the weights are written, 2 for bad input, 1 for a run stopped before its end."""
+    args = _parser().parse_args(argv)
+    return run_stage("finetune", lambda: run(_resolve(args)), verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,10 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import Dataset
 
+from vlmerge.finetune.selection import BestWeights, Selection
 from vlmerge.model import VLModel
 from vlmerge.tasks.base import Rows, Task
 from vlmerge.tasks.errors import TaskError
-from vlmerge.finetune.selection import BestWeights, Selection
 from vlmerge.tasks.shards import concat_rows, gather_rows
 from vlmerge.train.optim import OptimConfig, build_optimizer, warmup_linear_schedule
 from vlmerge.train.seeds import Stream, derive_seed

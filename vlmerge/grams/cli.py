@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, Subset
 from vlmerge.data.collate import BatchCollator
 from vlmerge.data.readers import ReaderError
 from vlmerge.data.tokenizer import TokenizerError, load_tokenizer
-from vlmerge.grams.collect import SPLITS, TASKS, collect_grams, sample_indices, task_dataset
+from vlmerge.catalog.names import TASKS
+from vlmerge.grams.collect import SPLITS, collect_grams, sample_indices, task_dataset
 from vlmerge.merging.errors import GramsError, MergeError
 from vlmerge.files.grams import reduce_files, save_grams
 from vlmerge.model import CheckpointError, ModelConfigError, Sharing, VLModel

@@ -1,15 +1,15 @@
 """Gram collection over a task's data: which table, which forward, and the no-grad loop.
 
-Each task's samples take the route its fine-tuning takes (SPEC §3): VQA questions and NLVR2
-statements run as image+text pairs (text → l and image → v below F, the vl expert from F on; NLVR2
-twice, image token types 1 and 2); COCO / Flickr30k pairs run both unimodal paths (image → v,
-caption → l). The ``vl`` experts only fire on image+text input, so their grams need VQA/NLVR2 data.
+Each task's samples take the route its fine-tuning takes: the task's own ``encode`` (one function
+for both, :meth:`vlmerge.tasks.base.Task.encode`): VQA questions and NLVR2 statements run as
+image+text pairs (text → l and image → v below F, the vl expert from F on; NLVR2 twice, image token
+types 1 and 2); COCO / Flickr30k pairs run both unimodal paths (image → v, caption → l). The ``vl``
+experts only fire on image+text input, so their grams need VQA/NLVR2 data.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,9 @@ from vlmerge.merging.errors import GramsError
 from vlmerge.merging.grams import GramStats
 from vlmerge.grams.hooks import GramCollector
 from vlmerge.model import VLModel
+from vlmerge.tasks.registry import get_task
 from vlmerge.runtime import Progress
 
-TASKS = ("vqa", "coco", "f30k", "nlvr2")
 # Our split names → each dataset's table name (NLVR2 calls its validation split "dev").
 SPLITS: dict[str, dict[str, str]] = {
     "vqa": {"train": "train", "val": "val"}, "coco": {"train": "train", "val": "val"},
@@ -50,27 +50,6 @@ def task_dataset(task: str, split: str, arrow_dir: Path, image_size: int) -> Dat
     return CaptionPairs([path], transform)
 
 
-def _pairs(model: VLModel, batch: Batch, collector: GramCollector) -> None:
-    with collector.text(batch["text_mask"]):
-        model.encode_pair(batch["text_ids"], batch["text_mask"], batch["image"])
-
-
-def _nlvr2(model: VLModel, batch: Batch, collector: GramCollector) -> None:
-    with collector.text(batch["text_mask"]):
-        model.encode_pair(batch["text_ids"], batch["text_mask"], batch["image_0"], image_token_type=1)
-        model.encode_pair(batch["text_ids"], batch["text_mask"], batch["image_1"], image_token_type=2)
-
-
-def _unimodal(model: VLModel, batch: Batch, collector: GramCollector) -> None:
-    with collector.text(None):
-        model.encode_image(batch["image"])
-    with collector.text(batch["text_mask"]):
-        model.encode_text(batch["text_ids"], batch["text_mask"])
-
-
-FORWARDS: dict[str, Callable[[VLModel, Batch, GramCollector], None]] = {
-    "vqa": _pairs, "nlvr2": _nlvr2, "coco": _unimodal, "f30k": _unimodal,
-}
 _TENSORS = ("text_ids", "text_mask", "image", "image_0", "image_1")
 
 
@@ -80,11 +59,12 @@ def collect_grams(model: VLModel, batches: Any, task: str, include_pad: bool = F
     """Run ``model`` (eval mode, no grad) over ``batches`` with gram hooks; ``total`` sizes the progress bar."""
     model.eval()
     device = next(model.parameters()).device
-    forward = FORWARDS[task]
+    route = get_task(task)
     with GramCollector(model, include_pad) as collector, Progress(total, f"grams {task}", "batch") as progress:
         for batch in batches:
             moved = {k: v.to(device, non_blocking=True) if k in _TENSORS else v for k, v in batch.items()}
-            forward(model, moved, collector)
+            with collector.text(moved["text_mask"]):  # v experts see images only, whatever the mask
+                route.encode(model, moved)
             progress.update()
         return collector.result()
 

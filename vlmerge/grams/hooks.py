@@ -1,6 +1,6 @@
 """Forward pre-hooks that accumulate gram statistics at the inputs of the per-expert linear layers.
 
-Hook points (SPEC §5): ``transformer.blocks.{i}.attn.{m}`` (its input is the qkv input),
+Hook points (docs/merging.md): ``transformer.blocks.{i}.attn.{m}`` (its input is the qkv input),
 ``…attn.{m}.proj``, ``…mlp.{m}.fc1``, ``…mlp.{m}.fc2`` for every expert m of every layer whose
 attention / MLP is per-expert. A hook sees [B, N, D] and must drop text pad tokens, but the block
 does not pass the text mask down; the data loop therefore declares the current batch's text mask

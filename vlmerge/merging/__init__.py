@@ -1,4 +1,4 @@
-"""Merging modality-specific experts into one modality-agnostic model (SPEC §5).
+"""Merging modality-specific experts into one modality-agnostic model (docs/merging.md).
 
 :func:`merge` turns an MS state dict (plus the seed and gram statistics where a method needs them)
 into an MA state dict; :data:`METHODS` lists the registered methods with their parameters and papers.

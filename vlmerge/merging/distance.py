@@ -1,4 +1,4 @@
-"""How far the experts drifted apart and from the seed: per layer and overall (SPEC §5).
+"""How far the experts drifted apart and from the seed: per layer and overall (docs/merging.md).
 
 The paper proposes two weight-distance metrics that predict merging outcomes but its exact
 definitions were not available to us, so we define ours here and report several. For one layer, θ_m

@@ -1,4 +1,4 @@
-"""The multiway vision-language transformer in plain PyTorch (SPEC §3).
+"""The multiway vision-language transformer in plain PyTorch (docs/model.md).
 
 Build with :func:`create_model`, save and load with :mod:`vlmerge.model.checkpoint`, turn a shared
 model into per-expert weights with :func:`expand_experts`, import BEiT and vl-merging weights with

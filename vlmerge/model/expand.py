@@ -1,4 +1,4 @@
-"""Expand a shared (MA) state dict into a modality-specific one: the paper's W⁰ (SPEC §3)."""
+"""Expand a shared (MA) state dict into a modality-specific one: the paper's W⁰ (docs/model.md)."""
 
 from __future__ import annotations
 

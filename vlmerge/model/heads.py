@@ -28,7 +28,7 @@ class Heads:
 
     @classmethod
     def pretraining(cls) -> Heads:
-        """MLM + ITM + both contrastive pairs (SPEC §4)."""
+        """MLM + ITM + both contrastive pairs (docs/objectives.md)."""
         return cls(mlm=True, itm=True, itc=True, itc_vl=True)
 
 

@@ -1,4 +1,4 @@
-"""The vision-language multiway transformer with vl-merging's routing (SPEC §3).
+"""The vision-language multiway transformer with vl-merging's routing (docs/model.md).
 
 | input      | layers < F                                 | layers ≥ F                               |
 |------------|--------------------------------------------|------------------------------------------|

@@ -1,4 +1,4 @@
-"""Training objectives: tensors in, loss out (SPEC §4, §6).
+"""Training objectives: tensors in, loss out (docs/objectives.md, docs/tasks.md).
 
 No module here imports the model, Lightning or the data, or logs: each loss is a function of
 tensors, testable on its own (as open_clip's ``loss.py``).

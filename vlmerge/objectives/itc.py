@@ -77,7 +77,7 @@ def contrastive_loss(
 
 
 def itc_loss(term_a: ContrastiveOutput, term_b: ContrastiveOutput) -> torch.Tensor:
-    """Pre-training ITC (SPEC §4): the mean of term (a), the unimodal [CLS] features through
+    """Pre-training ITC (docs/objectives.md): the mean of term (a), the unimodal [CLS] features through
     ``itc_*_proj`` with ``logit_scale``, and term (b), the fusion layers re-run in ``vl`` mode
     through ``itc_vl_*_proj`` with ``logit_vl_scale``. Returns a scalar."""
     return (term_a.loss + term_b.loss) / 2

@@ -2,7 +2,7 @@
 
 For every image one negative text, and for every text one negative image, is drawn from the
 softmax of the ITC term (a) similarities with the positive removed, so that captions the model
-already confuses with the right one are seen most often (SPEC §4). The ITM head then classifies
+already confuses with the right one are seen most often (docs/objectives.md). The ITM head then classifies
 three image+text pairs per sample: the positive, (negative image, text) and (image, negative text).
 """
 

@@ -1,4 +1,4 @@
-"""Retrieval fine-tuning objective (COCO, Flickr30k; SPEC §6).
+"""Retrieval fine-tuning objective (COCO, Flickr30k; docs/tasks.md).
 
 The model runs as a dual encoder: the [CLS] features of the unimodal image and text paths go
 through ``itc_image_proj`` / ``itc_text_proj`` and are scored by the same symmetric InfoNCE as ITC

@@ -40,7 +40,7 @@ class PrepareConfig:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vlmerge.prepare", description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--raw", required=True, type=Path, help="root of the raw dataset (RAW-FORMATS.md layout)")
+    parser.add_argument("--raw", required=True, type=Path, help="root of the raw dataset (layout: docs/raw-formats.md)")
     parser.add_argument("--out", required=True, type=Path, help="folder for the arrow files and the manifest")
     parser.add_argument("--verbose", action="store_true", help="debug logging (lists each skipped item)")
     add_settings_arguments(parser, PrepareSettings)

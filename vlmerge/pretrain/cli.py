@@ -1,7 +1,10 @@
 """Stage ``pretrain``: pre-train a shared (MA) or modality-specific model with MLM + ITC + ITM (SPEC §4).
 
     python -m vlmerge.pretrain --arrow data/arrow --tokenizer data/arrow/tokenizer --out seed.safetensors \\
-        --work-dir work/seed [--preset tiny] [--sharing shared] [--init scratch|beit:PATH|seed:PATH] …
+        --work-dir work/seed [--config JSON] [--preset tiny] [--sharing shared] [--init scratch|beit:PATH|seed:PATH] …
+
+The hyper-parameters are the fields of :class:`~vlmerge.pretrain.config.PretrainSettings`: given as one
+JSON object (``--config``, what the workflow passes) or one flag each, a flag overriding its key.
 
 ``--init seed:PATH`` starts from an MA checkpoint; for a non-shared ``--sharing`` its block weights
 are copied into every expert (the paper's W⁰). The work directory keeps Lightning checkpoints and
@@ -14,6 +17,7 @@ and requeues itself (``vlmerge.train.trainer``).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
@@ -21,21 +25,23 @@ from pathlib import Path
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from vlmerge.data.readers import ReaderError
-from vlmerge.data.tokenizer import TokenizerError, vocabulary_file
-from vlmerge.model import CheckpointError, Heads, ModelConfigError
+from vlmerge.data.tokenizer import vocabulary_file
+from vlmerge.errors import IncompleteRun, InputError
+from vlmerge.model import Heads
 from vlmerge.model.checkpoint import checkpoint_meta, save_checkpoint
-from vlmerge.runtime import provenance, setup_logging, sha256_file
+from vlmerge.pretrain.config import PretrainSettings
 from vlmerge.pretrain.data import PretrainData
-from vlmerge.train.errors import TrainConfigError, TrainingIncomplete, require_finished
 from vlmerge.pretrain.init_weights import initial_model
-from vlmerge.pretrain.args import PretrainRun, parse_args
 from vlmerge.pretrain.module import PretrainModule
+from vlmerge.pretrain.run import PretrainRun, RunPaths, resolve_run
+from vlmerge.runtime import provenance, setup_logging, sha256_file
+from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
+from vlmerge.runtime.stage import run_stage
+from vlmerge.train.errors import require_finished
 from vlmerge.train.trainer import build_trainer, resume_checkpoint
 from vlmerge.train.work_dir import claim_work_dir
 
 log = logging.getLogger(__name__)
-BAD_INPUT = (TrainConfigError, ModelConfigError, CheckpointError, ReaderError, TokenizerError)
 
 
 def _inputs(config: PretrainRun) -> dict[str, Path]:
@@ -44,7 +50,7 @@ def _inputs(config: PretrainRun) -> dict[str, Path]:
     return tokenizer | ({"init": config.init.path} if config.init.path is not None else {})
 
 
-def run(config: PretrainRun) -> Path | None:
+def train(config: PretrainRun) -> Path | None:
     """Train, then write ``config.out`` on global rank zero; returns it there (None on other ranks)."""
     record = provenance("pretrain", config.resolved())
     data = PretrainData(config.data)  # checks the tables and the tokenizer before any model is built
@@ -73,23 +79,31 @@ def run(config: PretrainRun) -> Path | None:
     return config.out
 
 
+def _parser() -> argparse.ArgumentParser:
+    """Paths and switches of this invocation, then every field of :class:`PretrainSettings` as ``--config`` + flags."""
+    p = argparse.ArgumentParser(prog="python -m vlmerge.pretrain",
+                                description="Pre-train a vision-language model with MLM + ITC + ITM.")
+    p.add_argument("--arrow", required=True, type=Path, help="folder of the ViLT arrow tables")
+    p.add_argument("--tokenizer", required=True, type=Path, help="tokenizer folder (or vocab.txt)")
+    p.add_argument("--out", required=True, type=Path, help="final weights, PATH.safetensors (+ PATH.json)")
+    p.add_argument("--work-dir", required=True, type=Path,
+                   help="Lightning checkpoints and logs; reruns resume from here (not a Snakemake output)")
+    p.add_argument("--restart-stale-work-dir", action="store_true",
+                   help="move a work directory of another run aside and start afresh (default: an error)")
+    p.add_argument("--verbose", action="store_true")
+    add_settings_arguments(p, PretrainSettings)
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = parse_args(argv)
-    except TrainConfigError as err:
-        print(f"vlmerge.pretrain: error: {err}", file=sys.stderr)
-        return 2
-    setup_logging(config.verbose)
-    try:
-        run(config)
-    except BAD_INPUT as err:
-        # A DataLoader worker's error arrives wrapped, its own message on the last line.
-        print(f"vlmerge.pretrain: error: {(str(err).strip().splitlines() or [repr(err)])[-1]}", file=sys.stderr)
-        return 2
-    except TrainingIncomplete as err:
-        print(f"vlmerge.pretrain: {err}", file=sys.stderr)
-        return 1
-    return 0
+    """Exit code 0 when the weights are written, 2 for bad input, 1 for a run stopped before its end."""
+    args = _parser().parse_args(argv)
+
+    def body() -> None:
+        paths = RunPaths(arrow=args.arrow, tokenizer=args.tokenizer, out=args.out, work_dir=args.work_dir)
+        train(resolve_run(settings_from_args(args, PretrainSettings), paths, args.restart_stale_work_dir))
+
+    return run_stage("pretrain", body, verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
+from vlmerge.catalog.names import PRETRAIN_DATASETS
 from vlmerge.data.readers import CaptionPairs
 from vlmerge.data.schema import FILES
 from vlmerge.data.tokenizer import MAX_TEXT_LEN, load_tokenizer
@@ -27,7 +28,6 @@ from vlmerge.train.batches import KeyedSamples, SeededBatchCollator
 from vlmerge.train.errors import TrainConfigError
 from vlmerge.train.sampler import ResumableSampler, evaluation_keys
 
-PRETRAIN_DATASETS = ("coco", "vg", "sbu", "gcc")
 _TRAIN_SPLITS = {"coco": ("train", "restval"), "vg": ("train",), "sbu": ("train",), "gcc": ("train",)}
 
 
@@ -99,7 +99,8 @@ class PretrainData(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         size = self.config.image_size
-        self.train = CaptionPairs(self.train_files, train_transform(size) if self.config.augment else eval_transform(size))
+        transform = train_transform(size) if self.config.augment else eval_transform(size)
+        self.train = CaptionPairs(self.train_files, transform)
         self.val = CaptionPairs(self.val_files, eval_transform(size)) if self.val_files else None
 
     def _loader(self, dataset: CaptionPairs, sampler: object) -> DataLoader:

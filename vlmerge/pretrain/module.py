@@ -17,8 +17,8 @@ import lightning.pytorch as pl
 import torch
 
 from vlmerge.model import VLModel
-from vlmerge.train.optim import OptimConfig, build_optimizer, warmup_linear_schedule
 from vlmerge.pretrain.step import itc_terms, itm_term, mlm_term
+from vlmerge.train.optim import OptimConfig, build_optimizer, warmup_linear_schedule
 from vlmerge.train.seeds import Stream, derive_seed
 
 

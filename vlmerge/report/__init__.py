@@ -1,4 +1,4 @@
-"""Stage ``report``: the paper's tables and plots from the result JSONs (SPEC §2).
+"""Stage ``report``: the paper's tables and plots from the result JSONs (docs/overview.md).
 
 ``python -m vlmerge.report`` (see :mod:`vlmerge.report.cli`). The package imports nothing heavy at
 its top level, so the workflow can import :mod:`vlmerge.report.sweeps` and

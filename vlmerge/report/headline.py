@@ -1,4 +1,4 @@
-"""The headline metrics of each task: the columns of the paper's main table (SPEC §6).
+"""The headline metrics of each task: the columns of the paper's main table (docs/tasks.md).
 
 Splits are the ones ``python -m vlmerge.evaluate`` reports (``Task.test``; a test checks that the
 two agree): VQA on its evaluation split, retrieval on test, NLVR2 on dev and test-P.

@@ -18,7 +18,9 @@ from vlmerge.runtime.logs import setup_logging
 
 def fail(stage: str, err: BaseException) -> int:
     """Print the one-line message of ``err`` for ``stage``; return its exit code."""
-    message = " ".join(str(err).split("\n")).strip() or type(err).__name__
+    # Our messages are one line; an error re-raised from a DataLoader worker arrives wrapped in the worker's
+    # traceback text, with its own message on the last line.
+    message = (str(err).strip().splitlines() or [type(err).__name__])[-1]
     if isinstance(err, IncompleteRun):
         print(f"vlmerge.{stage}: {message}", file=sys.stderr)
         return 1

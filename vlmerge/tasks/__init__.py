@@ -1,4 +1,4 @@
-"""Downstream tasks (SPEC §6): data, forward/loss, evaluation rows, metrics and baselines per task.
+"""Downstream tasks (docs/tasks.md): data, forward/loss, evaluation rows, metrics and baselines per task.
 
 :data:`TASKS` holds VQAv2, COCO and Flickr30k retrieval and NLVR2 with the paper's fine-tuning
 settings. ``python -m vlmerge.finetune`` trains a task with :class:`~vlmerge.finetune.module.FinetuneModule`,

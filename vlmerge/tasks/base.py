@@ -84,6 +84,12 @@ class Task(ABC):
 
     # ----------------------------------------------------------------- model
     @abstractmethod
+    def encode(self, model: VLModel, batch: Batch) -> tuple[torch.Tensor, ...]:
+        """The task's route through the encoder, before any head: the hidden states [B, N, D] of each
+        forward pass it makes. Fine-tuning builds its logits on these; gram collection runs exactly this,
+        so the grams see the experts each task routes through."""
+
+    @abstractmethod
     def loss(self, model: VLModel, batch: Batch) -> dict[str, torch.Tensor]:
         """``"loss"`` (scalar) plus detached extras to log."""
 

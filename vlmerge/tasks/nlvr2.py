@@ -1,4 +1,4 @@
-"""NLVR2 (SPEC §6): is a statement true of an image pair?
+"""NLVR2 (docs/tasks.md): is a statement true of an image pair?
 
 Two image+text forwards — the second image with token type 2 — give two pooled vectors whose
 concatenation feeds the NLVR2 head; cross-entropy; selected on dev accuracy, reported on dev and
@@ -24,12 +24,19 @@ from vlmerge.tasks.base import Baseline, Batch, Rows, Task, split_files
 SECOND_IMAGE_TOKEN_TYPE = 2
 
 
+def encode_statement(model: VLModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The statement with each image of the pair: two image+text sequences [B, T+1+G², D], the second
+    image marked with token type 2."""
+    ids, mask = batch["text_ids"], batch["text_mask"]
+    first = model.encode_pair(ids, mask, batch["image_0"], image_token_type=1)
+    second = model.encode_pair(ids, mask, batch["image_1"], image_token_type=SECOND_IMAGE_TOKEN_TYPE)
+    return first, second
+
+
 def nlvr2_logits(model: VLModel, batch: Batch) -> torch.Tensor:
     """[B, 2] (False, True) from the two pooled image+text sequences, concatenated."""
-    ids, mask = batch["text_ids"], batch["text_mask"]
-    first = model.pooler(model.encode_pair(ids, mask, batch["image_0"], image_token_type=1))
-    second = model.pooler(model.encode_pair(ids, mask, batch["image_1"], image_token_type=SECOND_IMAGE_TOKEN_TYPE))
-    return model.nlvr2_classifier(torch.cat([first, second], dim=-1))
+    first, second = encode_statement(model, batch)
+    return model.nlvr2_classifier(torch.cat([model.pooler(first), model.pooler(second)], dim=-1))
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,9 @@ class NLVR2Task(Task):
 
     def eval_sides(self, arrow: Path, split: str, transform: ImageTransform) -> tuple[Dataset, ...]:
         return (self._dataset(arrow, (split,), transform),)
+
+    def encode(self, model: VLModel, batch: Batch) -> tuple[torch.Tensor, ...]:
+        return encode_statement(model, batch)
 
     def loss(self, model: VLModel, batch: Batch) -> dict[str, torch.Tensor]:
         out = nlvr2_loss(nlvr2_logits(model, batch), batch["label"])

@@ -16,12 +16,18 @@ TASKS: dict[str, Task] = {
     "vqa": VQATask("vqa", "vqa", TaskSettings(image_size=480, global_batch=128, lr=3e-5, epochs=10, drop_path=0.15,
                                               head_lr_mult=10.0, horizontal_flip=False, headline="vqa_score"),
                    ("vqa_classifier",), train=("train",), val="rest_val", test=("rest_val",)),
-    "coco": RetrievalTask("coco", "coco", TaskSettings(384, 640, 6.25e-6, 20, None, 1.0, True, "mean_recall"),
+    "coco": RetrievalTask("coco", "coco", TaskSettings(image_size=384, global_batch=640, lr=6.25e-6, epochs=20,
+                                                       drop_path=None, head_lr_mult=1.0, horizontal_flip=True,
+                                                       headline="mean_recall"),
                           _RETRIEVAL_HEAD, train=("train", "restval"), val="val", test=("test",)),
-    "f30k": RetrievalTask("f30k", "f30k", TaskSettings(384, 128, 6.25e-7, 40, None, 1.0, True, "mean_recall"),
+    "f30k": RetrievalTask("f30k", "f30k", TaskSettings(image_size=384, global_batch=128, lr=6.25e-7, epochs=40,
+                                                       drop_path=None, head_lr_mult=1.0, horizontal_flip=True,
+                                                       headline="mean_recall"),
                           _RETRIEVAL_HEAD, train=("train",), val="val", test=("test",)),
     # Statements name "the left image": no horizontal flip.
-    "nlvr2": NLVR2Task("nlvr2", "nlvr2", TaskSettings(384, 128, 5e-5, 10, None, 1.0, False, "accuracy"),
+    "nlvr2": NLVR2Task("nlvr2", "nlvr2", TaskSettings(image_size=384, global_batch=128, lr=5e-5, epochs=10,
+                                                  drop_path=None, head_lr_mult=1.0, horizontal_flip=False,
+                                                  headline="accuracy"),
                        ("nlvr2_classifier",), train=("train",), val="dev", test=("dev", "test1")),
 }
 

@@ -1,4 +1,4 @@
-"""COCO and Flickr30k image–text retrieval (SPEC §6): a dual encoder fine-tuned with symmetric InfoNCE.
+"""COCO and Flickr30k image–text retrieval (docs/tasks.md): a dual encoder fine-tuned with symmetric InfoNCE.
 
 The unimodal image and text paths give [CLS] features, projected by ``itc_image_proj`` /
 ``itc_text_proj``; evaluation encodes every image and every caption of the split once and ranks
@@ -68,9 +68,13 @@ class RetrievalTask(Task):
         dataset = self._dataset(arrow, (split,), transform)
         return (dataset.image_side, dataset.text_side)
 
+    def encode(self, model: VLModel, batch: Batch) -> tuple[torch.Tensor, ...]:
+        """The two unimodal paths: images [B, 1+G², D] through the v experts, captions [B, T, D] through l."""
+        return model.encode_image(batch["image"]), model.encode_text(batch["text_ids"], batch["text_mask"])
+
     def loss(self, model: VLModel, batch: Batch) -> dict[str, torch.Tensor]:
-        out = retrieval_loss(image_features(model, batch["image"]),
-                             text_features(model, batch["text_ids"], batch["text_mask"]), model.logit_scale)
+        images, texts = self.encode(model, batch)
+        out = retrieval_loss(model.itc_image_proj(images[:, 0]), model.itc_text_proj(texts[:, 0]), model.logit_scale)
         return {"loss": out.loss, "i2t_acc": out.i2t_acc, "t2i_acc": out.t2i_acc,
                 "logit_scale": model.logit_scale.detach().exp()}
 

@@ -1,6 +1,7 @@
 """Per-task fine-tuning settings (SPEC §6) and the options that choose a task's splits.
 
-The defaults are the paper's settings; the upstream quirks are options, off by default.
+The defaults are the paper's settings; the upstream quirks are options, off by default. Both are
+keyword-only: eight numbers in a row are easy to misorder, and a misordered learning rate runs silently.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from dataclasses import dataclass
 from vlmerge.tasks.errors import TaskError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TaskSettings:
-    """Paper-scale fine-tuning of one task: the defaults of ``python -m vlmerge.finetune``."""
+    """Paper-scale fine-tuning of one task: what ``python -m vlmerge.finetune`` uses where
+    :class:`~vlmerge.finetune.config.TaskOverrides` leaves a key ``None``."""
 
     image_size: int  # pixels; the checkpoint's relative positions are resampled when it differs
     global_batch: int
@@ -24,7 +26,7 @@ class TaskSettings:
     headline: str  # the validation metric that selects the checkpoint
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SplitOptions:
     """Which splits a run trains on and selects on.
 
@@ -40,4 +42,4 @@ class SplitOptions:
 
     def __post_init__(self) -> None:
         if self.select_on not in ("val", "test"):
-            raise TaskError(f"--select-on must be 'val' or 'test', not {self.select_on!r}")
+            raise TaskError(f"select_on must be 'val' or 'test', not {self.select_on!r}")

@@ -1,4 +1,4 @@
-"""VQAv2 (SPEC §6): image+text → pooler → VQA head; BCE over the answers; selected on the VQA score.
+"""VQAv2 (docs/tasks.md): image+text → pooler → VQA head; BCE over the answers; selected on the VQA score.
 
 Training reads ``train`` (optionally plus ``trainable_val``), validation ``rest_val``; the
 test-dev submission is written by :mod:`vlmerge.tasks.vqa_eval`.
@@ -56,9 +56,14 @@ def best_constant_answer(dataset: VQADataset) -> int:
     return int(torch.argmax(totals))  # the first maximum: ties go to the smaller label
 
 
+def encode_question(model: VLModel, batch: Batch) -> tuple[torch.Tensor]:
+    """The image+text sequence [B, T+1+G², D]: text → l and image → v below F, the vl expert from F on."""
+    return (model.encode_pair(batch["text_ids"], batch["text_mask"], batch["image"]),)
+
+
 def vqa_logits(model: VLModel, batch: Batch) -> torch.Tensor:
     """[B, answers] from the pooled image+text sequence."""
-    hidden = model.encode_pair(batch["text_ids"], batch["text_mask"], batch["image"])
+    (hidden,) = encode_question(model, batch)
     return model.vqa_classifier(model.pooler(hidden))
 
 
@@ -83,6 +88,9 @@ class VQATask(Task):
 
     def eval_sides(self, arrow: Path, split: str, transform: ImageTransform) -> tuple[Dataset, ...]:
         return (self._dataset(arrow, (split,), transform),)
+
+    def encode(self, model: VLModel, batch: Batch) -> tuple[torch.Tensor, ...]:
+        return encode_question(model, batch)
 
     def loss(self, model: VLModel, batch: Batch) -> dict[str, torch.Tensor]:
         logits, targets = vqa_logits(model, batch), batch["target"]

@@ -1,4 +1,4 @@
-"""AdamW with weight decay by parameter kind, per-prefix LR multipliers, warm-up + linear decay (SPEC §4).
+"""AdamW with weight decay by parameter kind, per-prefix LR multipliers, warm-up + linear decay (docs/objectives.md).
 
 Decay applies to the weight matrices of Linear, Conv and Embedding modules only. Everything else —
 biases, every LayerNorm (per-expert ones included), ``q_bias``/``v_bias``, the relative position

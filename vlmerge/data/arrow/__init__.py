@@ -1,4 +1,4 @@
-"""Raw datasets → ViLT Arrow tables (SPEC §7), one converter per raw layout (RAW-FORMATS.md).
+"""Raw datasets → ViLT Arrow tables (docs/data.md), one converter per raw layout (docs/raw-formats.md).
 
 Each converter streams rows into the tables named by ``vlmerge.data.schema.FILES`` and records
 what it kept and skipped on a :class:`Conversion`; :func:`write_manifest` then lists it all with

@@ -1,4 +1,4 @@
-"""VQAv2 questions (one sample per question) with soft answer targets (SPEC §6)."""
+"""VQAv2 questions (one sample per question) with soft answer targets (docs/tasks.md)."""
 
 from __future__ import annotations
 

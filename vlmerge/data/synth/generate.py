@@ -92,7 +92,7 @@ def _write_dataset(out: Path, request: Request, dataset: str) -> Written:
 
 def generate(out: Path, *, seed: int = 0, size: str = "tiny", datasets: Sequence[str] | None = None,
              counts: Mapping[str, Mapping[str, int]] | None = None, image_size: int = 48) -> dict:
-    """Write synthetic ``out/<dataset>/`` folders in the published raw layouts (RAW-FORMATS.md).
+    """Write synthetic ``out/<dataset>/`` folders in the published raw layouts (docs/raw-formats.md).
 
     Same arguments → byte-identical files. Returns the record also written to ``out/synth.json``:
     seed, size, image size, requested counts, and per dataset/split what was written and which

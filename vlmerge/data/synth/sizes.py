@@ -43,7 +43,7 @@ SIZES: dict[str, SizePreset] = {
         "gcc": {"train": 24, "val": 8},
     }),
     # The embedded demo: ~19k pre-training pairs (COCO train ×5 + VG regions + SBU + GCC) and small
-    # fine-tuning sets, so that pre-training matters (SPEC §8).
+    # fine-tuning sets, so that pre-training matters (docs/overview.md).
     "small": SizePreset({
         "coco": {"train": 2000, "restval": 300, "val": 300, "test": 300},
         "f30k": {"train": 1000, "val": 200, "test": 200},

@@ -1,0 +1,221 @@
+"""Settings of stage ``pretrain``: every hyper-parameter once, with its default, range and help.
+
+- :class:`PretrainRecipe`: what every pre-training run of an experiment shares (optimiser, data, precision …);
+- :class:`PretrainSettings`: one run, what ``python -m vlmerge.pretrain`` reads from ``--config`` and its flags;
+- :class:`PretrainSection`: the ``pretrain:`` block of ``config.yaml``, which turns a run name into
+  that run's :class:`PretrainSettings` (:meth:`PretrainSection.settings_for`).
+
+Plain pydantic and torch-free names only, so that ``snakemake -n`` validates the settings without
+importing torch. Checks that need files or torch (an init checkpoint exists, the global batch divides
+evenly, the model sizes fit together) run in the stage itself (:mod:`vlmerge.pretrain.run`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from vlmerge.catalog.names import PRETRAIN_DATASETS, Sharing
+from vlmerge.errors import ConfigError
+from vlmerge.train.launch import LaunchSettings
+from vlmerge.runtime.settings import Settings, build
+
+# The rows of vlmerge.model.config.PRESETS and the ModelConfig fields a run may override with their types
+# (tests keep both equal to the model's; ``preset`` and ``vocab_size`` are not overrides).
+Preset = Literal["tiny", "base", "large"]
+MODEL_KEYS: dict[str, type] = {
+    "num_layers": int, "dim": int, "num_heads": int, "mlp_dim": int, "image_size": int, "patch_size": int,
+    "max_text_len": int, "drop_path": float, "embed_dropout": float, "init_std": float, "layer_scale": float,
+}
+# Warm-up steps per optimizer step of the paper (1,250 of 100k): the default of a run without ``warmup``.
+WARMUP_FRACTION = 0.0125
+
+LossTerm = Literal["mlm", "itc", "itm"]
+NonNegative = Annotated[float, Field(ge=0)]
+UNIT_WEIGHTS: dict[LossTerm, float] = {"mlm": 1.0, "itc": 1.0, "itm": 1.0}
+
+
+def _checked_init(text: str, kinds: tuple[str, ...]) -> str:
+    """``scratch`` or ``<kind>:PATH`` for a kind of ``kinds`` (whether PATH exists is the stage's check)."""
+    kind, sep, path = text.partition(":")
+    if text != "scratch" and (kind not in kinds or not sep or not path):
+        raise ValueError(f"expected scratch or {' or '.join(f'{k}:PATH' for k in kinds)}")
+    return text
+
+
+class PretrainRecipe(Settings):
+    """The hyper-parameters every pre-training run of an experiment shares (defaults: the stage's own)."""
+
+    datasets: tuple[str, ...] = Field(PRETRAIN_DATASETS, min_length=1,
+                                      description=f"caption corpora to train on, of {', '.join(PRETRAIN_DATASETS)}")
+    image_size: int | None = Field(None, gt=0, description="training resolution in pixels (null: the preset's)")
+    augment: bool = Field(True, description="random crop, flip and RandAugment of training images "
+                                            "(false: plain resize, for captions a crop or flip would falsify)")
+    batch_size: int = Field(32, ge=1, description="samples per device and micro-batch")
+    global_batch: int | None = Field(None, ge=1, description="samples per optimizer step, reached by gradient "
+                                                             "accumulation (null: no accumulation)")
+    lr: float = Field(2e-4, gt=0, description="peak learning rate of AdamW")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay of the weight matrices")
+    grad_clip: float | None = Field(None, ge=0, description="clip the gradient norm to this value (null: no clipping)")
+    mlm_prob: float = Field(0.25, gt=0, le=1, description="share of the words masked for MLM")
+    seed: int = Field(0, ge=0, description="seed of the fresh weights, the sampler, masks and dropout")
+    precision: Literal["auto", "32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, 32 on CPU")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="data parallel, or sharded data parallel (CUDA)")
+    activation_checkpointing: bool = Field(False, description="fsdp: recompute block activations")
+    num_workers: int = Field(2, ge=0, description="data loading processes per device")
+    ckpt_every: int = Field(1000, ge=1, description="steps between resumable Lightning checkpoints")
+    val_every: int = Field(1000, ge=0, description="steps between COCO-val validations (0: none)")
+    val_batches: int = Field(0, ge=0, description="batches per validation (0: all of COCO val)")
+    log_every: int = Field(50, ge=1, description="steps between logged training metrics")
+    loss_weights: dict[LossTerm, NonNegative] = Field(
+        UNIT_WEIGHTS,
+        description="weights of the loss terms mlm, itc, itm (>= 0, not all 0; a term not given weighs 1)")
+
+    @field_validator("datasets")
+    @classmethod
+    def _known_datasets(cls, datasets: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(datasets) - set(PRETRAIN_DATASETS))
+        if unknown:
+            raise ValueError(f"unknown corpora {unknown}; choose from {list(PRETRAIN_DATASETS)}")
+        return datasets
+
+    @field_validator("loss_weights")
+    @classmethod
+    def _some_loss(cls, weights: dict[LossTerm, float]) -> dict[LossTerm, float]:
+        """Every term, 1 unless given; a run must train something."""
+        full = dict(UNIT_WEIGHTS)
+        full.update(weights)
+        if not any(full.values()):
+            raise ValueError("the weights must not all be 0")
+        return full
+
+
+class PretrainSettings(PretrainRecipe):
+    """One pre-training run: the recipe plus the model, its start, its length and the process geometry."""
+
+    preset: Preset = Field("tiny", description="model size")
+    sharing: Sharing = Field("shared", validate_default=True,  # the enum, shown in --help by its value
+                             description="expert layout: " + ", ".join(s.value for s in Sharing))
+    init: str = Field("scratch", description="start: scratch, beit:PATH (BEiT weights) or seed:PATH (an MA "
+                                             "checkpoint, copied into every expert)")
+    model: dict[str, int | float] = Field({}, description="ModelConfig overrides, e.g. num_layers=4,dim=64,"
+                                          "drop_path=0 (vocab_size comes from the tokenizer)")
+    steps: int = Field(1000, ge=1, description="optimizer steps")
+    warmup: int | None = Field(None, ge=0, description=f"warm-up steps (null: {WARMUP_FRACTION} x steps, "
+                                                       "the paper's ratio)")
+    devices: int = Field(1, ge=1, description="devices (processes) per node")
+    nodes: int = Field(1, ge=1, description="nodes, each running devices processes")
+
+    @field_validator("init")
+    @classmethod
+    def _init_form(cls, init: str) -> str:
+        return _checked_init(init, ("beit", "seed"))
+
+    @field_validator("model")
+    @classmethod
+    def _model_overrides(cls, model: dict[str, int | float]) -> dict[str, int | float]:
+        """Known ModelConfig fields only, each of its field's type (a whole number where it is an int)."""
+        unknown = sorted(set(model) - set(MODEL_KEYS))
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown}; valid keys are {sorted(MODEL_KEYS)}")
+        fractional = sorted(k for k, v in model.items() if MODEL_KEYS[k] is int and not float(v).is_integer())
+        if fractional:
+            raise ValueError(f"{fractional} must be whole numbers")
+        return {k: MODEL_KEYS[k](v) for k, v in model.items()}
+
+    @field_validator("warmup")
+    @classmethod
+    def _warmup_within_steps(cls, warmup: int | None, info: ValidationInfo) -> int | None:
+        steps = info.data.get("steps")  # absent when steps itself is invalid (reported on its own)
+        if warmup is not None and steps is not None and warmup > steps:
+            raise ValueError(f"{warmup} must be in [0, steps {steps}]")
+        return warmup
+
+    @property
+    def warmup_steps(self) -> int:
+        """``warmup``, or the paper's ratio of ``steps``."""
+        return round(WARMUP_FRACTION * self.steps) if self.warmup is None else self.warmup
+
+
+class RunLength(Settings):
+    """Steps and warm-up steps of one of the paper's runs."""
+
+    steps: int = Field(ge=1, description="optimizer steps")
+    warmup: int = Field(ge=0, description="warm-up steps")
+
+    @field_validator("warmup")
+    @classmethod
+    def _warmup_within_steps(cls, warmup: int, info: ValidationInfo) -> int:
+        steps = info.data.get("steps")
+        if steps is not None and warmup > steps:
+            raise ValueError(f"{warmup} must be in [0, steps {steps}]")
+        return warmup
+
+
+class MSRunLength(RunLength):
+    """The MS run: its length and its expert layout (any but shared)."""
+
+    sharing: Sharing = Field(Sharing.MODALITY_SPECIFIC, description="expert layout of the MS model")
+
+    @field_validator("sharing")
+    @classmethod
+    def _not_shared(cls, sharing: Sharing) -> Sharing:
+        if sharing is Sharing.SHARED:
+            raise ValueError("an MS run splits some part per expert: not shared")
+        return sharing
+
+
+class PretrainRuns(Settings):
+    """The paper's three runs (SPEC §2): the MA seed, MS from the seed, and the MA baseline."""
+
+    seed: RunLength
+    ms: MSRunLength
+    ma: RunLength
+
+
+class PretrainSection(PretrainRecipe):
+    """The ``pretrain:`` block of ``config.yaml``: the shared recipe, the start, the runs and their geometry."""
+
+    init: str = Field("scratch", description="start of the seed and MA-baseline runs: scratch or beit:PATH")
+    runs: PretrainRuns
+    launch: LaunchSettings
+
+    @field_validator("init")
+    @classmethod
+    def _init_form(cls, init: str) -> str:
+        return _checked_init(init, ("beit",))
+
+    def run_length(self, run: str) -> RunLength:
+        """Steps and warm-up of ``seed``, ``seed<N>`` (the seed run's warm-up ratio) or ``ma``."""
+        if run == "ma":
+            return self.runs.ma
+        if run == "seed":
+            return self.runs.seed
+        match = re.fullmatch(r"seed([0-9]+)", run)
+        if match is None:
+            raise ConfigError(f"pretrain: unknown run {run!r}; runs are seed, seed<N>, ma and ms_<sharing>")
+        steps, seed = int(match[1]), self.runs.seed
+        return RunLength(steps=steps, warmup=round(seed.warmup * steps / seed.steps))
+
+    def settings_for(self, run: str, preset: str, model: Mapping[str, Any],
+                     seed_checkpoint: str | None) -> PretrainSettings:
+        """The settings of ``run``: ``seed[<N>]`` and ``ma`` start from ``init``, ``ms_<sharing>[@seed<N>]``
+        from ``seed_checkpoint``; ``preset`` and ``model`` (ModelConfig overrides) come from the model section.
+        """
+        if run.startswith("ms_"):
+            if seed_checkpoint is None:
+                raise ConfigError(f"pretrain: run {run!r} starts from a seed checkpoint; none given")
+            length: RunLength = self.runs.ms
+            sharing, init = run.removeprefix("ms_").partition("@")[0], f"seed:{seed_checkpoint}"
+        else:
+            length, sharing, init = self.run_length(run), Sharing.SHARED.value, self.init
+        recipe = self.model_dump(include=set(PretrainRecipe.model_fields))
+        return build(PretrainSettings, recipe | {
+            "preset": preset, "sharing": sharing, "init": init, "model": dict(model),
+            "steps": length.steps, "warmup": length.warmup}, where="pretrain")
+
+
+__all__ = ["MODEL_KEYS", "PretrainRecipe", "PretrainSection", "PretrainSettings", "RunLength"]
