@@ -4,12 +4,14 @@ from pathlib import Path
 from vlmerge.catalog.names import MS_SHARINGS, TASKS
 from workflow.paths import Paths, parent_of_output, stage_code
 from workflow.ablations import Ablations
+from workflow.data import DataStage
 from workflow.finetuning import Finetuning
 from workflow.merging import Merging
 from workflow.pretraining import Pretraining, seed_of
 from workflow.reporting import Reporting
 
 paths = Paths(config)
+data_stage = DataStage(config, paths)
 ablations = Ablations(config)
 pretraining = Pretraining(config, paths)
 merging = Merging(config, paths, ablations)

@@ -1,26 +1,6 @@
 # Data stage: synthetic raw datasets (when no real root is configured) -> ViLT Arrow -> tokenizer.
-# Each stage gets its config.yaml block as one --config JSON (its settings model, validated here and again
-# by the stage); paths travel as flags, quoted so that a path with a space stays one argument.
-from vlmerge.prepare.config import PrepareSettings
-from vlmerge.runtime.settings import build as build_settings
-from vlmerge.synth.config import SynthSettings
-from vlmerge.vocab.config import TokenizerSettings
-
-
-def synth_settings(wildcards):
-    """data.synthetic for the datasets without a real root (data.raw decides them, so they are added here)."""
-    block = {**config["data"]["synthetic"], "datasets": paths.synthetic_datasets()}
-    return build_settings(SynthSettings, block, "data.synthetic").as_json()
-
-
-def prepare_settings(wildcards):
-    """data.prepare; the same for every dataset, so a changed value reconverts all of them."""
-    return build_settings(PrepareSettings, config["data"]["prepare"], "data.prepare").as_json()
-
-
-def tokenizer_settings(wildcards):
-    """data.tokenizer, bert_vocab included: a vocabulary outside the DAG, named by the config."""
-    return build_settings(TokenizerSettings, config["data"]["tokenizer"], "data.tokenizer").as_json()
+# Each stage gets its config.yaml block as one --config JSON (workflow/data.py); paths travel as flags,
+# quoted so that a path with a space stays one argument.
 
 
 rule synth:
@@ -30,7 +10,7 @@ rule synth:
         paths.synth_record,
     params:
         out=parent_of_output,
-        config=synth_settings,
+        config=data_stage.synth_settings,
     log:
         paths.log("synth.log"),
     conda:
@@ -48,7 +28,7 @@ rule prepare:
     params:
         raw=paths.raw_root,
         out=parent_of_output,
-        config=prepare_settings,
+        config=data_stage.prepare_settings,
     wildcard_constraints:
         dataset="|".join(paths.all_datasets),
     log:
@@ -68,7 +48,7 @@ rule vocab:
         directory(paths.tokenizer_dir),
     params:
         arrow=lambda wildcards, input: Path(input.manifests[0]).parent,
-        config=tokenizer_settings,
+        config=data_stage.tokenizer_settings,
     log:
         paths.log("vocab.log"),
     conda:

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vlmerge.errors import ConfigError
 from vlmerge.model import (
     Heads, Modality, ModelConfigError, Part, Sharing, create_model, detect_sharing, expert_layout, model_config,
 )
@@ -268,7 +269,7 @@ def test_presets_and_layout():
         model_config("huge")
     with pytest.raises(ModelConfigError, match="depth"):
         model_config("tiny", depth=3)
-    with pytest.raises(ModelConfigError, match="all_moe"):
+    with pytest.raises(ConfigError, match="all_moe"):
         create_model("tiny", "all_moe")
 
 
