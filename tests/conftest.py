@@ -20,8 +20,17 @@ if str(ROOT) not in sys.path:
 
 from vlmerge.model.config import PRESETS  # noqa: E402
 
-PICO = dict(num_layers=3, dim=16, num_heads=2, mlp_dim=32, image_size=32, max_text_len=8, vocab_size=50,
-            drop_path=0.0, embed_dropout=0.0)
+PICO = dict(
+    num_layers=3,
+    dim=16,
+    num_heads=2,
+    mlp_dim=32,
+    image_size=32,
+    max_text_len=8,
+    vocab_size=50,
+    drop_path=0.0,
+    embed_dropout=0.0,
+)
 PRESETS["pico"] = dataclasses.replace(PRESETS["tiny"], preset="pico", **PICO)
 
 # CI sets this: a missing SLURM installation is then a failure instead of a skip.

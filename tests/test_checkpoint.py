@@ -19,8 +19,17 @@ from vlmerge.model.import_vlmerging import import_vlmerging
 from vlmerge.model.pickles import load_pickled_weights
 from vlmerge.model.relpos import RelPosLayout, resize_image_table
 
-SMALL = dict(num_layers=3, dim=32, num_heads=2, mlp_dim=64, image_size=32, max_text_len=8, vocab_size=50,
-             drop_path=0.0, embed_dropout=0.0)
+SMALL = dict(
+    num_layers=3,
+    dim=32,
+    num_heads=2,
+    mlp_dim=64,
+    image_size=32,
+    max_text_len=8,
+    vocab_size=50,
+    drop_path=0.0,
+    embed_dropout=0.0,
+)
 
 
 def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -84,8 +93,11 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     save_model(path, model)
     meta = read_meta(path)
     save_checkpoint(path, state, meta)
-    with pytest.raises(CheckpointError, match=r"m\.safetensors does not fit.*missing pooler\.dense\.bias.*"
-                                              r"unexpected surprise\.weight"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"m\.safetensors does not fit.*missing pooler\.dense\.bias.*"
+        r"unexpected surprise\.weight",
+    ):
         load_model(path)
     save_model(path, model)
     path.write_bytes(path.read_bytes()[:-1] + b"x")
@@ -101,9 +113,20 @@ def timm_beit(image: int, shared_table: bool = False):
     import timm.models.beit as tb  # timm only here: 5 s of import time
 
     torch.manual_seed(3)
-    beit = tb.Beit(img_size=image, patch_size=16, embed_dim=32, depth=3, num_heads=2, mlp_ratio=2,
-                   use_abs_pos_emb=False, use_rel_pos_bias=not shared_table, use_shared_rel_pos_bias=shared_table,
-                   init_values=0.1, global_pool="token", num_classes=5)
+    beit = tb.Beit(
+        img_size=image,
+        patch_size=16,
+        embed_dim=32,
+        depth=3,
+        num_heads=2,
+        mlp_ratio=2,
+        use_abs_pos_emb=False,
+        use_rel_pos_bias=not shared_table,
+        use_shared_rel_pos_bias=shared_table,
+        init_values=0.1,
+        global_pool="token",
+        num_classes=5,
+    )
     return randomise(beit)
 
 
@@ -113,9 +136,15 @@ def test_beit_timm_layout_gives_beit_image_features(tmp_path, sharing):
     torch.save(beit.state_dict(), tmp_path / "beit.pth")
     model = create_model("tiny", sharing, **SMALL).eval()
     kept = init_from_beit(model, tmp_path / "beit.pth")
-    assert set(kept) == {"text_embeddings.word_embeddings.weight", "text_embeddings.token_type_embeddings.weight",
-                         "text_embeddings.LayerNorm.weight", "text_embeddings.LayerNorm.bias",
-                         "token_type_embeddings.weight", "pooler.dense.weight", "pooler.dense.bias"}
+    assert set(kept) == {
+        "text_embeddings.word_embeddings.weight",
+        "text_embeddings.token_type_embeddings.weight",
+        "text_embeddings.LayerNorm.weight",
+        "text_embeddings.LayerNorm.bias",
+        "token_type_embeddings.weight",
+        "pooler.dense.weight",
+        "pooler.dense.bias",
+    }
     ours, theirs = model.state_dict(), beit.state_dict()
     layout = model.expert_layout()
     for layer in range(3):  # every expert starts from BEiT's block, vl included
@@ -150,7 +179,7 @@ def test_beit_tables_are_resampled_to_the_model_grid(tmp_path):
     table, rows = model.relative_position_bias_table.detach(), RelPosLayout(2, 8).image_rows
     for layer in range(3):
         src = beit.state_dict()[f"blocks.{layer}.attn.relative_position_bias_table"]
-        torch.testing.assert_close(table[:rows, 2 * layer:2 * layer + 2], resize_image_table(src, 4, 2))
+        torch.testing.assert_close(table[:rows, 2 * layer : 2 * layer + 2], resize_image_table(src, 4, 2))
     assert torch.equal(table[rows:], before[rows:])  # text and cross-modal rows keep their init
     with pytest.raises(CheckpointError, match="3 blocks, the model 4"):
         init_from_beit(create_model("tiny", "shared", **(SMALL | {"num_layers": 4})), tmp_path / "beit64.pth")
@@ -174,14 +203,14 @@ def upstream_state(model: VLModel, extra_text: int) -> dict[str, torch.Tensor]:
     table, start = state["relative_position_bias_table"], RelPosLayout(cfg.grid, 0).text_start
     src_len, text = cfg.max_text_len + extra_text, table[start:]
     up_text = torch.randn(2 * src_len, table.shape[1])
-    up_text[extra_text:extra_text + 2 * cfg.max_text_len - 3] = text[:-3]
+    up_text[extra_text : extra_text + 2 * cfg.max_text_len - 3] = text[:-3]
     up_text[-3:] = text[-3:]
     state["relative_position_bias_table"] = torch.cat([table[:start], up_text])
     for scale in ("logit_scale", "logit_vl_scale"):  # 0-d tensors upstream
         if scale in state:
             state[scale] = state[scale].reshape(())
     return state | {
-        "relative_position_index": torch.zeros(cfg.grid ** 2 + 1, cfg.grid ** 2 + 1, dtype=torch.long),
+        "relative_position_index": torch.zeros(cfg.grid**2 + 1, cfg.grid**2 + 1, dtype=torch.long),
         "text_relative_position_index": torch.zeros(cfg.max_text_len, cfg.max_text_len, dtype=torch.long),
         "text_embeddings.position_ids": torch.arange(cfg.max_text_len)[None],
         "text_embeddings.position_embeddings.weight": torch.zeros(cfg.max_text_len, cfg.dim),
@@ -197,15 +226,22 @@ def test_vlmerging_lightning_checkpoint_imports(tmp_path, monkeypatch, sharing):
     moe = fake_class(monkeypatch, "vilt.moe.config", "MOEConfig")()
     moe.in_attn = True
     hparams = fake_class(monkeypatch, "pytorch_lightning.utilities.parsing", "AttributeDict", dict)(lr=1e-4)
-    ckpt = {"state_dict": upstream_state(source, extra_text=3), "epoch": 4,
-            "hyper_parameters": hparams | {"moe_config": moe}}
+    ckpt = {
+        "state_dict": upstream_state(source, extra_text=3),
+        "epoch": 4,
+        "hyper_parameters": hparams | {"moe_config": moe},
+    }
     ckpt["hyper_parameters"] = type(hparams)(ckpt["hyper_parameters"])
     torch.save(ckpt, tmp_path / "upstream.ckpt")
     for name in ("vilt", "vilt.moe", "vilt.moe.config", "pytorch_lightning"):
         monkeypatch.delitem(sys.modules, name)  # the importer must not need upstream code
 
-    model = import_vlmerging(tmp_path / "upstream.ckpt", tmp_path / "ours.safetensors", "tiny",
-                             **{k: v for k, v in SMALL.items() if k != "vocab_size"})
+    model = import_vlmerging(
+        tmp_path / "upstream.ckpt",
+        tmp_path / "ours.safetensors",
+        "tiny",
+        **{k: v for k, v in SMALL.items() if k != "vocab_size"},
+    )
     loaded, meta = load_model(tmp_path / "ours.safetensors")
     assert meta.sharing.value == sharing and meta.heads == source.heads and meta.extra["imported_from"] == "vl-merging"
     assert loaded.config.vocab_size == 50 and loaded.token_type_embeddings.num_embeddings == 3

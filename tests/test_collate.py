@@ -14,8 +14,26 @@ from torch.utils.data import DataLoader
 from vlmerge.data.collate import IGNORE_INDEX, BatchCollator, TextBatch, WholeWordMaskCollator, encode_texts
 from vlmerge.data.tokenizer import load_tokenizer, train_wordpiece
 
-WORDS = ["red", "green", "circle", "square", "left", "of", "the", "unaffable", "photograph", "xylophone", "zebra",
-         "what", "colour", "is", "there", "a", "?", "."]
+WORDS = [
+    "red",
+    "green",
+    "circle",
+    "square",
+    "left",
+    "of",
+    "the",
+    "unaffable",
+    "photograph",
+    "xylophone",
+    "zebra",
+    "what",
+    "colour",
+    "is",
+    "there",
+    "a",
+    "?",
+    ".",
+]
 
 
 def texts(rng: random.Random, n: int) -> list[str]:
@@ -120,8 +138,13 @@ class Repeated(torch.utils.data.Dataset):
         return 8
 
     def __getitem__(self, index: int) -> dict:
-        return {"text": "the unaffable zebra is left of the green photograph", "image": torch.zeros(3, 2, 2),
-                "label": index % 2, "score": 0.5, "answers": ["yes"]}
+        return {
+            "text": "the unaffable zebra is left of the green photograph",
+            "image": torch.zeros(3, 2, 2),
+            "label": index % 2,
+            "score": 0.5,
+            "answers": ["yes"],
+        }
 
 
 def test_batch_collator_and_dataloader_workers(tokenizer) -> None:

@@ -16,7 +16,6 @@ from vlmerge.model import create_model
 from vlmerge.model.checkpoint import save_model
 
 
-
 def test_pair_metrics_match_hand_worked_values() -> None:
     a, b = torch.tensor([1.0, -2.0, 3.0, 0.5]), torch.tensor([2.0, 1.0, -1.0, 5.0])
 
@@ -64,8 +63,9 @@ def test_constructed_task_vectors_give_known_distances() -> None:
         assert vl["sign"] == 1.0 and vl["soft_sign"] == 1.0 and vl["truncated_sign"] == 1.0
         assert math.isclose(to_seed["v"]["l2"], math.sqrt(d2), rel_tol=1e-6)
         assert math.isclose(to_seed["l"]["relative_l2"], math.sqrt(d2) / float(base.norm()), rel_tol=1e-6)
-        theta = torch.cat([ms[g.experts[next(iter(g.experts))]].reshape(-1) for g in block_groups(layout)
-                           if g.layer == layer]).double()
+        theta = torch.cat(
+            [ms[g.experts[next(iter(g.experts))]].reshape(-1) for g in block_groups(layout) if g.layer == layer]
+        ).double()
         cos = float(theta @ base / (theta.norm() * base.norm()))
         assert math.isclose(to_seed["v"]["cosine"], 1 - cos, rel_tol=1e-5, abs_tol=1e-9)
         if layer >= layout.fusion_start:
@@ -98,13 +98,37 @@ def test_cli_writes_json_and_rejects_an_ma_checkpoint(tmp_path, capsys) -> None:
     save(tmp_path / "ms.safetensors", "modality_specific", ms)
     save(tmp_path / "seed.safetensors", "shared", seed)
     out = tmp_path / "d.json"
-    assert main(["--ms", str(tmp_path / "ms.safetensors"), "--seed", str(tmp_path / "seed.safetensors"),
-                 "--out", str(out), "--k", "10"]) == 0
+    assert (
+        main(
+            [
+                "--ms",
+                str(tmp_path / "ms.safetensors"),
+                "--seed",
+                str(tmp_path / "seed.safetensors"),
+                "--out",
+                str(out),
+                "--k",
+                "10",
+            ]
+        )
+        == 0
+    )
     record = json.loads(out.read_text())
     assert record["k"] == 10.0 and record["overall"]["pairs"]["v-l"]["soft_sign"] == 1.0
     assert record["inputs"]["ms"] == hashlib.sha256((tmp_path / "ms.safetensors").read_bytes()).hexdigest()
     capsys.readouterr()
-    assert main(["--ms", str(tmp_path / "seed.safetensors"), "--seed", str(tmp_path / "seed.safetensors"),
-                 "--out", str(tmp_path / "e.json")]) == 2
+    assert (
+        main(
+            [
+                "--ms",
+                str(tmp_path / "seed.safetensors"),
+                "--seed",
+                str(tmp_path / "seed.safetensors"),
+                "--out",
+                str(tmp_path / "e.json"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("vlmerge.distance: error:") and "modality-agnostic" in err and "\n" not in err

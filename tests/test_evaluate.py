@@ -11,8 +11,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from test_metrics import naive_question_accuracy
-from test_tasks import build_task_data, tiny_model
+from tests.builders import build_task_data, naive_question_accuracy, tiny_model
 from vlmerge.data.collate import BatchCollator
 from vlmerge.data.tokenizer import load_tokenizer
 from vlmerge.data.transforms import eval_transform
@@ -39,8 +38,25 @@ def vocab(data) -> int:
 
 
 def evaluate_args(data, task: str, ckpt: Path, out: Path, *extra: str) -> list[str]:
-    return ["--task", task, "--ckpt", str(ckpt), "--arrow", str(data[0]), "--tokenizer", str(data[1]),
-            "--out", str(out), "--num-workers", "0", "--batch-size", "3", "--device", "cpu", *extra]
+    return [
+        "--task",
+        task,
+        "--ckpt",
+        str(ckpt),
+        "--arrow",
+        str(data[0]),
+        "--tokenizer",
+        str(data[1]),
+        "--out",
+        str(out),
+        "--num-workers",
+        "0",
+        "--batch-size",
+        "3",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def whole_split(task: str, arrow: Path, split: str, tokenizer_dir: Path, side: int = 0) -> dict:
@@ -68,12 +84,16 @@ def check_common(result: dict, ckpt: Path, task: str) -> None:
 
 # --- VQA ----------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def vqa_ckpt(data, vocab, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("vqa-ckpt") / "merged_vqa.safetensors"
     heads = get_task("vqa").heads(data[0])
-    save_model(path, tiny_model(vocab, "shared", heads, seed=3),
-               extra={"merge": {"method": "interpolation", "params": {"ratio": 0.5}, "paper": "x"}})
+    save_model(
+        path,
+        tiny_model(vocab, "shared", heads, seed=3),
+        extra={"merge": {"method": "interpolation", "params": {"ratio": 0.5}, "paper": "x"}},
+    )
     return path
 
 
@@ -98,15 +118,24 @@ def test_vqa_scores_submission_and_baseline(data, vqa_ckpt, tmp_path: Path) -> N
     # where the answer is a number), eight give an answer outside the vocabulary → accuracy 0.6 each.
     humans = {q: [vocabulary[p].replace("2", "Two")] * 2 + ["zebra crossing"] * 8 for q, p in zip(ids, predicted)}
     annotations = tmp_path / "annotations.json"
-    annotations.write_text(json.dumps({"annotations": [
-        {"question_id": q, "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(h)]}
-        for q, h in humans.items()]}))
+    annotations.write_text(
+        json.dumps(
+            {
+                "annotations": [
+                    {"question_id": q, "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(h)]}
+                    for q, h in humans.items()
+                ]
+            }
+        )
+    )
     out = tmp_path / "results" / "vqa" / "regmean.json"
     assert main(evaluate_args(data, "vqa", vqa_ckpt, out, "--vqa-annotations", str(annotations))) == 0
     result = json.loads(out.read_text())
     check_common(result, vqa_ckpt, "vqa")
-    assert result["method"] == "regmean" and result["lineage"]["merge"] == {"method": "interpolation",
-                                                                           "params": {"ratio": 0.5}}
+    assert result["method"] == "regmean" and result["lineage"]["merge"] == {
+        "method": "interpolation",
+        "params": {"ratio": 0.5},
+    }
     split = result["splits"]["rest_val"]
     assert split["samples"] == [len(ids)]
     soft = float(batch["target"][torch.arange(len(ids)), predicted].mean())
@@ -116,14 +145,17 @@ def test_vqa_scores_submission_and_baseline(data, vqa_ckpt, tmp_path: Path) -> N
     assert vocabulary[constant] in split["baseline_kind"]
     assert split["baseline"]["vqa_score"] == pytest.approx(float(batch["target"][:, constant].mean()))
     assert split["baseline"]["vqa_accuracy"] == pytest.approx(
-        sum(naive_question_accuracy(vocabulary[constant], humans[q]) for q in ids) / len(ids))
+        sum(naive_question_accuracy(vocabulary[constant], humans[q]) for q in ids) / len(ids)
+    )
     # the submission: every test-dev question of the raw file exactly once, answers from the vocabulary
     submission = json.loads((out.parent / "regmean.submission-test-dev.json").read_text())
     questions = json.loads((raw / "vqa" / "v2_OpenEnded_mscoco_test-dev2015_questions.json").read_text())
     assert sorted(e["question_id"] for e in submission) == sorted(q["question_id"] for q in questions["questions"])
     assert all(e["answer"] in vocabulary for e in submission)
-    assert result["vqa"] == {"accuracy_source": "annotations", "submission": {
-        "split": "test-dev", "file": "regmean.submission-test-dev.json", "questions": len(submission)}}
+    assert result["vqa"] == {
+        "accuracy_source": "annotations",
+        "submission": {"split": "test-dev", "file": "regmean.submission-test-dev.json", "questions": len(submission)},
+    }
 
 
 def test_vqa_accuracy_without_annotations_is_the_soft_score(data, vqa_ckpt, tmp_path: Path) -> None:
@@ -137,6 +169,7 @@ def test_vqa_accuracy_without_annotations_is_the_soft_score(data, vqa_ckpt, tmp_
 
 
 # --- NLVR2 and retrieval ------------------------------------------------------------------------------
+
 
 def test_nlvr2_accuracy_on_dev_and_test1(data, vocab, tmp_path: Path) -> None:
     arrow, tokenizer_dir, _ = data
@@ -168,8 +201,10 @@ def test_zero_shot_retrieval_of_a_pretrained_checkpoint(data, vocab, tmp_path: P
     check_common(result, ckpt, "coco")
     images, texts = (whole_split("coco", arrow, "test", tokenizer_dir, side) for side in (0, 1))
     with torch.no_grad():
-        sims = torch.nn.functional.normalize(image_features(model, images["image"]), dim=-1) @ \
-            torch.nn.functional.normalize(text_features(model, texts["text_ids"], texts["text_mask"]), dim=-1).T
+        sims = (
+            torch.nn.functional.normalize(image_features(model, images["image"]), dim=-1)
+            @ torch.nn.functional.normalize(text_features(model, texts["text_ids"], texts["text_mask"]), dim=-1).T
+        )
     expected = retrieval_recall(sims, texts["image_index"])
     metrics = result["splits"]["test"]["metrics"]
     assert {k: metrics[k] for k in expected} == pytest.approx(expected)
@@ -180,6 +215,7 @@ def test_zero_shot_retrieval_of_a_pretrained_checkpoint(data, vocab, tmp_path: P
 
 
 # --- errors -------------------------------------------------------------------------------------------
+
 
 def error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     assert main(argv) == 2
@@ -198,16 +234,20 @@ def test_bad_input_is_a_one_line_error(data, vocab, vqa_ckpt, tmp_path: Path, ca
     save_model(other, tiny_model(vocab + 1, "shared", get_task("vqa").heads(data[0])))
     assert "tokens but" in error_of(evaluate_args(data, "vqa", other, out), capsys)
     assert "cannot read VQA annotations" in error_of(
-        evaluate_args(data, "vqa", vqa_ckpt, out, "--vqa-annotations", str(other.with_suffix(".safetensors"))), capsys)
+        evaluate_args(data, "vqa", vqa_ckpt, out, "--vqa-annotations", str(other.with_suffix(".safetensors"))), capsys
+    )
     assert not out.exists() and read_meta(vqa_ckpt).heads.vqa_answers > 0
 
 
-@pytest.mark.parametrize(("extra", "key"), [
-    (("--config", '{"batch_sise": 3}'), "batch_sise: Extra inputs are not permitted"),
-    (("--num-workers", "-1"), "num_workers: Input should be greater than or equal to 0"),
-    (("--config", '{"vqa_submission_split": "val"}'), "vqa_submission_split: Input should be 'test-dev' or 'test'"),
-    (("--device", "gpu0"), "device 'gpu0'"),
-])
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        (("--config", '{"batch_sise": 3}'), "batch_sise: Extra inputs are not permitted"),
+        (("--num-workers", "-1"), "num_workers: Input should be greater than or equal to 0"),
+        (("--config", '{"vqa_submission_split": "val"}'), "vqa_submission_split: Input should be 'test-dev' or 'test'"),
+        (("--device", "gpu0"), "device 'gpu0'"),
+    ],
+)
 def test_a_bad_setting_is_one_line_naming_its_key(extra, key, data, vqa_ckpt, tmp_path: Path, capsys) -> None:
     assert key in error_of(evaluate_args(data, "vqa", vqa_ckpt, tmp_path / "x.json", *extra), capsys)
     assert not (tmp_path / "x.json").exists()
@@ -215,6 +255,7 @@ def test_a_bad_setting_is_one_line_naming_its_key(extra, key, data, vqa_ckpt, tm
 
 def test_a_flag_overrides_its_key_of_config(data, tmp_path: Path, capsys) -> None:
     # --config's batch size 0 would be refused; the flag's 3 wins, so the missing checkpoint is what fails.
-    argv = evaluate_args(data, "vqa", tmp_path / "none.safetensors", tmp_path / "x.json",
-                         "--config", '{"batch_size": 0, "task": "coco"}')
+    argv = evaluate_args(
+        data, "vqa", tmp_path / "none.safetensors", tmp_path / "x.json", "--config", '{"batch_size": 0, "task": "coco"}'
+    )
     assert error_of(argv, capsys).endswith("none.safetensors does not exist")

@@ -7,8 +7,18 @@ import torch
 
 from vlmerge.model import CheckpointError, Modality, Sharing, VLModel, expand_experts, model_config
 
-CONFIG = model_config("tiny", num_layers=3, dim=32, num_heads=2, mlp_dim=64, image_size=32, max_text_len=8,
-                      vocab_size=50, drop_path=0.0, embed_dropout=0.0)
+CONFIG = model_config(
+    "tiny",
+    num_layers=3,
+    dim=32,
+    num_heads=2,
+    mlp_dim=64,
+    image_size=32,
+    max_text_len=8,
+    vocab_size=50,
+    drop_path=0.0,
+    embed_dropout=0.0,
+)
 
 
 def random_ma() -> VLModel:
@@ -28,8 +38,13 @@ def outputs(model: VLModel) -> list[torch.Tensor]:
     with torch.no_grad():
         text, text_in = model.encode_text(ids, mask, return_fusion_input=True)
         image, image_in = model.encode_image(images, return_fusion_input=True)
-        return [text, image, model.encode_pair(ids, mask, images),
-                model.fuse_unimodal(text_in, mask, Modality.L), model.fuse_unimodal(image_in, None, Modality.V)]
+        return [
+            text,
+            image,
+            model.encode_pair(ids, mask, images),
+            model.fuse_unimodal(text_in, mask, Modality.L),
+            model.fuse_unimodal(image_in, None, Modality.V),
+        ]
 
 
 @pytest.mark.parametrize("sharing", [s for s in Sharing if s is not Sharing.SHARED])

@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from test_tasks import build_task_data, tiny_model
+from tests.builders import build_task_data, tiny_model
 from vlmerge.data.collate import BatchCollator
 from vlmerge.data.tokenizer import load_tokenizer
 from vlmerge.data.transforms import eval_transform
@@ -44,21 +44,36 @@ def inits(data, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths = {}
     for sharing in ("shared", "modality_specific"):
         paths[sharing] = root / f"{sharing}.safetensors"
-        save_model(paths[sharing], tiny_model(vocab, sharing, Heads.pretraining(), drop_path=0.1), steps=7,
-                   extra={"stage": "pretrain", "init": "scratch"})
+        save_model(
+            paths[sharing],
+            tiny_model(vocab, sharing, Heads.pretraining(), drop_path=0.1),
+            steps=7,
+            extra={"stage": "pretrain", "init": "scratch"},
+        )
     return paths
 
 
 # A short run: the settings go in as the workflow passes them, one --config JSON; flags override its keys.
-SHORT = {"steps": 2, "batch_size": 4, "global_batch": 4, "val_every": 1, "image_size": 32, "num_workers": 0,
-         "lr": 1e-3}
+SHORT = {"steps": 2, "batch_size": 4, "global_batch": 4, "val_every": 1, "image_size": 32, "num_workers": 0, "lr": 1e-3}
 
 
 def finetune_args(data, task: str, init: Path, root: Path, *flags: str, **settings: object) -> list[str]:
     arrow, tokenizer, _ = data
-    return ["--config", json.dumps({"task": task, **SHORT, **settings}), "--init", str(init), "--arrow", str(arrow),
-            "--tokenizer", str(tokenizer), "--out", str(root / "out.safetensors"), "--work-dir", str(root / "work"),
-            *flags]
+    return [
+        "--config",
+        json.dumps({"task": task, **SHORT, **settings}),
+        "--init",
+        str(init),
+        "--arrow",
+        str(arrow),
+        "--tokenizer",
+        str(tokenizer),
+        "--out",
+        str(root / "out.safetensors"),
+        "--work-dir",
+        str(root / "work"),
+        *flags,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +149,12 @@ def test_bad_input_is_a_one_line_error(data, inits, tmp_path: Path, capsys) -> N
     assert "does not exist" in error_of(args("nlvr2", tmp_path / "missing.safetensors"), capsys)
     assert "not public" in error_of(args("vqa", inits["shared"], "--select-on", "test"), capsys)
     assert "must be 0" in error_of(args("coco", inits["shared"], "--val-batches", "1"), capsys)
-    assert "cannot fill one global batch" in error_of(args("nlvr2", inits["shared"], "--global-batch", "4000",
-                                                           "--batch-size", "4000"), capsys)
-    assert "is not a multiple" in error_of(args("nlvr2", inits["shared"], "--global-batch", "12", "--batch-size", "8"),
-                                          capsys)
+    assert "cannot fill one global batch" in error_of(
+        args("nlvr2", inits["shared"], "--global-batch", "4000", "--batch-size", "4000"), capsys
+    )
+    assert "is not a multiple" in error_of(
+        args("nlvr2", inits["shared"], "--global-batch", "12", "--batch-size", "8"), capsys
+    )
     assert "lr: Input should be greater than 0" in error_of(args("nlvr2", inits["shared"], "--lr", "0"), capsys)
     foreign = tmp_path / "foreign.safetensors"
     save_model(foreign, tiny_model(50, "shared", Heads.pretraining()))
@@ -145,13 +162,16 @@ def test_bad_input_is_a_one_line_error(data, inits, tmp_path: Path, capsys) -> N
     assert not (tmp_path / "out.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_two_ddp_ranks_select_on_the_one_process_metrics(data, inits, tmp_path: Path) -> None:
     # f30k val has 7 images and 35 captions: both shards are padded, then gathered and de-duplicated.
     # The workflow's shape: --config JSON, then geometry flags (and here two settings) overriding its keys.
-    args = finetune_args(data, "f30k", inits["modality_specific"], tmp_path, "--devices", "2", "--val-every", "2",
-                         "--global-batch", "8")
-    done = subprocess.run([sys.executable, "-m", "vlmerge.finetune", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    args = finetune_args(
+        data, "f30k", inits["modality_specific"], tmp_path, "--devices", "2", "--val-every", "2", "--global-batch", "8"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "vlmerge.finetune", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     check_run("f30k", inits["modality_specific"], tmp_path, steps=(2,))
     model, meta = load_model(tmp_path / "out.safetensors")
@@ -165,15 +185,18 @@ def test_two_ddp_ranks_select_on_the_one_process_metrics(data, inits, tmp_path: 
 
 # --- settings -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("settings", "flags", "key"), [
-    ({"warmup_ratio": 2}, (), "warmup_ratio: Input should be less than or equal to 1"),
-    ({"learning_rate": 1e-3}, (), "learning_rate: Extra inputs are not permitted"),
-    ({"epochs": 3}, (), "epochs: give steps or epochs, not both"),
-    ({"precision": "16"}, (), "precision: Input should be 'auto', '32' or 'bf16'"),
-    ({}, ("--steps", "two"), "steps: Input should be a valid integer"),
-])
-def test_a_bad_setting_is_one_line_naming_its_key(settings, flags, key, data, inits, tmp_path: Path,
-                                                   capsys) -> None:
+
+@pytest.mark.parametrize(
+    ("settings", "flags", "key"),
+    [
+        ({"warmup_ratio": 2}, (), "warmup_ratio: Input should be less than or equal to 1"),
+        ({"learning_rate": 1e-3}, (), "learning_rate: Extra inputs are not permitted"),
+        ({"epochs": 3}, (), "epochs: give steps or epochs, not both"),
+        ({"precision": "16"}, (), "precision: Input should be 'auto', '32' or 'bf16'"),
+        ({}, ("--steps", "two"), "steps: Input should be a valid integer"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_its_key(settings, flags, key, data, inits, tmp_path: Path, capsys) -> None:
     assert main(finetune_args(data, "nlvr2", inits["shared"], tmp_path, *flags, **settings)) == 2
     err = capsys.readouterr().err
     assert err.startswith("vlmerge.finetune: error: ") and err.count("\n") == 1 and key in err, err
@@ -182,8 +205,12 @@ def test_a_bad_setting_is_one_line_naming_its_key(settings, flags, key, data, in
 
 def test_a_flag_overrides_its_key_of_config(data, inits, tmp_path: Path, capsys) -> None:
     # --config's lr 0 would be refused; the flag's 1e-3 wins, so the run gets as far as the retrieval check.
-    message = error_of(finetune_args(data, "coco", inits["shared"], tmp_path, "--lr", "1e-3", "--val-batches", "1",
-                                     lr=0, val_batches=0), capsys)
+    message = error_of(
+        finetune_args(
+            data, "coco", inits["shared"], tmp_path, "--lr", "1e-3", "--val-batches", "1", lr=0, val_batches=0
+        ),
+        capsys,
+    )
     assert "val_batches: retrieval ranks whole splits" in message
 
 
@@ -194,8 +221,14 @@ def test_the_finetune_blocks_of_the_configs_are_accepted() -> None:
     paper = yaml.safe_load((ROOT / "profiles/slurm/paper.yaml").read_text())["finetune"]
     section = build(FinetuneSection, embedded)
     vqa = section.task_settings("vqa")
-    assert (vqa.task, vqa.steps, vqa.global_batch, vqa.lr, vqa.image_size, vqa.val_every) == ("vqa", 200, 32, 2e-4,
-                                                                                              48, 100)
+    assert (vqa.task, vqa.steps, vqa.global_batch, vqa.lr, vqa.image_size, vqa.val_every) == (
+        "vqa",
+        200,
+        32,
+        2e-4,
+        48,
+        100,
+    )
     assert (vqa.epochs, vqa.drop_path, vqa.augment, vqa.num_workers, vqa.devices) == (None, None, False, 1, 1)
     at_scale = build(FinetuneSection, {**embedded, **paper})
     assert at_scale.settings == {"vqa": None, "coco": None, "f30k": None, "nlvr2": None}
@@ -213,7 +246,9 @@ def test_the_finetune_blocks_of_the_configs_are_accepted() -> None:
 
 def test_the_settings_modules_do_not_import_torch() -> None:
     """The workflow imports them at every snakemake start-up (dry runs included)."""
-    code = ("import sys, vlmerge.finetune.config, vlmerge.evaluate.config; "
-            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
+    code = (
+        "import sys, vlmerge.finetune.config, vlmerge.evaluate.config; "
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

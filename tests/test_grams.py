@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from vlmerge.merging import GramStats, GramsError, gram_targets, reduce_grams
-from vlmerge.grams.collect import sample_indices
 from vlmerge.files.grams import load_grams, reduce_files, save_grams, sidecar_path
+from vlmerge.grams.collect import sample_indices
 from vlmerge.grams.hooks import GramCollector
+from vlmerge.merging import GramsError, GramStats, gram_targets, reduce_grams
 from vlmerge.model import Modality, create_model
 
 F64 = torch.float64
@@ -53,9 +53,12 @@ def test_hook_grams_equal_xtx_of_inputs_captured_by_hand() -> None:
     net = model()
     ids, mask, images = batch(0)
     captured: dict[str, list[torch.Tensor]] = {}
-    handles = [net.get_submodule(name).register_forward_pre_hook(
-        lambda module, args, name=name: captured.setdefault(name, []).append(args[0].detach().clone()))
-        for name, _ in gram_targets(net.expert_layout())]
+    handles = [
+        net.get_submodule(name).register_forward_pre_hook(
+            lambda module, args, name=name: captured.setdefault(name, []).append(args[0].detach().clone())
+        )
+        for name, _ in gram_targets(net.expert_layout())
+    ]
     with torch.no_grad():
         net.encode_pair(ids, mask, images)
     for h in handles:
@@ -71,7 +74,7 @@ def test_hook_grams_equal_xtx_of_inputs_captured_by_hand() -> None:
         if modality is Modality.L:  # text tokens only: keep the real ones
             rows = x[real_text]
         elif modality is Modality.VL:  # [text; image]: text pads dropped, every image token kept
-            rows = torch.cat([x[:, :ids.shape[1]][real_text], x[:, ids.shape[1]:].reshape(-1, x.shape[-1])])
+            rows = torch.cat([x[:, : ids.shape[1]][real_text], x[:, ids.shape[1] :].reshape(-1, x.shape[-1])])
         else:
             rows = x.reshape(-1, x.shape[-1])
         rows = rows.to(F64)
@@ -90,8 +93,9 @@ def test_pad_tokens_are_excluded_by_default() -> None:
     net = model()
     ids, mask, images = batch(1)
     padded = collect(net, [(ids, mask, images)])
-    one_by_one = reduce_grams([collect(net, [(ids[i:i + 1, :n], mask[i:i + 1, :n], images[i:i + 1])])
-                               for i, n in enumerate((6, 4, 2))])
+    one_by_one = reduce_grams(
+        [collect(net, [(ids[i : i + 1, :n], mask[i : i + 1, :n], images[i : i + 1])]) for i, n in enumerate((6, 4, 2))]
+    )
     for name in padded.names:
         torch.testing.assert_close(padded.xtx[name], one_by_one.xtx[name], rtol=1e-5, atol=1e-5)
         assert padded.counts[name] == one_by_one.counts[name]
@@ -135,8 +139,19 @@ def test_sample_indices_are_even_and_shards_partition_them() -> None:
 def test_gram_files_round_trip_and_refuse_tampering(tmp_path) -> None:
     grams = collect(model(), [batch(0)])
     path = tmp_path / "g.safetensors"
-    save_grams(path, grams, {"task": "vqa", "split": "train", "samples": 3, "image_size": 32,
-                             "include_pad": False, "checkpoint_sha256": "x", "layout": {}})
+    save_grams(
+        path,
+        grams,
+        {
+            "task": "vqa",
+            "split": "train",
+            "samples": 3,
+            "image_size": 32,
+            "include_pad": False,
+            "checkpoint_sha256": "x",
+            "layout": {},
+        },
+    )
     loaded, record = load_grams(path)
     assert loaded.names == grams.names and loaded.counts == grams.counts
     assert all(torch.equal(loaded.xtx[n], grams.xtx[n]) for n in grams.names)
@@ -168,3 +183,32 @@ def test_ablation_layouts_hook_only_per_expert_linears(sharing: str, expected: s
     assert {n.split(".")[3] for n in grams.names} == expected
     fired = {n for n in grams.names if grams.counts[n] > 0}  # pairs skip v and l from F on
     assert fired == {n for n in grams.names if int(n.split(".")[2]) < net.config.fusion_start or ".vl" in n}
+
+
+@pytest.mark.parametrize("task", ["vqa", "coco", "f30k", "nlvr2"])
+def test_collection_runs_the_tasks_own_encode(task: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gram collection routes each batch through ``Task.encode``, the function fine-tuning builds its logits
+    on, and nothing else: the grams equal those of calling that encode by hand under the collector."""
+    from vlmerge.grams.collect import collect_grams
+    from vlmerge.tasks.registry import get_task
+
+    net, route = model(), get_task(task)
+    if task == "nlvr2":
+        net.grow_token_types(3)  # the second image's token type, as the grams stage and fine-tuning do
+    ids, mask, images = batch(5)
+    sample = {"text_ids": ids, "text_mask": mask, "image": images, "image_0": images, "image_1": images.flip(0)}
+    calls: list[str] = []
+    original = type(route).encode
+
+    def recording(self, m, b):
+        calls.append(task)
+        return original(self, m, b)
+
+    monkeypatch.setattr(type(route), "encode", recording)
+    got = collect_grams(net, [sample], task)
+    assert calls == [task]
+    with torch.no_grad(), GramCollector(net) as collector, collector.text(mask):
+        original(route, net, sample)
+    want = collector.result()
+    assert got.counts == want.counts and any(want.counts.values())
+    assert all(torch.equal(got.xtx[n], want.xtx[n]) for n in want.xtx)

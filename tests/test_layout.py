@@ -20,8 +20,19 @@ import pytest
 from workflow.imports import ROOT, closure, module_name, project_imports, stage_code, third_party
 
 STAGES = ("synth", "prepare", "vocab", "pretrain", "grams", "merge", "distance", "finetune", "evaluate", "report")
-LIBRARIES = ("catalog", "data", "errors", "files", "merging", "metrics", "model", "objectives", "runtime", "tasks",
-             "train")
+LIBRARIES = (
+    "catalog",
+    "data",
+    "errors",
+    "files",
+    "merging",
+    "metrics",
+    "model",
+    "objectives",
+    "runtime",
+    "tasks",
+    "train",
+)
 NO_LIGHTNING = ("model", "merging", "objectives", "metrics", "tasks")
 SOURCES = sorted((ROOT / "vlmerge").rglob("*.py"))
 
@@ -58,7 +69,7 @@ def test_no_import_cycle_between_packages() -> None:
 
     def visit(node: str) -> None:
         if node in path:
-            raise AssertionError(f"import cycle: {' -> '.join(path[path.index(node):] + [node])}")
+            raise AssertionError(f"import cycle: {' -> '.join(path[path.index(node) :] + [node])}")
         if node in done:
             return
         path.append(node)
@@ -79,8 +90,12 @@ def test_plain_libraries_never_reach_lightning(package: str) -> None:
 
 
 def test_catalogue_and_settings_never_reach_torch() -> None:
-    light = [*(ROOT / "vlmerge" / "catalog").rglob("*.py"), *(p for s in STAGES if (p := ROOT / "vlmerge" / s / "config.py").exists()),
-             ROOT / "vlmerge" / "runtime" / "settings.py", ROOT / "workflow" / "config.py"]
+    light = [
+        *(ROOT / "vlmerge" / "catalog").rglob("*.py"),
+        *(p for s in STAGES if (p := ROOT / "vlmerge" / s / "config.py").exists()),
+        ROOT / "vlmerge" / "runtime" / "settings.py",
+        ROOT / "workflow" / "config.py",
+    ]
     for path in light:
         assert "torch" not in third_party(closure(path, ROOT), ROOT), path
 
@@ -96,27 +111,53 @@ def test_the_import_graph_sees_a_known_chain() -> None:
 def test_modules_a_stage_loads_are_its_declared_code(stage: str) -> None:
     """Run ``python -m vlmerge.<stage> --help`` and list the project modules it loaded: each must be among the
     files the rule declares (the static closure may hold more: function-level imports that --help skips)."""
-    script = ("import runpy, sys\nsys.argv = ['x', '--help']\ntry:\n"
-              f"    runpy.run_module('vlmerge.{stage}', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-              "print('\\n'.join(sorted({m.__file__ for n, m in list(sys.modules.items())"
-              " if n.startswith('vlmerge') and getattr(m, '__file__', None)})), file=sys.stderr)")
+    script = (
+        "import runpy, sys\nsys.argv = ['x', '--help']\ntry:\n"
+        f"    runpy.run_module('vlmerge.{stage}', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print('\\n'.join(sorted({m.__file__ for n, m in list(sys.modules.items())"
+        " if n.startswith('vlmerge') and getattr(m, '__file__', None)})), file=sys.stderr)"
+    )
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     loaded = {line for line in done.stderr.splitlines() if line.startswith(str(ROOT))}
     assert loaded and str(ROOT / "vlmerge" / stage / "cli.py") in loaded, done.stderr[-2000:]
     assert loaded <= set(stage_code(stage))
 
 
+@pytest.mark.slow
 def test_paper_dry_run_never_imports_torch(tmp_path: Path) -> None:
     """``snakemake -n`` of the paper profile with a ``torch`` that raises on import: planning must not need it."""
     (tmp_path / "torch").mkdir()
     (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('torch imported while planning')\n")
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     site = tmp_path / "site.yaml"  # the paper overlay names site paths (BEiT weights) that do not exist here
     site.write_text("pretrain: {init: scratch}\n")
-    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/slurm", "-d", str(tmp_path / "w"),
-                           "-s", str(ROOT / "Snakefile"), "results/vqa/regmean.json", "--configfile",
-                           str(ROOT / "config.yaml"), str(ROOT / "profiles/slurm/paper.yaml"), str(site)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--profile",
+            "profiles/slurm",
+            "-d",
+            str(tmp_path / "w"),
+            "-s",
+            str(ROOT / "Snakefile"),
+            "results/vqa/regmean.json",
+            "--configfile",
+            str(ROOT / "config.yaml"),
+            str(ROOT / "profiles/slurm/paper.yaml"),
+            str(site),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "pretrain" in done.stdout

@@ -13,17 +13,18 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmerge.grams import cli as grams_cli
-from vlmerge.merge import cli as merge_cli
 from vlmerge.data.schema import CAPTION, NLVR2, VQA, VQA_ANSWERS_FILE
 from vlmerge.data.tokenizer import train_wordpiece
-from vlmerge.merging import GramStats
 from vlmerge.files.grams import load_grams, save_grams, sidecar_path
+from vlmerge.grams import cli as grams_cli
+from vlmerge.merge import cli as merge_cli
+from vlmerge.merging import GramStats
 from vlmerge.model import create_model
 from vlmerge.model.checkpoint import load_model, read_meta, save_checkpoint, save_model
 
-SMALL = dict(num_layers=3, dim=16, num_heads=2, mlp_dim=32, image_size=32, max_text_len=12, drop_path=0.0,
-             embed_dropout=0.0)
+SMALL = dict(
+    num_layers=3, dim=16, num_heads=2, mlp_dim=32, image_size=32, max_text_len=12, drop_path=0.0, embed_dropout=0.0
+)
 WORDS = ["red", "blue", "circle", "square", "left", "of", "is", "there", "a", "what", "colour", "two"]
 
 
@@ -53,17 +54,42 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     arrow.mkdir()
     tok = train_wordpiece([sentence(rng) for _ in range(200)], root / "tok", vocab_size=60, min_frequency=1)
     questions = [[sentence(rng) for _ in range(2)] for _ in range(4)]
-    write(arrow / "vqav2_train.arrow", VQA, {
-        "image": [png(i) for i in range(4)], "questions": questions,
-        "answers": [[["red"], ["two"]]] * 4, "answer_labels": [[[0], [1]]] * 4, "answer_scores": [[[1.0], [0.6]]] * 4,
-        "image_id": list(range(4)), "question_id": [[2 * i, 2 * i + 1] for i in range(4)], "split": ["train"] * 4})
+    write(
+        arrow / "vqav2_train.arrow",
+        VQA,
+        {
+            "image": [png(i) for i in range(4)],
+            "questions": questions,
+            "answers": [[["red"], ["two"]]] * 4,
+            "answer_labels": [[[0], [1]]] * 4,
+            "answer_scores": [[[1.0], [0.6]]] * 4,
+            "image_id": list(range(4)),
+            "question_id": [[2 * i, 2 * i + 1] for i in range(4)],
+            "split": ["train"] * 4,
+        },
+    )
     (arrow / VQA_ANSWERS_FILE).write_text(json.dumps(["red", "two"]))
-    write(arrow / "coco_caption_karpathy_train.arrow", CAPTION, {
-        "image": [png(10 + i) for i in range(3)], "caption": [[sentence(rng), sentence(rng)] for _ in range(3)],
-        "image_id": [str(i) for i in range(3)], "split": ["train"] * 3})
-    write(arrow / "nlvr2_train.arrow", NLVR2, {
-        "image_0": [png(20), png(21)], "image_1": [png(22), png(23)], "questions": [["a red circle", "two"]] * 2,
-        "answers": [["True", "False"]] * 2, "identifier": ["p0", "p1"]})
+    write(
+        arrow / "coco_caption_karpathy_train.arrow",
+        CAPTION,
+        {
+            "image": [png(10 + i) for i in range(3)],
+            "caption": [[sentence(rng), sentence(rng)] for _ in range(3)],
+            "image_id": [str(i) for i in range(3)],
+            "split": ["train"] * 3,
+        },
+    )
+    write(
+        arrow / "nlvr2_train.arrow",
+        NLVR2,
+        {
+            "image_0": [png(20), png(21)],
+            "image_1": [png(22), png(23)],
+            "questions": [["a red circle", "two"]] * 2,
+            "answers": [["True", "False"]] * 2,
+            "identifier": ["p0", "p1"],
+        },
+    )
     vocab = len((tok / "vocab.txt").read_text().splitlines())
     torch.manual_seed(0)
     ms = create_model("tiny", "modality_specific", **SMALL, vocab_size=vocab)
@@ -74,8 +100,21 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def collect(work: Path, task: str, out: str, *extra: str) -> Path:
-    args = ["--ckpt", str(work / "ms.safetensors"), "--task", task, "--arrow", str(work / "arrow"),
-            "--tokenizer", str(work / "tok"), "--out", str(work / out), "--batch-size", "3", *extra]
+    args = [
+        "--ckpt",
+        str(work / "ms.safetensors"),
+        "--task",
+        task,
+        "--arrow",
+        str(work / "arrow"),
+        "--tokenizer",
+        str(work / "tok"),
+        "--out",
+        str(work / out),
+        "--batch-size",
+        "3",
+        *extra,
+    ]
     assert grams_cli.main(args) == 0
     return work / out
 
@@ -107,7 +146,8 @@ def test_grams_cli_shards_reduce_to_the_whole(work: Path) -> None:
     assert grams_cli.main(["--reduce", *map(str, shards), "--out", str(work / "reduced.safetensors")]) == 0
     reduced, record = load_grams(work / "reduced.safetensors")
     assert record["samples"] == 8 and [s["sha256"] for s in record["shards"]] == [
-        json.loads(sidecar_path(s).read_text())["weights_sha256"] for s in shards]
+        json.loads(sidecar_path(s).read_text())["weights_sha256"] for s in shards
+    ]
     assert reduced.counts == whole.counts
     for name in whole.names:
         torch.testing.assert_close(reduced.xtx[name], whole.xtx[name], rtol=1e-10, atol=1e-8)
@@ -116,21 +156,43 @@ def test_grams_cli_shards_reduce_to_the_whole(work: Path) -> None:
 # ---------------------------------------------------------------------------------------------- merge CLI
 def test_merge_cli_writes_a_loadable_shared_checkpoint_with_its_record(work: Path) -> None:
     grams = collect(work, "vqa", "g.safetensors")
-    assert merged(work, "rm.safetensors", "--method", "regmean", "--grams", str(grams),
-                  "--param", "alpha=0.9", "--param", "used_experts_only=vqa") == 0
+    assert (
+        merged(
+            work,
+            "rm.safetensors",
+            "--method",
+            "regmean",
+            "--grams",
+            str(grams),
+            "--param",
+            "alpha=0.9",
+            "--param",
+            "used_experts_only=vqa",
+        )
+        == 0
+    )
     model, meta = load_model(work / "rm.safetensors")
     assert meta.sharing.value == "shared" and model.config.num_layers == 3
     record = meta.extra["merge"]
     assert record["method"] == "regmean" and record["params"]["alpha"] == 0.9
     assert record["selection"]["used_experts_only"] == "vqa"
-    assert set(record["method_diagnostics"]["linear"]) == {f"transformer.blocks.0.{p}.weight" for p in (
-        "attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}  # from F on only vl merges: nothing to solve
+    assert set(record["method_diagnostics"]["linear"]) == {
+        f"transformer.blocks.0.{p}.weight" for p in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+    }  # from F on only vl merges: nothing to solve
     assert meta.inputs == {"ms": sha(work / "ms.safetensors"), "grams": sha(grams)}
 
 
 def test_merge_cli_records_the_arithmetic_mode_and_is_deterministic(work: Path) -> None:
-    args = ["--method", "arithmetic", "--seed", str(work / "seed.safetensors"), "--param", "lam=0.75",
-            "--param", "mode=upstream_sequential"]
+    args = [
+        "--method",
+        "arithmetic",
+        "--seed",
+        str(work / "seed.safetensors"),
+        "--param",
+        "lam=0.75",
+        "--param",
+        "mode=upstream_sequential",
+    ]
     assert merged(work, "a1.safetensors", *args) == 0 and merged(work, "a2.safetensors", *args) == 0
     assert (work / "a1.safetensors").read_bytes() == (work / "a2.safetensors").read_bytes()
     meta = read_meta(work / "a1.safetensors")
@@ -162,26 +224,45 @@ def test_bad_inputs_end_in_one_line_and_exit_2(work: Path, capsys) -> None:
     nan_grams = work / "nan_grams.safetensors"
     save_grams(nan_grams, GramStats(poisoned, g.sums, g.counts), record)
 
-    wide = create_model("tiny", "modality_specific", **(SMALL | {"dim": 24}), vocab_size=read_meta(
-        work / "ms.safetensors").config.vocab_size)
+    wide = create_model(
+        "tiny",
+        "modality_specific",
+        **(SMALL | {"dim": 24}),
+        vocab_size=read_meta(work / "ms.safetensors").config.vocab_size,
+    )
     save_model(work / "wide.safetensors", wide)
     foreign = collect(work, "vqa", "foreign.safetensors", "--ckpt", str(work / "wide.safetensors"))
     cases = {
         "MA checkpoint given as --ms": (["--method", "interpolation"], "seed.safetensors", "modality-agnostic"),
-        "shapes that disagree": (["--method", "interpolation"],
-                                 tampered(work, "shape.safetensors", "transformer.blocks.0.mlp.v.fc1.weight",
-                                          torch.zeros(31, 16)).name, "disagree in shape"),
-        "NaN weights": (["--method", "interpolation"],
-                        tampered(work, "nan.safetensors", "transformer.blocks.1.attn.l.q_bias",
-                                 torch.full((16,), float("nan"))).name, "q_bias contains NaN or Inf"),
+        "shapes that disagree": (
+            ["--method", "interpolation"],
+            tampered(work, "shape.safetensors", "transformer.blocks.0.mlp.v.fc1.weight", torch.zeros(31, 16)).name,
+            "disagree in shape",
+        ),
+        "NaN weights": (
+            ["--method", "interpolation"],
+            tampered(
+                work, "nan.safetensors", "transformer.blocks.1.attn.l.q_bias", torch.full((16,), float("nan"))
+            ).name,
+            "q_bias contains NaN or Inf",
+        ),
         "NaN grams": (["--method", "regmean", "--grams", str(nan_grams)], None, "mlp.l.fc2 contains NaN or Inf"),
-        "grams of another checkpoint": (["--method", "regmean", "--grams", str(foreign)], None,
-                                        "collected on another checkpoint"),
-        "grams of another model": (["--method", "regmean", "--grams", str(foreign), "--allow-foreign-grams"], None,
-                                   "grams from another model"),
+        "grams of another checkpoint": (
+            ["--method", "regmean", "--grams", str(foreign)],
+            None,
+            "collected on another checkpoint",
+        ),
+        "grams of another model": (
+            ["--method", "regmean", "--grams", str(foreign), "--allow-foreign-grams"],
+            None,
+            "grams from another model",
+        ),
         "unknown method": (["--method", "slerp"], None, "unknown merge method 'slerp'"),
-        "unknown parameter": (["--method", "ties", "--param", "density=0.2", "--seed", "x"], None,
-                              "has no parameter(s) ['density']"),
+        "unknown parameter": (
+            ["--method", "ties", "--param", "density=0.2", "--seed", "x"],
+            None,
+            "has no parameter(s) ['density']",
+        ),
         "bad parameter value": (["--method", "interpolation", "--param", "ratio=1.5"], None, "ratio='1.5'"),
         "missing seed": (["--method", "arithmetic"], None, "needs --seed"),
         "missing grams": (["--method", "regmean"], None, "needs --grams"),

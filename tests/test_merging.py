@@ -24,8 +24,10 @@ def random_state(sharing: str, seed: int, **overrides) -> dict[str, torch.Tensor
     """A state dict of the small model with every parameter random (no trivial 0 or 1 weights)."""
     torch.manual_seed(seed)
     model = create_model("pico", sharing, **overrides)
-    return {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(seed * 1000 + i))
-            for i, (k, v) in enumerate(model.state_dict().items())}
+    return {
+        k: torch.randn(v.shape, generator=torch.Generator().manual_seed(seed * 1000 + i))
+        for i, (k, v) in enumerate(model.state_dict().items())
+    }
 
 
 def random_grams(layout, seed: int = 0) -> GramStats:
@@ -238,8 +240,12 @@ def toy_experts(seed: int = 0) -> tuple[dict, dict]:
 
 def naive_ties(experts: dict, base: dict, k: float, lam: float, scope: str) -> dict[str, list[float]]:
     """TIES element by element with Python floats."""
-    taus = {key: {m: [float(a) - float(b) for a, b in zip(t.reshape(-1), base[key].reshape(-1))]
-                  for m, t in tensors.items()} for key, tensors in experts.items()}
+    taus = {
+        key: {
+            m: [float(a) - float(b) for a, b in zip(t.reshape(-1), base[key].reshape(-1))] for m, t in tensors.items()
+        }
+        for key, tensors in experts.items()
+    }
 
     def threshold(values: list[float]) -> float:
         keep = math.ceil(k * len(values) / 100)
@@ -248,8 +254,10 @@ def naive_ties(experts: dict, base: dict, k: float, lam: float, scope: str) -> d
     glob = {m: threshold([x for key in taus for x in taus[key][m]]) for m in (V, L, VL)}
     out = {}
     for key, per in taus.items():
-        trimmed = {m: [x if abs(x) >= (glob[m] if scope == "global" else threshold(xs)) else 0.0 for x in xs]
-                   for m, xs in per.items()}
+        trimmed = {
+            m: [x if abs(x) >= (glob[m] if scope == "global" else threshold(xs)) else 0.0 for x in xs]
+            for m, xs in per.items()
+        }
         merged = []
         for i, b in enumerate(base[key].reshape(-1).tolist()):
             values = [trimmed[m][i] for m in trimmed]
@@ -276,15 +284,22 @@ def test_dare_matches_a_naive_reference_and_ignores_iteration_order() -> None:
     out = METHODS["dare"].fn(experts, base, lam=lam, p=p, seed=5, rescale=True, consensus=False, subset=None).state
     for key, tensors in experts.items():
         expected = []
-        masks = {m: torch.rand(t.shape, generator=torch.Generator().manual_seed(tensor_seed(5, key, m)),
-                               dtype=torch.float64).reshape(-1).tolist() for m, t in tensors.items()}
+        masks = {
+            m: torch.rand(t.shape, generator=torch.Generator().manual_seed(tensor_seed(5, key, m)), dtype=torch.float64)
+            .reshape(-1)
+            .tolist()
+            for m, t in tensors.items()
+        }
         for i, b in enumerate(base[key].reshape(-1).tolist()):
             kept = [(float(t.reshape(-1)[i]) - b) / (1 - p) for m, t in tensors.items() if masks[m][i] >= p]
             expected.append(b + lam * sum(kept))
         torch.testing.assert_close(out[key].reshape(-1), torch.tensor(expected, dtype=torch.float32))
     reversed_experts = {k: dict(reversed(list(t.items()))) for k, t in reversed(list(experts.items()))}
-    again = METHODS["dare"].fn(reversed_experts, base, lam=lam, p=p, seed=5, rescale=True, consensus=False,
-                               subset=None).state
+    again = (
+        METHODS["dare"]
+        .fn(reversed_experts, base, lam=lam, p=p, seed=5, rescale=True, consensus=False, subset=None)
+        .state
+    )
     assert all(torch.equal(again[k], out[k]) for k in out)
     other = METHODS["dare"].fn(experts, base, lam=lam, p=p, seed=6, rescale=True, consensus=False, subset=None).state
     assert not torch.equal(other["a"], out["a"])

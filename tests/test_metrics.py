@@ -8,22 +8,23 @@ import random
 import pytest
 import torch
 
-from vlmerge.metrics import (accuracy, chance_recall, chance_retrieval_recall, humans_agreeing, leave_one_out_accuracy,
-                             majority_class, mean_recall, normalize_answer, question_accuracy, retrieval_recall,
-                             vqa_accuracy, vqa_score)
+from tests.builders import naive_question_accuracy
+from vlmerge.metrics import (
+    accuracy,
+    chance_recall,
+    chance_retrieval_recall,
+    humans_agreeing,
+    leave_one_out_accuracy,
+    majority_class,
+    mean_recall,
+    question_accuracy,
+    retrieval_recall,
+    vqa_accuracy,
+    vqa_score,
+)
 from vlmerge.objectives import vqa_score as batch_vqa_score
 
-
 # --- VQA ----------------------------------------------------------------------------------------------
-
-def naive_question_accuracy(prediction: str, humans: list[str]) -> float:
-    """The official loop: leave each human out, count the others that match, cap at 3."""
-    pred = normalize_answer(prediction)
-    total = 0.0
-    for i in range(len(humans)):
-        others = humans[:i] + humans[i + 1:]
-        total += min(1.0, sum(normalize_answer(o) == pred for o in others) / 3)
-    return total / len(humans)
 
 
 @pytest.mark.parametrize(("agreeing", "expected"), [(0, 0.0), (1, 0.3), (2, 0.6), (3, 0.9), (4, 1.0), (10, 1.0)])
@@ -35,11 +36,13 @@ def test_leave_one_out_accuracy_by_hand(agreeing: int, expected: float) -> None:
 
 
 def test_vqa_accuracy_normalises_prediction_and_humans() -> None:
-    cases = [("Two", ["2"] * 3 + ["3"] * 7, 0.9),  # number word → digit
-             ("yes.", ["yes"] * 10, 1.0),  # trailing period dropped
-             ("the dog", ["dog", "a dog", "Dog"] + ["cat"] * 7, 0.9),  # articles and case
-             ("dont", ["don't", "don't"] + ["no"] * 8, 0.6),  # contraction gets its apostrophe
-             ("black/white", ["black white"] + ["x"] * 9, 0.3)]  # slash between words becomes a space
+    cases = [
+        ("Two", ["2"] * 3 + ["3"] * 7, 0.9),  # number word → digit
+        ("yes.", ["yes"] * 10, 1.0),  # trailing period dropped
+        ("the dog", ["dog", "a dog", "Dog"] + ["cat"] * 7, 0.9),  # articles and case
+        ("dont", ["don't", "don't"] + ["no"] * 8, 0.6),  # contraction gets its apostrophe
+        ("black/white", ["black white"] + ["x"] * 9, 0.3),
+    ]  # slash between words becomes a space
     for prediction, humans, expected in cases:
         assert question_accuracy(prediction, humans) == pytest.approx(expected), prediction
     predictions, answers = zip(*[(p, h) for p, h, _ in cases])
@@ -78,6 +81,7 @@ def test_vqa_score_agrees_with_the_tensor_objective_and_the_soft_score_table() -
 
 # --- retrieval ----------------------------------------------------------------------------------------
 
+
 def naive_recall(sims: list[list[float]], text_to_image: list[int], ks=(1, 5, 10)) -> dict[str, float]:
     """Full sorts with ties ordered negatives-first, then the position of the first positive."""
     n_images, n_texts = len(sims), len(text_to_image)
@@ -97,9 +101,7 @@ def naive_recall(sims: list[list[float]], text_to_image: list[int], ks=(1, 5, 10
 
 def test_recall_by_hand_with_ties_counted_against_the_positive() -> None:
     # images 0, 1, 2; texts 0, 1 of image 0, text 2 of image 1; image 2 has no text.
-    sims = torch.tensor([[0.9, 0.1, 0.5],
-                         [0.9, 0.2, 0.5],
-                         [0.3, 0.2, 0.4]])
+    sims = torch.tensor([[0.9, 0.1, 0.5], [0.9, 0.2, 0.5], [0.3, 0.2, 0.4]])
     text_to_image = torch.tensor([0, 0, 1])
     out = retrieval_recall(sims, text_to_image, ks=(1, 2))
     # text→image ranks: text 0: image 1 ties image 0 → 1; text 1: images 1, 2 score ≥ 0.1 → 2;
@@ -142,6 +144,7 @@ def test_chance_recall_counts_random_top_k_sets() -> None:
 
 
 # --- accuracy -----------------------------------------------------------------------------------------
+
 
 def test_accuracy_and_majority_class() -> None:
     assert accuracy([1, 0, 1, 1], [1, 1, 1, 0]) == 0.5

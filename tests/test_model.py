@@ -10,20 +10,44 @@ import torch.nn.functional as F
 
 from vlmerge.errors import ConfigError
 from vlmerge.model import (
-    Heads, Modality, ModelConfigError, Part, Sharing, create_model, detect_sharing, expert_layout, model_config,
+    Heads,
+    Modality,
+    ModelConfigError,
+    Part,
+    Sharing,
+    create_model,
+    detect_sharing,
+    expert_layout,
+    model_config,
 )
 from vlmerge.model.relpos import RelPosLayout, joint_index, resize_image_table
 
 SHARINGS = [s.value for s in Sharing]
 # Which sub-modules each layout splits per expert, written out by hand (docs/model.md).
 PER_EXPERT = {
-    "shared": set(), "modality_specific": {"norm1", "attn", "norm2", "mlp"},
-    "attn": {"attn", "norm1"}, "ffn": {"mlp", "norm2"}, "ln": {"norm1", "norm2"},
+    "shared": set(),
+    "modality_specific": {"norm1", "attn", "norm2", "mlp"},
+    "attn": {"attn", "norm1"},
+    "ffn": {"mlp", "norm2"},
+    "ln": {"norm1", "norm2"},
 }
-PARAMS = {"norm1": ["weight", "bias"], "norm2": ["weight", "bias"], "mlp": ["fc1.weight", "fc1.bias", "fc2.weight",
-          "fc2.bias"], "attn": ["qkv.weight", "q_bias", "v_bias", "proj.weight", "proj.bias"]}
-SMALL = dict(num_layers=3, dim=32, num_heads=2, mlp_dim=64, image_size=32, max_text_len=8, vocab_size=50,
-             drop_path=0.0, embed_dropout=0.0)
+PARAMS = {
+    "norm1": ["weight", "bias"],
+    "norm2": ["weight", "bias"],
+    "mlp": ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"],
+    "attn": ["qkv.weight", "q_bias", "v_bias", "proj.weight", "proj.bias"],
+}
+SMALL = dict(
+    num_layers=3,
+    dim=32,
+    num_heads=2,
+    mlp_dim=64,
+    image_size=32,
+    max_text_len=8,
+    vocab_size=50,
+    drop_path=0.0,
+    embed_dropout=0.0,
+)
 
 
 def randomised(sharing: str, seed: int = 0, **overrides) -> torch.nn.Module:
@@ -40,7 +64,7 @@ def inputs(batch: int = 2, text: int = 6, image: int = 32, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, 50, (batch, text), generator=g)
     mask = torch.ones(batch, text, dtype=torch.long)
-    mask[0, text - 2:] = 0  # the first sample is padded
+    mask[0, text - 2 :] = 0  # the first sample is padded
     return ids, mask, torch.randn(batch, 3, image, image, generator=g)
 
 
@@ -75,8 +99,12 @@ def naive_forward(model, ids=None, mask=None, images=None, image_type=1):
     if images is not None:
         p = cfg.patch_size
         w = sd["transformer.patch_embed.proj.weight"].reshape(dim, -1)
-        patches = [images[:, :, r * p:(r + 1) * p, c * p:(c + 1) * p].reshape(images.shape[0], -1) @ w.T
-                   + sd["transformer.patch_embed.proj.bias"] for r in range(grid) for c in range(grid)]
+        patches = [
+            images[:, :, r * p : (r + 1) * p, c * p : (c + 1) * p].reshape(images.shape[0], -1) @ w.T
+            + sd["transformer.patch_embed.proj.bias"]
+            for r in range(grid)
+            for c in range(grid)
+        ]
         cls = sd["transformer.cls_token"].reshape(1, dim).expand(images.shape[0], dim)
         x = torch.stack([cls, *patches], dim=1) + sd["token_type_embeddings.weight"][image_type]
         parts.append(x)
@@ -103,18 +131,27 @@ def naive_forward(model, ids=None, mask=None, images=None, image_type=1):
             return torch.stack([outs[route[i]][:, i] for i in range(n)], dim=1)
 
         h = per_token(lambda e: F.layer_norm(x, (dim,), param("norm1", "weight", e), param("norm1", "bias", e), 1e-6))
-        qkv = per_token(lambda e: h @ param("attn", "qkv.weight", e).T + torch.cat(
-            [param("attn", "q_bias", e), torch.zeros(dim), param("attn", "v_bias", e)]))
+        qkv = per_token(
+            lambda e: (
+                h @ param("attn", "qkv.weight", e).T
+                + torch.cat([param("attn", "q_bias", e), torch.zeros(dim), param("attn", "v_bias", e)])
+            )
+        )
         q, k, v = qkv.reshape(x.shape[0], n, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
-        bias = sd["relative_position_bias_table"][:, layer * heads:(layer + 1) * heads][rows].permute(2, 0, 1)
+        bias = sd["relative_position_bias_table"][:, layer * heads : (layer + 1) * heads][rows].permute(2, 0, 1)
         scores = q @ k.transpose(-1, -2) / math.sqrt(dim // heads) + bias
         scores = scores.masked_fill(~allowed[:, None], float("-inf"))
         att = (scores.softmax(-1) @ v).transpose(1, 2).reshape(x.shape[0], n, dim)
         att = per_token(lambda e: att @ param("attn", "proj.weight", e).T + param("attn", "proj.bias", e))
         x = x + sd[f"transformer.blocks.{layer}.gamma_1"] * att
         h = per_token(lambda e: F.layer_norm(x, (dim,), param("norm2", "weight", e), param("norm2", "bias", e), 1e-6))
-        mlp = per_token(lambda e: F.gelu(h @ param("mlp", "fc1.weight", e).T + param("mlp", "fc1.bias", e))
-                        @ param("mlp", "fc2.weight", e).T + param("mlp", "fc2.bias", e))
+        mlp = per_token(
+            lambda e: (
+                F.gelu(h @ param("mlp", "fc1.weight", e).T + param("mlp", "fc1.bias", e))
+                @ param("mlp", "fc2.weight", e).T
+                + param("mlp", "fc2.bias", e)
+            )
+        )
         x = x + sd[f"transformer.blocks.{layer}.gamma_2"] * mlp
     return F.layer_norm(x, (dim,), sd["transformer.norm.weight"], sd["transformer.norm.bias"], 1e-6)
 
@@ -165,7 +202,8 @@ def test_fuse_unimodal_runs_the_vl_expert_on_the_fusion_input():
         for i in range(model.config.fusion_start, model.config.num_layers):
             for part in ("norm1", "attn", "norm2", "mlp"):
                 getattr(model.transformer.blocks[i], part)["l"].load_state_dict(
-                    getattr(model.transformer.blocks[i], part)["vl"].state_dict())
+                    getattr(model.transformer.blocks[i], part)["vl"].state_dict()
+                )
         swapped = model.encode_text(ids, mask)
         image_final, image_in = model.encode_image(images, return_fusion_input=True)
     real = mask.bool()
@@ -215,14 +253,32 @@ def test_shared_keys_outside_blocks():
     model = create_model("tiny", "modality_specific", heads=Heads.pretraining())
     keys = {k for k in model.state_dict() if not k.startswith("transformer.blocks.")}
     assert keys == {
-        "relative_position_bias_table", "logit_scale", "logit_vl_scale", "token_type_embeddings.weight",
-        "text_embeddings.word_embeddings.weight", "text_embeddings.token_type_embeddings.weight",
-        "text_embeddings.LayerNorm.weight", "text_embeddings.LayerNorm.bias", "transformer.cls_token",
-        "transformer.patch_embed.proj.weight", "transformer.patch_embed.proj.bias", "transformer.norm.weight",
-        "transformer.norm.bias", "pooler.dense.weight", "pooler.dense.bias", "mlm_score.transform.dense.weight",
-        "mlm_score.transform.dense.bias", "mlm_score.transform.LayerNorm.weight", "mlm_score.transform.LayerNorm.bias",
-        "mlm_score.decoder.weight", "mlm_score.bias", "itm_score.fc.weight", "itm_score.fc.bias",
-        "itc_text_proj.fc.weight", "itc_image_proj.fc.weight", "itc_vl_text_proj.fc.weight",
+        "relative_position_bias_table",
+        "logit_scale",
+        "logit_vl_scale",
+        "token_type_embeddings.weight",
+        "text_embeddings.word_embeddings.weight",
+        "text_embeddings.token_type_embeddings.weight",
+        "text_embeddings.LayerNorm.weight",
+        "text_embeddings.LayerNorm.bias",
+        "transformer.cls_token",
+        "transformer.patch_embed.proj.weight",
+        "transformer.patch_embed.proj.bias",
+        "transformer.norm.weight",
+        "transformer.norm.bias",
+        "pooler.dense.weight",
+        "pooler.dense.bias",
+        "mlm_score.transform.dense.weight",
+        "mlm_score.transform.dense.bias",
+        "mlm_score.transform.LayerNorm.weight",
+        "mlm_score.transform.LayerNorm.bias",
+        "mlm_score.decoder.weight",
+        "mlm_score.bias",
+        "itm_score.fc.weight",
+        "itm_score.fc.bias",
+        "itc_text_proj.fc.weight",
+        "itc_image_proj.fc.weight",
+        "itc_vl_text_proj.fc.weight",
         "itc_vl_image_proj.fc.weight",
     }
     assert model.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
@@ -233,13 +289,16 @@ def test_shared_keys_outside_blocks():
 ATTN, MLP, NORM = 1_769_472 + 1_536 + 590_592, 2_362_368 + 2_360_064, 1_536
 
 
-@pytest.mark.parametrize(("sharing", "expected"), [
-    ("shared", 85_063_680),  # 12 · 7,087,104 + 12 · 1,536 ≈ 85.0M
-    ("modality_specific", 184_283_136),  # (10·2 + 2·3) · 7,087,104 + 12 · 1,536 ≈ 184.3M
-    ("attn", 12 * (MLP + NORM) + 26 * (ATTN + NORM) + 18_432),
-    ("ffn", 12 * (ATTN + NORM) + 26 * (MLP + NORM) + 18_432),
-    ("ln", 12 * (ATTN + MLP) + 26 * 2 * NORM + 18_432),
-])
+@pytest.mark.parametrize(
+    ("sharing", "expected"),
+    [
+        ("shared", 85_063_680),  # 12 · 7,087,104 + 12 · 1,536 ≈ 85.0M
+        ("modality_specific", 184_283_136),  # (10·2 + 2·3) · 7,087,104 + 12 · 1,536 ≈ 184.3M
+        ("attn", 12 * (MLP + NORM) + 26 * (ATTN + NORM) + 18_432),
+        ("ffn", 12 * (ATTN + NORM) + 26 * (MLP + NORM) + 18_432),
+        ("ln", 12 * (ATTN + MLP) + 26 * 2 * NORM + 18_432),
+    ],
+)
 def test_base_parameter_counts(sharing, expected):
     assert ATTN + MLP + 2 * NORM == 7_087_104
     with torch.device("meta"):
@@ -263,7 +322,8 @@ def test_presets_and_layout():
     assert layout.experts(9) == (Modality.V, Modality.L)
     assert layout.experts(10) == (Modality.V, Modality.L, Modality.VL)
     assert set(layout.expert_keys(11)["transformer.blocks.11.mlp.fc1.weight"].values()) == {
-        f"transformer.blocks.11.mlp.{m}.fc1.weight" for m in ("v", "l", "vl")}
+        f"transformer.blocks.11.mlp.{m}.fc1.weight" for m in ("v", "l", "vl")
+    }
     assert Part.ATTN not in layout.sharing.per_expert
     with pytest.raises(ModelConfigError, match="huge"):
         model_config("huge")

@@ -7,8 +7,13 @@ import torch
 
 from vlmerge.model import Heads, Sharing, VLModel, create_model
 from vlmerge.train.errors import TrainConfigError
-from vlmerge.train.optim import (OptimConfig, build_optimizer, parameter_groups, warmup_linear_factor,
-                                 warmup_linear_schedule)
+from vlmerge.train.optim import (
+    OptimConfig,
+    build_optimizer,
+    parameter_groups,
+    warmup_linear_factor,
+    warmup_linear_schedule,
+)
 
 SMALL = dict(num_layers=3, dim=16, num_heads=2, mlp_dim=32, image_size=32, max_text_len=8, vocab_size=30)
 ALL_HEADS = Heads(mlm=True, itm=True, itc=True, itc_vl=True, vqa_answers=5, nlvr2=True)
@@ -21,8 +26,10 @@ def small_model(sharing: Sharing | str) -> VLModel:
 
 def naive_decayed(model: VLModel) -> set[str]:
     """Independent reference: every matrix-shaped parameter except the two that are not module weights."""
-    return {n for n, p in model.named_parameters() if p.ndim >= 2} - {"relative_position_bias_table",
-                                                                       "transformer.cls_token"}
+    return {n for n, p in model.named_parameters() if p.ndim >= 2} - {
+        "relative_position_bias_table",
+        "transformer.cls_token",
+    }
 
 
 @pytest.mark.parametrize("sharing", [s.value for s in Sharing])
@@ -35,14 +42,35 @@ def test_every_parameter_in_exactly_one_group_and_decay_only_on_weight_matrices(
     assert decayed == naive_decayed(model)
     no_decay = {n for g in groups if g["weight_decay"] == 0 for n in g["names"]}
     for name in no_decay:
-        assert name.endswith(("bias", "norm.weight", "LayerNorm.weight", "gamma_1", "gamma_2", "scale",
-                              "relative_position_bias_table", "cls_token", ".1.weight")) or ".norm" in name, name
+        assert (
+            name.endswith(
+                (
+                    "bias",
+                    "norm.weight",
+                    "LayerNorm.weight",
+                    "gamma_1",
+                    "gamma_2",
+                    "scale",
+                    "relative_position_bias_table",
+                    "cls_token",
+                    ".1.weight",
+                )
+            )
+            or ".norm" in name
+        ), name
     # The upstream quirk: per-expert LayerNorm weights must not be decayed.
     if Sharing(sharing) in (Sharing.MODALITY_SPECIFIC, Sharing.LN, Sharing.ATTN):
         assert "transformer.blocks.0.norm1.v.weight" in no_decay
         assert "transformer.blocks.2.norm1.vl.weight" in no_decay
-    for name in ("relative_position_bias_table", "logit_scale", "logit_vl_scale", "transformer.cls_token",
-                 "transformer.blocks.1.gamma_2", "vqa_classifier.1.weight", "mlm_score.bias"):
+    for name in (
+        "relative_position_bias_table",
+        "logit_scale",
+        "logit_vl_scale",
+        "transformer.cls_token",
+        "transformer.blocks.1.gamma_2",
+        "vqa_classifier.1.weight",
+        "mlm_score.bias",
+    ):
         assert name in no_decay
 
 
@@ -71,8 +99,14 @@ def test_lr_multipliers_by_longest_module_prefix() -> None:
     assert lr_of["vqa_classifier.3.bias"] == pytest.approx(5e-3)
     assert lr_of["nlvr2_classifier.0.weight"] == pytest.approx(1e-3)
     assert lr_of["transformer.blocks.0.attn.qkv.weight"] == pytest.approx(1e-3)
-    assert {g["name"] for g in groups} == {"decay", "no_decay", "decay/vqa_classifier", "no_decay/vqa_classifier",
-                                          "decay/vqa_classifier.3", "no_decay/vqa_classifier.3"}
+    assert {g["name"] for g in groups} == {
+        "decay",
+        "no_decay",
+        "decay/vqa_classifier",
+        "no_decay/vqa_classifier",
+        "decay/vqa_classifier.3",
+        "no_decay/vqa_classifier.3",
+    }
 
 
 @pytest.mark.parametrize("prefix", ["vqa", "nothing", "vqa_classifier.9"])

@@ -60,6 +60,7 @@ def arrow(raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # --- every table: names, schemas, manifest --------------------------------------------------------
 
+
 def test_tables_have_the_declared_names_schemas_and_checksums(arrow: Path) -> None:
     for dataset in DATASETS:
         manifest = json.loads((arrow / manifest_name(dataset)).read_text())
@@ -80,8 +81,9 @@ def test_tables_have_the_declared_names_schemas_and_checksums(arrow: Path) -> No
 def test_reconversion_is_byte_identical(raw: Path, arrow: Path, tmp_path: Path) -> None:
     for dataset in DATASETS:
         first = json.loads((arrow / manifest_name(dataset)).read_text())["files"]
-        again = prepare(dataset, raw / dataset, tmp_path, "--min-answer-count", str(MIN_ANSWERS),
-                        "--rest-val-images", str(REST_VAL))["files"]
+        again = prepare(
+            dataset, raw / dataset, tmp_path, "--min-answer-count", str(MIN_ANSWERS), "--rest-val-images", str(REST_VAL)
+        )["files"]
         assert again == first
         for name in first:
             assert (tmp_path / name).read_bytes() == (arrow / name).read_bytes(), name
@@ -94,6 +96,7 @@ def test_batch_size_changes_bytes_but_not_rows(raw: Path, arrow: Path, tmp_path:
 
 
 # --- round trips against naive readings of the raw files -------------------------------------------
+
 
 @pytest.mark.parametrize("dataset", ["coco", "f30k"])
 def test_karpathy_round_trip(raw: Path, arrow: Path, dataset: str) -> None:
@@ -114,8 +117,10 @@ def test_karpathy_round_trip(raw: Path, arrow: Path, dataset: str) -> None:
 def naive_vqa_rows(root: Path, min_count: int) -> tuple[list[str], dict[str, list[dict]]]:
     """The VQA tables computed the slow, obvious way (scores as min(1, 0.3·n) rounded to 0.1)."""
     subsets = {"train": "train2014", "val": "val2014", "test": "test2015", "test-dev": "test-dev2015"}
-    annotations = {s: json.loads((root / f"v2_mscoco_{subsets[s]}_annotations.json").read_text())["annotations"]
-                   for s in ("train", "val")}
+    annotations = {
+        s: json.loads((root / f"v2_mscoco_{subsets[s]}_annotations.json").read_text())["annotations"]
+        for s in ("train", "val")
+    }
     majority = Counter(normalize_answer(a["multiple_choice_answer"]) for s in annotations.values() for a in s)
     vocabulary = sorted((a for a, n in majority.items() if n >= min_count), key=lambda a: (-majority[a], a))
     by_qid = {a["question_id"]: a for s in annotations.values() for a in s}
@@ -125,8 +130,10 @@ def naive_vqa_rows(root: Path, min_count: int) -> tuple[list[str], dict[str, lis
         rows: dict[int, dict] = {}
         questions = json.loads((root / f"v2_OpenEnded_mscoco_{subset}_questions.json").read_text())["questions"]
         for q in sorted(questions, key=lambda q: q["question_id"]):
-            row = rows.setdefault(q["image_id"], {"questions": [], "question_id": [], "answers": [],
-                                                  "answer_labels": [], "answer_scores": []})
+            row = rows.setdefault(
+                q["image_id"],
+                {"questions": [], "question_id": [], "answers": [], "answer_labels": [], "answer_scores": []},
+            )
             if split in annotations:
                 given = [normalize_answer(a["answer"]) for a in by_qid[q["question_id"]]["answers"]]
                 kept = [a for a in dict.fromkeys(given) if a in vocabulary]
@@ -138,9 +145,14 @@ def naive_vqa_rows(root: Path, min_count: int) -> tuple[list[str], dict[str, lis
             row["questions"].append(q["question"])
             row["question_id"].append(q["question_id"])
         tables[split] = [
-            {**row, "image_id": image_id, "split": split,
-             "image": (root / folder / f"COCO_{folder}_{image_id:012d}.jpg").read_bytes()}
-            for image_id, row in sorted(rows.items()) if row["questions"]
+            {
+                **row,
+                "image_id": image_id,
+                "split": split,
+                "image": (root / folder / f"COCO_{folder}_{image_id:012d}.jpg").read_bytes(),
+            }
+            for image_id, row in sorted(rows.items())
+            if row["questions"]
         ]
     return vocabulary, tables
 
@@ -175,12 +187,19 @@ def test_nlvr2_round_trip(raw: Path, arrow: Path) -> None:
 def test_vg_round_trip(raw: Path, arrow: Path) -> None:
     root = raw / "vg"
     expected = []
-    for entry in sorted(json.loads((root / "annotations" / "region_descriptions.json").read_text()), key=lambda e: e["id"]):
+    for entry in sorted(
+        json.loads((root / "annotations" / "region_descriptions.json").read_text()), key=lambda e: e["id"]
+    ):
         regions = entry["regions"]
         (image,) = (root / "images").rglob(f"{entry['id']}.jpg")
-        expected.append({"image": image.read_bytes(), "caption": [r["phrase"] for r in regions],
-                         **{k: [r[k] for r in regions] for k in ("width", "height", "x", "y")},
-                         "image_id": str(entry["id"])})
+        expected.append(
+            {
+                "image": image.read_bytes(),
+                "caption": [r["phrase"] for r in regions],
+                **{k: [r[k] for r in regions] for k in ("width", "height", "x", "y")},
+                "image_id": str(entry["id"]),
+            }
+        )
     assert read_rows(arrow / FILES["vg"]["train"]) == expected
 
 
@@ -195,9 +214,16 @@ def test_web_captions_round_trip_and_missing_images_reported(raw: Path, arrow: P
         assert len(gone) == len(missing.get(split, []))
         reported = {f"{dataset}/{s['item']}" for s in manifest["skipped"] if s["split"] == split}
         assert reported == gone
-        expected = [{"image": (raw / dataset / f"images_{split}" / name[:4] / name).read_bytes(),
-                     "caption": [pairs[name]], "image_id": name, "split": split}
-                    for name in sorted(pairs) if f"{dataset}/images_{split}/{name[:4]}/{name}" not in gone]
+        expected = [
+            {
+                "image": (raw / dataset / f"images_{split}" / name[:4] / name).read_bytes(),
+                "caption": [pairs[name]],
+                "image_id": name,
+                "split": split,
+            }
+            for name in sorted(pairs)
+            if f"{dataset}/images_{split}/{name[:4]}/{name}" not in gone
+        ]
         assert read_rows(arrow / FILES[dataset][split].replace("{shard}", "0")) == expected
     assert manifest["skipped_by_reason"] == ({"missing image file": len(manifest["skipped"])} if missing else {})
 
@@ -215,6 +241,7 @@ def test_sharding_and_stale_shards(raw: Path, arrow: Path, tmp_path: Path) -> No
 
 
 # --- VQA arithmetic on a hand-made example ---------------------------------------------------------
+
 
 def write_jpeg(path: Path, colour: str = "red") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -234,23 +261,50 @@ def write_hand_made_vqa(root: Path) -> None:
         return {"image_id": qid // 1000, "question": text, "question_id": qid}
 
     def annotation(qid: int, majority: str, answers: list[str]) -> dict:
-        return {"question_id": qid, "image_id": qid // 1000, "answer_type": "other", "multiple_choice_answer": majority,
-                "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(answers)]}
+        return {
+            "question_id": qid,
+            "image_id": qid // 1000,
+            "answer_type": "other",
+            "multiple_choice_answer": majority,
+            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(answers)],
+        }
 
-    dump("v2_OpenEnded_mscoco_train2014_questions.json", "questions", [
-        question(1002, "How many cats?"), question(1000, "How many dogs?"), question(1001, "What colour?"),
-        question(2000, "Is it?")])
-    dump("v2_mscoco_train2014_annotations.json", "annotations", [
-        annotation(1000, "Two", ["2", "two", "Two", "2 ", "2.", "3", "three", "Three", "four", "many"]),
-        annotation(1001, "Red", ["red", "Red.", "blue", "blue", "blue", "blue", "green", "green", "green", "green"]),
-        annotation(1002, "three", ["3"] + ["none"] * 9),
-        annotation(2000, "yes", ["maybe"] * 10)])
-    dump("v2_OpenEnded_mscoco_val2014_questions.json", "questions", [
-        question(3000, "How many?"), question(3001, "Which?"), question(5000, "Is it?")])
-    dump("v2_mscoco_val2014_annotations.json", "annotations", [
-        annotation(3000, "2", ["two"] * 3 + ["yes"] * 4 + ["no"] * 3),
-        annotation(3001, "4", ["IV"] * 10),
-        annotation(5000, "yes", ["yes"] * 10)])
+    dump(
+        "v2_OpenEnded_mscoco_train2014_questions.json",
+        "questions",
+        [
+            question(1002, "How many cats?"),
+            question(1000, "How many dogs?"),
+            question(1001, "What colour?"),
+            question(2000, "Is it?"),
+        ],
+    )
+    dump(
+        "v2_mscoco_train2014_annotations.json",
+        "annotations",
+        [
+            annotation(1000, "Two", ["2", "two", "Two", "2 ", "2.", "3", "three", "Three", "four", "many"]),
+            annotation(
+                1001, "Red", ["red", "Red.", "blue", "blue", "blue", "blue", "green", "green", "green", "green"]
+            ),
+            annotation(1002, "three", ["3"] + ["none"] * 9),
+            annotation(2000, "yes", ["maybe"] * 10),
+        ],
+    )
+    dump(
+        "v2_OpenEnded_mscoco_val2014_questions.json",
+        "questions",
+        [question(3000, "How many?"), question(3001, "Which?"), question(5000, "Is it?")],
+    )
+    dump(
+        "v2_mscoco_val2014_annotations.json",
+        "annotations",
+        [
+            annotation(3000, "2", ["two"] * 3 + ["yes"] * 4 + ["no"] * 3),
+            annotation(3001, "4", ["IV"] * 10),
+            annotation(5000, "yes", ["yes"] * 10),
+        ],
+    )
     dump("v2_OpenEnded_mscoco_test2015_questions.json", "questions", [question(4000, "What?"), question(4001, "Why?")])
     dump("v2_OpenEnded_mscoco_test-dev2015_questions.json", "questions", [question(4000, "What?")])
 
@@ -272,11 +326,18 @@ def test_vqa_vocabulary_labels_and_scores_by_hand(tmp_path: Path) -> None:
     assert train["answer_scores"] == [[1.0, 0.9, 0.3], [0.6], [0.3]]
     val = read_rows(out / "vqav2_val.arrow")
     assert [(r["image_id"], r["question_id"], r["answer_labels"], r["answer_scores"]) for r in val] == [
-        (3, [3000], [[0, 1]], [[0.9, 1.0]]), (5, [5000], [[1]], [[1.0]])]
+        (3, [3000], [[0, 1]], [[0.9, 1.0]]),
+        (5, [5000], [[1]], [[1.0]]),
+    ]
     assert read_rows(out / "vqav2_trainable_val.arrow") == val[:1]
     assert read_rows(out / "vqav2_rest_val.arrow") == val[1:]
     (test,) = read_rows(out / "vqav2_test.arrow")
-    assert (test["question_id"], test["answers"], test["answer_labels"], test["answer_scores"]) == ([4000, 4001], [], [], [])
+    assert (test["question_id"], test["answers"], test["answer_labels"], test["answer_scores"]) == (
+        [4000, 4001],
+        [],
+        [],
+        [],
+    )
     (dev,) = read_rows(out / "vqav2_test-dev.arrow")
     assert (dev["questions"], dev["image"]) == (["What?"], test["image"])
     assert manifest["splits"]["train"] == {"rows": 1, "questions": 3, "questions_without_label": 1}
@@ -284,6 +345,7 @@ def test_vqa_vocabulary_labels_and_scores_by_hand(tmp_path: Path) -> None:
 
 
 # --- bad input ---------------------------------------------------------------------------------------
+
 
 def fails_naming(capsys: pytest.CaptureFixture[str], argv: list[str], *fragments: str) -> str:
     """Run the CLI, expect exit code 2 and a final one-line error naming every fragment."""
@@ -352,7 +414,8 @@ def test_malformed_vqa_question(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_corrupt_images_are_skipped_and_listed_or_fatal_when_strict(
-        coco_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    coco_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     val = sorted((coco_copy / "val2014").iterdir())
     truncated, garbage = val[0], val[1]
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
@@ -360,9 +423,12 @@ def test_corrupt_images_are_skipped_and_listed_or_fatal_when_strict(
     out = coco_copy.parent / "out"
     manifest = prepare("coco", coco_copy, out)
     assert {(s["item"], s["reason"].split(" (")[0]) for s in manifest["skipped"]} == {
-        (f"val2014/{truncated.name}", "corrupt image"), (f"val2014/{garbage.name}", "corrupt image")}
-    kept = {r["image_id"] for split in ("train", "restval", "val", "test")
-            for r in read_rows(out / FILES["coco"][split])}
+        (f"val2014/{truncated.name}", "corrupt image"),
+        (f"val2014/{garbage.name}", "corrupt image"),
+    }
+    kept = {
+        r["image_id"] for split in ("train", "restval", "val", "test") for r in read_rows(out / FILES["coco"][split])
+    }
     assert truncated.name not in kept and garbage.name not in kept
     assert sum(c["rows"] for c in manifest["splits"].values()) == len(kept) == 48 - 2
     fails_naming(capsys, argv("coco", coco_copy, "--strict"), "corrupt image", "val2014/")
@@ -374,16 +440,20 @@ def test_unknown_dataset_is_a_usage_error(raw: Path, tmp_path: Path) -> None:
     assert exc.value.code == 2
 
 
-@pytest.mark.parametrize("extra, key", [
-    (["--shard-size", "0"], "shard_size: "),
-    (["--batch-rows", "x"], "batch_rows: "),
-    (["--config", '{"min_answer_count": 0}'], "min_answer_count: "),
-    (["--config", '{"rest_val_images": -1, "strict": true}'], "rest_val_images: "),
-    (["--config", '{"shard_sise": 7}'], "shard_sise: "),
-    (["--config", "[7]"], "--config: "),
-])
-def test_bad_settings_are_one_line_naming_the_key(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                  extra: list[str], key: str) -> None:
+@pytest.mark.parametrize(
+    "extra, key",
+    [
+        (["--shard-size", "0"], "shard_size: "),
+        (["--batch-rows", "x"], "batch_rows: "),
+        (["--config", '{"min_answer_count": 0}'], "min_answer_count: "),
+        (["--config", '{"rest_val_images": -1, "strict": true}'], "rest_val_images: "),
+        (["--config", '{"shard_sise": 7}'], "shard_sise: "),
+        (["--config", "[7]"], "--config: "),
+    ],
+)
+def test_bad_settings_are_one_line_naming_the_key(
+    raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], key: str
+) -> None:
     out = tmp_path / "out"
     assert main(["--dataset", "sbu", "--raw", str(raw / "sbu"), "--out", str(out), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -412,6 +482,7 @@ def test_settings_module_never_imports_torch() -> None:
 
 
 # --- the streaming writer ------------------------------------------------------------------------
+
 
 def test_empty_table_still_gets_a_file(tmp_path: Path) -> None:
     with TableWriter(tmp_path / "t_{shard}.arrow", CAPTION, batch_rows=2, shard_size=3) as writer:

@@ -18,10 +18,8 @@ import pytest
 import torch
 import yaml
 
-from vlmerge.data.arrow import ConvertOptions, convert
+from tests.builders import PRETRAIN_MODEL, PRETRAIN_MODEL_ARG, build_pretrain_data, pretrain_cli
 from vlmerge.data.readers import CaptionPairs
-from vlmerge.data.synth import generate
-from vlmerge.data.tokenizer import train_wordpiece
 from vlmerge.data.transforms import eval_transform
 from vlmerge.errors import ConfigError
 from vlmerge.model import PRESETS, Heads, ModelConfig, Sharing, create_model
@@ -38,25 +36,8 @@ from vlmerge.train.errors import TrainConfigError
 from vlmerge.train.optim import OptimConfig
 from vlmerge.train.sampler import ResumableSampler, evaluation_keys
 from vlmerge.train.trainer import PRECISIONS, STRATEGIES, resume_checkpoint
-from vlmerge.vocab.cli import arrow_texts
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = dict(num_layers=3, dim=64, num_heads=2, mlp_dim=128, image_size=32)
-MODEL_ARG = "num_layers=3,dim=64,num_heads=2,mlp_dim=128"
-CORPORA = ("coco", "vg", "sbu", "gcc")
-
-
-def build_pretrain_data(root: Path) -> tuple[Path, Path]:
-    """Tiny synthetic caption corpora → arrow tables + a WordPiece tokenizer: (arrow dir, tokenizer dir)."""
-    raw, arrow = root / "raw", root / "arrow"
-    generate(raw, seed=0, size="tiny", datasets=list(CORPORA))
-    for dataset in CORPORA:
-        convert(dataset, raw / dataset, arrow, ConvertOptions())
-    return arrow, train_wordpiece(arrow_texts(arrow), root / "tokenizer", vocab_size=300)
-
-
-def cli(*args: str | Path) -> list[str]:
-    return [sys.executable, "-m", "vlmerge.pretrain", *map(str, args)]
 
 
 @pytest.fixture(scope="session")
@@ -74,18 +55,19 @@ def data(corpus: tuple[Path, Path]) -> PretrainData:
 
 def a_batch(data: PretrainData, size: int = 8) -> dict:
     """``size`` pairs of distinct images: every 5th pair (COCO lists 5 captions per image)."""
-    keys = evaluation_keys(len(data.train), 1, seed=0)[: 5 * size: 5]
+    keys = evaluation_keys(len(data.train), 1, seed=0)[: 5 * size : 5]
     samples = KeyedSamples(data.train)
     return data.collate([samples[k] for k in keys])
 
 
 def small_model(data: PretrainData, sharing: str = "shared", **overrides: object) -> torch.nn.Module:
     torch.manual_seed(0)
-    config = MODEL | {"vocab_size": len(data.tokenizer)} | overrides
+    config = PRETRAIN_MODEL | {"vocab_size": len(data.tokenizer)} | overrides
     return create_model("tiny", sharing, Heads.pretraining(), **config)
 
 
 # --- sampler and keyed batches --------------------------------------------------------------------
+
 
 def take(iterator, n: int) -> list:
     return [next(iterator) for _ in range(n)]
@@ -106,7 +88,7 @@ def test_sampler_shards_epochs_like_distributed_sampler_and_resumes_at_any_batch
     whole = [k for e in epochs for k in e[1]]
     for start in (0, 1, 3, 4, 7):
         resumed = take(iter(ResumableSampler(size, batch, 7, rank=1, world=world, start_batch=start)), 4)
-        assert resumed == whole[start * batch: start * batch + 4]
+        assert resumed == whole[start * batch : start * batch + 4]
     assert take(iter(ResumableSampler(size, batch, 8, 1, world)), 6) != whole[:6]  # the seed matters
 
 
@@ -133,6 +115,7 @@ def test_keyed_samples_and_masks_do_not_depend_on_the_process_rng(data: Pretrain
 
 
 # --- the objectives composed on a model -------------------------------------------------------------
+
 
 @pytest.mark.parametrize("sharing", ["shared", "modality_specific"])
 def test_every_parameter_gets_a_gradient_in_one_step(data: PretrainData, sharing: str) -> None:
@@ -206,8 +189,14 @@ def test_seed_init_gives_the_ma_first_step_loss(data: PretrainData, tmp_path: Pa
     ma = small_model(data)
     seed = tmp_path / "seed.safetensors"
     save_model(seed, ma)
-    ms = initial_model(InitSpec.parse(f"seed:{seed}"), "tiny", sharing, Heads.pretraining(),
-                       **MODEL, vocab_size=len(data.tokenizer))
+    ms = initial_model(
+        InitSpec.parse(f"seed:{seed}"),
+        "tiny",
+        sharing,
+        Heads.pretraining(),
+        **PRETRAIN_MODEL,
+        vocab_size=len(data.tokenizer),
+    )
     assert ms.sharing is Sharing(sharing)
     batch, losses = a_batch(data), []
     for model in (ma, ms):
@@ -221,12 +210,24 @@ def test_seed_init_refuses_an_ms_checkpoint_and_another_architecture(data: Pretr
     path = tmp_path / "ms.safetensors"
     save_model(path, small_model(data, "modality_specific"))
     with pytest.raises(TrainConfigError, match="not a shared"):
-        initial_model(InitSpec.parse(f"seed:{path}"), "tiny", "modality_specific", Heads.pretraining(),
-                      **MODEL, vocab_size=len(data.tokenizer))
+        initial_model(
+            InitSpec.parse(f"seed:{path}"),
+            "tiny",
+            "modality_specific",
+            Heads.pretraining(),
+            **PRETRAIN_MODEL,
+            vocab_size=len(data.tokenizer),
+        )
     save_model(path, small_model(data))
     with pytest.raises(TrainConfigError, match="dim"):
-        initial_model(InitSpec.parse(f"seed:{path}"), "tiny", "modality_specific", Heads.pretraining(),
-                      **(MODEL | {"dim": 32}), vocab_size=len(data.tokenizer))
+        initial_model(
+            InitSpec.parse(f"seed:{path}"),
+            "tiny",
+            "modality_specific",
+            Heads.pretraining(),
+            **(PRETRAIN_MODEL | {"dim": 32}),
+            vocab_size=len(data.tokenizer),
+        )
     for bad in ("seed", "beit:", "scratch:x", "torch:x", f"seed:{tmp_path / 'missing'}"):
         with pytest.raises(TrainConfigError):
             InitSpec.parse(bad)
@@ -235,13 +236,20 @@ def test_seed_init_refuses_an_ms_checkpoint_and_another_architecture(data: Pretr
 def test_beit_init_fills_every_expert(data: PretrainData, tmp_path: Path) -> None:
     torch.manual_seed(5)
     ma = small_model(data)
-    beit = {k.removeprefix("transformer."): v.clone() for k, v in ma.state_dict().items()
-            if k.startswith("transformer.")}
+    beit = {
+        k.removeprefix("transformer."): v.clone() for k, v in ma.state_dict().items() if k.startswith("transformer.")
+    }
     for layer in range(3):  # timm keeps one relative position table per block: (2·2-1)² + 3 rows, 2 heads
         beit[f"blocks.{layer}.attn.relative_position_bias_table"] = torch.randn(12, 2)
     torch.save(beit, tmp_path / "beit.pth")
-    ms = initial_model(InitSpec.parse(f"beit:{tmp_path / 'beit.pth'}"), "tiny", "modality_specific",
-                       Heads.pretraining(), **MODEL, vocab_size=len(data.tokenizer))
+    ms = initial_model(
+        InitSpec.parse(f"beit:{tmp_path / 'beit.pth'}"),
+        "tiny",
+        "modality_specific",
+        Heads.pretraining(),
+        **PRETRAIN_MODEL,
+        vocab_size=len(data.tokenizer),
+    )
     state = ms.state_dict()
     for expert in ("v", "l"):
         assert torch.equal(state[f"transformer.blocks.0.attn.{expert}.qkv.weight"], beit["blocks.0.attn.qkv.weight"])
@@ -250,8 +258,9 @@ def test_beit_init_fills_every_expert(data: PretrainData, tmp_path: Path) -> Non
     assert torch.equal(table[:12, 2:4], beit["blocks.1.attn.relative_position_bias_table"])  # layer 1's heads
 
 
-def test_itm_negatives_are_never_the_positive_in_real_steps(data: PretrainData, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_itm_negatives_are_never_the_positive_in_real_steps(
+    data: PretrainData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from vlmerge.train.trainer import TrainerConfig, build_trainer
 
     seen = []
@@ -273,26 +282,55 @@ def test_itm_negatives_are_never_the_positive_in_real_steps(data: PretrainData, 
 
 # --- the command line ---------------------------------------------------------------------------------
 
+
 def common_args(corpus: tuple[Path, Path]) -> list[str]:
     arrow, tokenizer = corpus
-    return ["--arrow", str(arrow), "--tokenizer", str(tokenizer), "--model", MODEL_ARG, "--image-size", "32",
-            "--batch-size", "8", "--val-every", "0", "--num-workers", "0"]
+    return [
+        "--arrow",
+        str(arrow),
+        "--tokenizer",
+        str(tokenizer),
+        "--model",
+        PRETRAIN_MODEL_ARG,
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--val-every",
+        "0",
+        "--num-workers",
+        "0",
+    ]
 
 
 def run_cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(cli(*args), cwd=ROOT, capture_output=True, text=True, **kwargs)
+    return subprocess.run(pretrain_cli(*args), cwd=ROOT, capture_output=True, text=True, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def seed_run(corpus: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     root = tmp_path_factory.mktemp("seed-run")
-    args = [*common_args(corpus), "--out", str(root / "seed.safetensors"), "--work-dir", str(root / "work"),
-            "--steps", "4", "--ckpt-every", "2", "--val-every", "2", "--val-batches", "1"]
+    args = [
+        *common_args(corpus),
+        "--out",
+        str(root / "seed.safetensors"),
+        "--work-dir",
+        str(root / "work"),
+        "--steps",
+        "4",
+        "--ckpt-every",
+        "2",
+        "--val-every",
+        "2",
+        "--val-batches",
+        "1",
+    ]
     done = run_cli(args)
     assert done.returncode == 0, done.stderr
     return root / "seed.safetensors", args
 
 
+@pytest.mark.slow
 def test_cli_writes_a_strict_loadable_checkpoint_of_the_trained_weights(seed_run, corpus) -> None:
     out, args = seed_run
     model, meta = load_model(out)
@@ -315,18 +353,37 @@ def test_cli_writes_a_strict_loadable_checkpoint_of_the_trained_weights(seed_run
     assert out.read_bytes() == first
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_uninterrupted_weights(seed_run, corpus, tmp_path: Path) -> None:
     seed, _ = seed_run
     # modality-specific from the seed, with gradient accumulation 2 and a loader worker
-    args = [*common_args(corpus), "--sharing", "modality_specific", "--init", f"seed:{seed}", "--steps", "6",
-            "--ckpt-every", "2", "--global-batch", "16", "--num-workers", "1"]
+    args = [
+        *common_args(corpus),
+        "--sharing",
+        "modality_specific",
+        "--init",
+        f"seed:{seed}",
+        "--steps",
+        "6",
+        "--ckpt-every",
+        "2",
+        "--global-batch",
+        "16",
+        "--num-workers",
+        "1",
+    ]
     # Both runs side by side, one thread each (the same thread count keeps float sums identical).
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     whole_log = (tmp_path / "whole.log").open("w")
-    whole = subprocess.Popen(cli(*args, "--out", tmp_path / "whole.safetensors", "--work-dir", tmp_path / "w1"),
-                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=whole_log)
+    whole = subprocess.Popen(
+        pretrain_cli(*args, "--out", tmp_path / "whole.safetensors", "--work-dir", tmp_path / "w1"),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=whole_log,
+    )
     out, work = tmp_path / "resumed.safetensors", tmp_path / "w2"
-    run = cli(*args, "--out", out, "--work-dir", work)
+    run = pretrain_cli(*args, "--out", out, "--work-dir", work)
     killed = subprocess.Popen(run, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = work / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 120
@@ -370,14 +427,16 @@ def test_bad_input_is_a_one_line_error(corpus, tmp_path: Path, capsys, monkeypat
     assert "init: expected scratch or beit:PATH or seed:PATH" in error_of([*base, "--init", "beit:"], capsys)
     assert "does not exist" in error_of([*base, "--init", f"seed:{tmp_path / 'missing'}"], capsys)
     assert "loss_weights: the weights must not all be 0" in error_of(
-        [*base, "--loss-weights", "mlm=0,itc=0,itm=0"], capsys)
+        [*base, "--loss-weights", "mlm=0,itc=0,itm=0"], capsys
+    )
     assert "is not a multiple" in error_of([*base, "--global-batch", "12"], capsys)
     (tmp_path / "empty").mkdir()
-    assert "missing pre-training table" in error_of([*base, "--arrow", str(tmp_path / "empty"), "--datasets", "vg"],
-                                                    capsys)
+    assert "missing pre-training table" in error_of(
+        [*base, "--arrow", str(tmp_path / "empty"), "--datasets", "vg"], capsys
+    )
     ms = tmp_path / "ms.safetensors"
     torch.manual_seed(0)
-    save_model(ms, create_model("tiny", "modality_specific", Heads.pretraining(), **MODEL, vocab_size=300))
+    save_model(ms, create_model("tiny", "modality_specific", Heads.pretraining(), **PRETRAIN_MODEL, vocab_size=300))
     assert "not a shared (MA) model" in error_of([*base, "--sharing", "ln", "--init", f"seed:{ms}"], capsys)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     message = error_of([*base, "--strategy", "fsdp"], capsys)
@@ -419,8 +478,10 @@ def section_of(*files: str) -> dict:
 
 
 def test_the_settings_import_no_torch() -> None:
-    code = ("import sys, vlmerge.pretrain.config, workflow.pretraining; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    code = (
+        "import sys, vlmerge.pretrain.config, workflow.pretraining; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
@@ -440,8 +501,9 @@ def test_config_errors_name_the_key_in_one_line(tmp_path: Path, capsys) -> None:
     unknown = error_of([*PATH_ARGS, "--config", '{"lrate": 0.001}'], capsys)
     assert unknown.startswith("vlmerge.pretrain: error: lrate: ") and "not permitted" in unknown
     assert "loss_weights.itx" in error_of([*PATH_ARGS, "--config", '{"loss_weights": {"itx": 1}}'], capsys)
-    assert "model: ['dim'] must be whole numbers" in error_of([*PATH_ARGS, "--config", '{"model": {"dim": 1.5}}'],
-                                                               capsys)
+    assert "model: ['dim'] must be whole numbers" in error_of(
+        [*PATH_ARGS, "--config", '{"model": {"dim": 1.5}}'], capsys
+    )
 
 
 def test_a_flag_overrides_its_key_of_config() -> None:
@@ -469,9 +531,18 @@ def test_the_section_accepts_the_shipped_config_blocks() -> None:
     with pytest.raises(ConfigError, match="pretrain.gpus: "):
         build(PretrainSection, section_of("config.yaml") | {"gpus": 8}, "pretrain")
     with pytest.raises(ConfigError, match="pretrain.runs.ms.sharing: "):
-        build(PretrainSection, section_of("config.yaml") | {"runs": {
-            "seed": {"steps": 2, "warmup": 0}, "ma": {"steps": 2, "warmup": 0},
-            "ms": {"steps": 2, "warmup": 0, "sharing": "shared"}}}, "pretrain")
+        build(
+            PretrainSection,
+            section_of("config.yaml")
+            | {
+                "runs": {
+                    "seed": {"steps": 2, "warmup": 0},
+                    "ma": {"steps": 2, "warmup": 0},
+                    "ms": {"steps": 2, "warmup": 0, "sharing": "shared"},
+                }
+            },
+            "pretrain",
+        )
 
 
 def test_the_workflow_passes_the_run_settings_quoted(tmp_path: Path) -> None:

@@ -5,20 +5,51 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from test_pretrain import MODEL_ARG, ROOT, build_pretrain_data, cli
+import pytest
 
+from tests.builders import PRETRAIN_MODEL_ARG, ROOT, build_pretrain_data, pretrain_cli
 from vlmerge.model import Sharing
 from vlmerge.model.checkpoint import load_model
+
+pytestmark = pytest.mark.slow  # real snakemake runs / several processes per test
 
 
 def test_two_process_ddp_run_writes_one_checkpoint(tmp_path: Path) -> None:
     arrow, tokenizer = build_pretrain_data(tmp_path / "data")
     out, work = tmp_path / "out" / "ms.safetensors", tmp_path / "work"
-    args = ["--arrow", arrow, "--tokenizer", tokenizer, "--out", out, "--work-dir", work, "--model", MODEL_ARG,
-            "--image-size", "32", "--sharing", "modality_specific", "--devices", "2", "--batch-size", "4",
-            "--global-batch", "16", "--steps", "3", "--ckpt-every", "3", "--val-every", "2", "--val-batches", "1",
-            "--num-workers", "0"]
-    done = subprocess.run(cli(*args), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    args = [
+        "--arrow",
+        arrow,
+        "--tokenizer",
+        tokenizer,
+        "--out",
+        out,
+        "--work-dir",
+        work,
+        "--model",
+        PRETRAIN_MODEL_ARG,
+        "--image-size",
+        "32",
+        "--sharing",
+        "modality_specific",
+        "--devices",
+        "2",
+        "--batch-size",
+        "4",
+        "--global-batch",
+        "16",
+        "--steps",
+        "3",
+        "--ckpt-every",
+        "3",
+        "--val-every",
+        "2",
+        "--val-batches",
+        "1",
+        "--num-workers",
+        "0",
+    ]
+    done = subprocess.run(pretrain_cli(*args), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Starting with 2 processes" in done.stderr  # really two ranks
     assert sorted(p.name for p in out.parent.iterdir()) == ["ms.json", "ms.safetensors"]

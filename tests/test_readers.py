@@ -13,8 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmerge.data.readers import (ArrowTables, CaptionPairs, NLVR2Dataset, ReaderError, RetrievalDataset,
-                                  VQADataset)
+from vlmerge.data.readers import ArrowTables, CaptionPairs, NLVR2Dataset, ReaderError, RetrievalDataset, VQADataset
 from vlmerge.data.schema import CAPTION, NLVR2, VQA
 
 
@@ -41,8 +40,12 @@ def write(path: Path, schema: pa.Schema, rows: dict[str, list]) -> Path:
 
 def caption_rows(first: int, captions: list[list[str]]) -> dict[str, list]:
     n = len(captions)
-    return {"image": [png(first + i) for i in range(n)], "caption": captions,
-            "image_id": [f"img{first + i}" for i in range(n)], "split": ["train"] * n}
+    return {
+        "image": [png(first + i) for i in range(n)],
+        "caption": captions,
+        "image_id": [f"img{first + i}" for i in range(n)],
+        "split": ["train"] * n,
+    }
 
 
 CAPTIONS_A = [["a red circle", "one circle"], [], ["two squares", "a b", "c d e"]]
@@ -51,8 +54,10 @@ CAPTIONS_B = [["a blue triangle"], ["x", "y", "z", "w"]]
 
 @pytest.fixture()
 def caption_files(tmp_path: Path) -> list[Path]:
-    return [write(tmp_path / "sbu_0.arrow", CAPTION, caption_rows(0, CAPTIONS_A)),
-            write(tmp_path / "sbu_1.arrow", CAPTION, caption_rows(3, CAPTIONS_B))]
+    return [
+        write(tmp_path / "sbu_0.arrow", CAPTION, caption_rows(0, CAPTIONS_A)),
+        write(tmp_path / "sbu_1.arrow", CAPTION, caption_rows(3, CAPTIONS_B)),
+    ]
 
 
 def naive_pairs(captions: list[list[str]]) -> list[tuple[int, str]]:
@@ -74,8 +79,16 @@ def test_tables_are_memory_mapped(tmp_path: Path) -> None:
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(noise).save(buffer, format="PNG")
-    path = write(tmp_path / "big.arrow", CAPTION, {"image": [buffer.getvalue()] * 200, "caption": [["x"]] * 200,
-                                                     "image_id": ["i"] * 200, "split": ["train"] * 200})
+    path = write(
+        tmp_path / "big.arrow",
+        CAPTION,
+        {
+            "image": [buffer.getvalue()] * 200,
+            "caption": [["x"]] * 200,
+            "image_id": ["i"] * 200,
+            "split": ["train"] * 200,
+        },
+    )
     before = pa.total_allocated_bytes()
     data = CaptionPairs([path], to_tensor)
     assert pa.total_allocated_bytes() - before < path.stat().st_size / 10
@@ -126,7 +139,8 @@ def test_retrieval_sides_and_index(caption_files: list[Path]) -> None:
     assert [data.image_side[i]["image"][:, 0, 0].tolist() for i in range(5)] == [list(colour(i)) for i in range(5)]
     capped = RetrievalDataset(caption_files, to_tensor, captions_per_image=2)
     assert [(s["image_index"], s["text"]) for s in capped] == [
-        (r, t) for r, texts in enumerate(CAPTIONS_A + CAPTIONS_B) for t in texts[:2]]
+        (r, t) for r, texts in enumerate(CAPTIONS_A + CAPTIONS_B) for t in texts[:2]
+    ]
 
 
 def vqa_rows() -> dict[str, list]:
@@ -155,12 +169,15 @@ def test_vqa_one_sample_per_question_with_soft_targets(tmp_path: Path) -> None:
     assert test["answers"] == [] and test["answer_labels"] == [] and test["target"].sum() == 0
 
 
-@pytest.mark.parametrize("field, value, needle", [
-    ("answer_labels", [[[0, 1]], [[3]], []], "row 0"),          # one label list for two questions
-    ("question_id", [[100], [110], [120]], "row 0"),
-    ("answer_scores", [[[1.0], [0.9]], [[0.6]], []], "unequal label and score"),
-    ("answer_labels", [[[0, 1], [2]], [[7]], []], "outside"),     # label beyond num_answers
-])
+@pytest.mark.parametrize(
+    "field, value, needle",
+    [
+        ("answer_labels", [[[0, 1]], [[3]], []], "row 0"),  # one label list for two questions
+        ("question_id", [[100], [110], [120]], "row 0"),
+        ("answer_scores", [[[1.0], [0.9]], [[0.6]], []], "unequal label and score"),
+        ("answer_labels", [[[0, 1], [2]], [[7]], []], "outside"),  # label beyond num_answers
+    ],
+)
 def test_vqa_inconsistent_rows_are_errors(tmp_path: Path, field: str, value: list, needle: str) -> None:
     rows = vqa_rows()
     rows[field] = value
@@ -169,23 +186,33 @@ def test_vqa_inconsistent_rows_are_errors(tmp_path: Path, field: str, value: lis
 
 
 def nlvr2_rows(answers: list[list[str]]) -> dict[str, list]:
-    return {"image_0": [png(0), png(2)], "image_1": [png(1), png(3)],
-            "questions": [["left has more", "both have dogs"], ["right is empty"]], "answers": answers,
-            "identifier": ["dev-1-0", "dev-1-1"]}
+    return {
+        "image_0": [png(0), png(2)],
+        "image_1": [png(1), png(3)],
+        "questions": [["left has more", "both have dogs"], ["right is empty"]],
+        "answers": answers,
+        "identifier": ["dev-1-0", "dev-1-1"],
+    }
 
 
 def test_nlvr2_statements_labels_and_image_pairs(tmp_path: Path) -> None:
-    data = NLVR2Dataset([write(tmp_path / "nlvr2_dev.arrow", NLVR2, nlvr2_rows([["True", "False"], ["False"]]))],
-                        to_tensor)
+    data = NLVR2Dataset(
+        [write(tmp_path / "nlvr2_dev.arrow", NLVR2, nlvr2_rows([["True", "False"], ["False"]]))], to_tensor
+    )
     got = [(s["text"], s["label"], s["identifier"], s["statement_index"]) for s in data]
-    assert got == [("left has more", 1, "dev-1-0", 0), ("both have dogs", 0, "dev-1-0", 1),
-                   ("right is empty", 0, "dev-1-1", 0)]
+    assert got == [
+        ("left has more", 1, "dev-1-0", 0),
+        ("both have dogs", 0, "dev-1-0", 1),
+        ("right is empty", 0, "dev-1-1", 0),
+    ]
     last = data[2]
     assert last["image_0"][:, 0, 0].tolist() == list(colour(2)) and last["image_1"][:, 0, 0].tolist() == list(colour(3))
 
 
-@pytest.mark.parametrize("answers, needle", [([["True", "maybe"], ["False"]], "maybe"),
-                                             ([["True"], ["False"]], "2 statements but 1 answers")])
+@pytest.mark.parametrize(
+    "answers, needle",
+    [([["True", "maybe"], ["False"]], "maybe"), ([["True"], ["False"]], "2 statements but 1 answers")],
+)
 def test_nlvr2_bad_answers_are_errors(tmp_path: Path, answers: list[list[str]], needle: str) -> None:
     with pytest.raises(ReaderError, match=needle):
         NLVR2Dataset([write(tmp_path / "nlvr2.arrow", NLVR2, nlvr2_rows(answers))], to_tensor)

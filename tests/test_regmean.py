@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import PICO
-from vlmerge.merging import METHODS, GramStats, GramsError, gram_targets, merge, merge_with_report
+from vlmerge.merging import METHODS, GramsError, GramStats, gram_targets, merge, merge_with_report
 from vlmerge.merging.regmean import regmean_solve, scale_offdiagonal
 from vlmerge.merging.solve import solve_psd
 from vlmerge.model import Modality, create_model, expert_layout, model_config
@@ -26,22 +26,30 @@ def ms_state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 def grams_from(inputs: dict[str, torch.Tensor]) -> GramStats:
     """Exact statistics of per-module inputs X [n, d] (float64)."""
-    return GramStats({n: x.T @ x for n, x in inputs.items()}, {n: x.sum(0) for n, x in inputs.items()},
-                     {n: x.shape[0] for n, x in inputs.items()})
+    return GramStats(
+        {n: x.T @ x for n, x in inputs.items()},
+        {n: x.sum(0) for n, x in inputs.items()},
+        {n: x.shape[0] for n, x in inputs.items()},
+    )
 
 
 def layout_grams(fill, seed: int = 0) -> GramStats:
     """Grams for every hook point of the small MS model, X from ``fill(name, dim, generator)``."""
     layout = expert_layout(model_config("pico"), "modality_specific")
     g = torch.Generator().manual_seed(seed)
-    return grams_from({name: fill(name, PICO["mlp_dim"] if name.endswith("fc2") else PICO["dim"], g)
-                       for name, _ in gram_targets(layout)})
+    return grams_from(
+        {
+            name: fill(name, PICO["mlp_dim"] if name.endswith("fc2") else PICO["dim"], g)
+            for name, _ in gram_targets(layout)
+        }
+    )
 
 
 def regmean(experts, grams, exact: bool = False, **params):
     method = METHODS["regmean_exact_bias" if exact else "regmean"]
-    return method.fn(experts, None, grams=grams, **({"alpha": 1.0, "normalize": "sum", "max_cond": 1e10,
-                                                        "unseen": "error"} | params))
+    return method.fn(
+        experts, None, grams=grams, **({"alpha": 1.0, "normalize": "sum", "max_cond": 1e10, "unseen": "error"} | params)
+    )
 
 
 # ---------------------------------------------------------------------------------------------- closed forms
@@ -59,8 +67,9 @@ def test_equal_grams_give_the_plain_average() -> None:
 
 def test_alpha_zero_is_the_diagonal_weighted_average() -> None:
     ms = ms_state(1)
-    grams = layout_grams(lambda name, dim, g: torch.randn(3 * dim, dim, generator=g, dtype=F64)
-                         * torch.rand(dim, generator=g, dtype=F64))
+    grams = layout_grams(
+        lambda name, dim, g: torch.randn(3 * dim, dim, generator=g, dtype=F64) * torch.rand(dim, generator=g, dtype=F64)
+    )
     out = merge("regmean", ms, grams=grams, alpha=0.0)
     for layer, m_set in ((0, ("v", "l")), (2, ("v", "l", "vl"))):
         weights = {m: ms[f"transformer.blocks.{layer}.mlp.{m}.fc2.weight"].to(F64) for m in m_set}
@@ -73,8 +82,11 @@ def test_regmean_is_exact_on_a_linear_regression_toy() -> None:
     g = torch.Generator().manual_seed(0)
     d, out_dim = 6, 3
     xs = [torch.randn(n, d, generator=g, dtype=F64) + shift for n, shift in ((40, 0.0), (25, 1.5))]
-    ys = [x @ torch.randn(d, out_dim, generator=g, dtype=F64) + 0.1 * torch.randn(x.shape[0], out_dim, generator=g,
-                                                                                   dtype=F64) for x in xs]
+    ys = [
+        x @ torch.randn(d, out_dim, generator=g, dtype=F64)
+        + 0.1 * torch.randn(x.shape[0], out_dim, generator=g, dtype=F64)
+        for x in xs
+    ]
     fits = [torch.linalg.lstsq(x, y).solution.T for x, y in zip(xs, ys)]  # [out, in] per expert
     union = torch.linalg.lstsq(torch.cat(xs), torch.cat(ys)).solution.T
     merged, record = regmean_solve(dict(zip((V, L), fits)), {m: x.T @ x for m, x in zip((V, L), xs)}, 1e10)
@@ -86,8 +98,10 @@ def test_regmean_is_exact_on_a_linear_regression_toy() -> None:
     ones = [torch.cat([x, torch.ones(x.shape[0], 1, dtype=F64)], 1) for x in xs]
     fits_b = [torch.linalg.lstsq(x1, y).solution.T for x1, y in zip(ones, ys)]
     union_b = torch.linalg.lstsq(torch.cat(ones), torch.cat(ys)).solution.T
-    experts = {KEY: {m: f[:, :-1].clone() for m, f in zip((V, L), fits_b)},
-               BIAS: {m: f[:, -1].clone() for m, f in zip((V, L), fits_b)}}
+    experts = {
+        KEY: {m: f[:, :-1].clone() for m, f in zip((V, L), fits_b)},
+        BIAS: {m: f[:, -1].clone() for m, f in zip((V, L), fits_b)},
+    }
     grams = grams_from({GRAM.format(m.value): x for m, x in zip((V, L), xs)})
     exact = regmean(experts, grams, exact=True).state
     torch.testing.assert_close(exact[KEY], union_b[:, :-1], rtol=1e-9, atol=1e-10)
@@ -110,17 +124,21 @@ def test_exact_bias_on_qkv_keeps_q_and_v_biases_and_drops_k() -> None:
     experts = {key: {}, prefix + "q_bias": {}, prefix + "v_bias": {}}
     targets = []
     for m, x in zip((V, L), xs):
-        w, qb, vb = torch.randn(3 * d, d, generator=g, dtype=F64), torch.randn(d, generator=g, dtype=F64), \
-            torch.randn(d, generator=g, dtype=F64)
+        w, qb, vb = (
+            torch.randn(3 * d, d, generator=g, dtype=F64),
+            torch.randn(d, generator=g, dtype=F64),
+            torch.randn(d, generator=g, dtype=F64),
+        )
         experts[key][m], experts[prefix + "q_bias"][m], experts[prefix + "v_bias"][m] = w, qb, vb
         targets.append(x @ w.T + torch.cat([qb, torch.zeros(d, dtype=F64), vb]))  # each expert's own outputs
     ones = torch.cat([torch.cat(xs), torch.ones(sum(x.shape[0] for x in xs), 1, dtype=F64)], 1)
     union = torch.linalg.lstsq(ones, torch.cat(targets)).solution.T  # [3d, d+1]
-    out = regmean(experts, grams_from({f"transformer.blocks.0.attn.{m.value}": x for m, x in zip((V, L), xs)}),
-                  exact=True).state
+    out = regmean(
+        experts, grams_from({f"transformer.blocks.0.attn.{m.value}": x for m, x in zip((V, L), xs)}), exact=True
+    ).state
     torch.testing.assert_close(out[key], union[:, :-1], rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(out[prefix + "q_bias"], union[:d, -1], rtol=1e-9, atol=1e-10)
-    torch.testing.assert_close(out[prefix + "v_bias"], union[2 * d:, -1], rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(out[prefix + "v_bias"], union[2 * d :, -1], rtol=1e-9, atol=1e-10)
 
 
 # ---------------------------------------------------------------------------------------------- numerics
@@ -135,8 +153,9 @@ def test_singular_grams_take_the_ridge_path_and_record_it() -> None:
 
     merged = merge_with_report("regmean", ms, grams=layout_grams(dead_column))
     records = merged.diagnostics["method_diagnostics"]["linear"]
-    assert merged.diagnostics["method_diagnostics"]["ridged"] == [f"transformer.blocks.{i}.mlp.fc1.weight"
-                                                                   for i in range(3)]
+    assert merged.diagnostics["method_diagnostics"]["ridged"] == [
+        f"transformer.blocks.{i}.mlp.fc1.weight" for i in range(3)
+    ]
     assert records["transformer.blocks.0.mlp.fc1.weight"]["ridge"] > 0
     assert records["transformer.blocks.0.attn.qkv.weight"]["ridge"] == 0
     assert records["transformer.blocks.0.attn.qkv.weight"]["residual"] < 1e-10
@@ -144,8 +163,9 @@ def test_singular_grams_take_the_ridge_path_and_record_it() -> None:
     # The ridge pulls toward the experts' mean: the unused input column gets exactly that.
     for i, experts in enumerate((("v", "l"), ("v", "l", "vl"), ("v", "l", "vl"))):
         columns = [ms[f"transformer.blocks.{i}.mlp.{m}.fc1.weight"][:, 0] for m in experts]
-        torch.testing.assert_close(merged.state[f"transformer.blocks.{i}.mlp.fc1.weight"][:, 0],
-                                   sum(columns) / len(columns))
+        torch.testing.assert_close(
+            merged.state[f"transformer.blocks.{i}.mlp.fc1.weight"][:, 0], sum(columns) / len(columns)
+        )
 
 
 def test_solve_escalates_on_ill_conditioning_and_reports_residual() -> None:
@@ -166,9 +186,11 @@ def test_solve_escalates_on_ill_conditioning_and_reports_residual() -> None:
 def test_missing_or_foreign_grams_are_errors_naming_the_layer() -> None:
     ms = ms_state(3)
     grams = layout_grams(lambda name, dim, g: torch.randn(2 * dim, dim, generator=g, dtype=F64))
-    no_vl = GramStats({n: t for n, t in grams.xtx.items() if ".vl." not in n},
-                      {n: t for n, t in grams.sums.items() if ".vl." not in n},
-                      {n: c for n, c in grams.counts.items() if ".vl." not in n})
+    no_vl = GramStats(
+        {n: t for n, t in grams.xtx.items() if ".vl." not in n},
+        {n: t for n, t in grams.sums.items() if ".vl." not in n},
+        {n: c for n, c in grams.counts.items() if ".vl." not in n},
+    )
     with pytest.raises(GramsError, match=r"transformer\.blocks\.1\.attn\.vl.*layer 1 \(expert vl\)"):
         merge("regmean", ms, grams=no_vl)
     # VQA uses only the vl expert from F on: one expert, nothing to solve, no vl gram needed.
@@ -187,8 +209,11 @@ def test_unseen_experts_are_an_error_or_explicitly_skipped() -> None:
     ms = ms_state(4)
     grams = layout_grams(lambda name, dim, g: torch.randn(2 * dim, dim, generator=g, dtype=F64))
     fusion = [n for n in grams.names if int(n.split(".")[2]) >= 1 and ".vl" not in n]
-    pairs = GramStats({n: grams.xtx[n] * (n not in fusion) for n in grams.names}, grams.sums,
-                      {n: 0 if n in fusion else c for n, c in grams.counts.items()})
+    pairs = GramStats(
+        {n: grams.xtx[n] * (n not in fusion) for n in grams.names},
+        grams.sums,
+        {n: 0 if n in fusion else c for n, c in grams.counts.items()},
+    )
     with pytest.raises(GramsError, match=r"transformer\.blocks\.1\.attn\.v \(layer 1, expert v\) saw no tokens"):
         merge("regmean", ms, grams=pairs)
     merged = merge_with_report("regmean", ms, grams=pairs, unseen="skip")

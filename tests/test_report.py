@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from test_workflow import planned_jobs, snakemake, write_config
 
+from tests.builders import planned_jobs, snakemake, write_config
 from vlmerge.report.cli import main
 from vlmerge.report.headline import HEADLINES, columns
 from vlmerge.report.plots import line_plot, scatter_plot, series_gid, write_plot
@@ -35,8 +35,9 @@ SVG = "{http://www.w3.org/2000/svg}"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def write_result(root: Path, task: str, method: str, scores: dict[str, float],
-                 merge: dict[str, float] | None = None) -> Path:
+def write_result(
+    root: Path, task: str, method: str, scores: dict[str, float], merge: dict[str, float] | None = None
+) -> Path:
     """A result JSON shaped like ``python -m vlmerge.evaluate`` writes it; ``scores`` keyed by column label."""
     splits: dict[str, dict] = {}
     for column in HEADLINES[task]:
@@ -46,8 +47,11 @@ def write_result(root: Path, task: str, method: str, scores: dict[str, float],
     parent = {"stage": "merge", "merge": {"method": "x", "params": merge}} if merge else {"stage": "pretrain"}
     path = root / task / f"{method}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"task": task, "method": method, "splits": splits,
-                                "lineage": {"stage": "finetune", "parent": parent}}))
+    path.write_text(
+        json.dumps(
+            {"task": task, "method": method, "splits": splits, "lineage": {"stage": "finetune", "parent": parent}}
+        )
+    )
     return path
 
 
@@ -56,8 +60,21 @@ def random_scores(rng: random.Random, task: str) -> dict[str, float]:
 
 
 def run_report(tmp_path: Path, results: list[Path], *extra: str) -> int:
-    return main(["--results", *map(str, results), "--sharing", "modality_specific", "--seed-steps", "150",
-                 "--tables", str(tmp_path / "tables"), "--plots", str(tmp_path / "plots"), *extra])
+    return main(
+        [
+            "--results",
+            *map(str, results),
+            "--sharing",
+            "modality_specific",
+            "--seed-steps",
+            "150",
+            "--tables",
+            str(tmp_path / "tables"),
+            "--plots",
+            str(tmp_path / "plots"),
+            *extra,
+        ]
+    )
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -97,10 +114,15 @@ def test_markdown_csv_and_latex_agree(tmp_path: Path) -> None:
     paths, _ = main_results(tmp_path, seed=1)
     assert run_report(tmp_path, paths) == 0
     rows = read_csv(tmp_path / "tables/main.csv")
-    md = [[cell.strip() for cell in line.strip("|").split("|")]
-          for line in (tmp_path / "tables/main.md").read_text().splitlines()]
-    tex = [line.removesuffix(r" \\").split(" & ") for line in (tmp_path / "tables/main.tex").read_text().splitlines()
-           if line.endswith(r" \\")]
+    md = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in (tmp_path / "tables/main.md").read_text().splitlines()
+    ]
+    tex = [
+        line.removesuffix(r" \\").split(" & ")
+        for line in (tmp_path / "tables/main.tex").read_text().splitlines()
+        if line.endswith(r" \\")
+    ]
     header = list(rows[0])
     assert md[0] == header and tex[0] == header
     assert len(md) == len(rows) + 2 and len(tex) == len(rows) + 1  # markdown has an alignment line
@@ -113,15 +135,20 @@ def test_markdown_csv_and_latex_agree(tmp_path: Path) -> None:
 def sweep_results(tmp_path: Path) -> tuple[list[Path], str]:
     """Results of an interpolation ratio sweep on VQA and NLVR2, and the ``--sweep`` argument."""
     rng = random.Random(2)
-    paths = [write_result(tmp_path / "results", t, name, random_scores(rng, t), {"ratio": ratio})
-             for name, ratio in {"interp_r0.25": 0.25, "interpolation": 0.5, "interp_r0.75": 0.75}.items()
-             for t in ("vqa", "nlvr2")]
+    paths = [
+        write_result(tmp_path / "results", t, name, random_scores(rng, t), {"ratio": ratio})
+        for name, ratio in {"interp_r0.25": 0.25, "interpolation": 0.5, "interp_r0.75": 0.75}.items()
+        for t in ("vqa", "nlvr2")
+    ]
     return paths, "interpolation_ratio:interpolation:ratio=interp_r0.25,interpolation,interp_r0.75"
 
 
 def written_bytes(tmp_path: Path) -> dict[str, bytes]:
-    return {f"{p.parent.name}/{p.name}": p.read_bytes() for folder in ("tables", "plots")
-            for p in (tmp_path / folder).iterdir()}
+    return {
+        f"{p.parent.name}/{p.name}": p.read_bytes()
+        for folder in ("tables", "plots")
+        for p in (tmp_path / folder).iterdir()
+    }
 
 
 def test_rerun_gives_identical_bytes(tmp_path: Path) -> None:
@@ -135,8 +162,20 @@ def test_rerun_gives_identical_bytes(tmp_path: Path) -> None:
     assert b"Software" not in first["plots/sweep_interpolation_ratio.png"]
     assert run_report(tmp_path, paths, "--sweep", sweep) == 0
     assert written_bytes(tmp_path) == first
-    args = ["--results", *map(str, paths), "--sharing", "modality_specific", "--seed-steps", "150", "--sweep", sweep,
-            "--tables", str(tmp_path / "tables"), "--plots", str(tmp_path / "plots")]
+    args = [
+        "--results",
+        *map(str, paths),
+        "--sharing",
+        "modality_specific",
+        "--seed-steps",
+        "150",
+        "--sweep",
+        sweep,
+        "--tables",
+        str(tmp_path / "tables"),
+        "--plots",
+        str(tmp_path / "plots"),
+    ]
     (tmp_path / "mpl").mkdir()  # a user's matplotlibrc must not change the plots
     (tmp_path / "mpl/matplotlibrc").write_text("lines.linewidth: 4\nfont.size: 20\nsvg.fonttype: none\n")
     env = {"PATH": "", "PYTHONHASHSEED": "12345", "MPLCONFIGDIR": str(tmp_path / "mpl")}
@@ -146,8 +185,10 @@ def test_rerun_gives_identical_bytes(tmp_path: Path) -> None:
 
 def test_workflow_facing_modules_import_nothing_heavy() -> None:
     """The workflow imports these at Snakemake start-up: pandas, matplotlib and scipy stay out."""
-    code = ("import sys, vlmerge.report.outputs, vlmerge.report.config, vlmerge.report.sweeps; "
-            "print(sorted(m for m in ('pandas', 'matplotlib', 'scipy') if m in sys.modules))")
+    code = (
+        "import sys, vlmerge.report.outputs, vlmerge.report.config, vlmerge.report.sweeps; "
+        "print(sorted(m for m in ('pandas', 'matplotlib', 'scipy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"
 
@@ -205,8 +246,11 @@ def markers(path: Path) -> int:
 
 
 def test_plots_are_svg_and_png_with_one_marker_per_point(tmp_path: Path) -> None:
-    series = [Series("a & <b>", (0.1, 0.5, 0.3), (0.2, 0.4, 0.9)), Series("c", (0.2, 0.25), (0.5, 0.5)),
-              Series("empty", (), ())]
+    series = [
+        Series("a & <b>", (0.1, 0.5, 0.3), (0.2, 0.4, 0.9)),
+        Series("c", (0.2, 0.25), (0.5, 0.5)),
+        Series("empty", (), ()),
+    ]
     line = write_plot(line_plot(series, "sweep", "ratio", "score"), tmp_path / "line")
     scatter = write_plot(scatter_plot(series, "scatter", "x", "y"), tmp_path / "scatter")
     assert line == [tmp_path / "line.svg", tmp_path / "line.png"]
@@ -223,8 +267,9 @@ def test_plots_are_svg_and_png_with_one_marker_per_point(tmp_path: Path) -> None
 
 
 def test_plot_joins_points_in_x_order_and_axes_cover_them() -> None:
-    figure = line_plot([Series("a", (0.5, 0.1, 0.3), (1.0, 2.0, 3.0)), Series("one point", (7.0,), (-1.0,))],
-                       "t", "x", "y")
+    figure = line_plot(
+        [Series("a", (0.5, 0.1, 0.3), (1.0, 2.0, 3.0)), Series("one point", (7.0,), (-1.0,))], "t", "x", "y"
+    )
     axes = figure.axes[0]
     assert [tuple(line.get_xdata()) for line in axes.get_lines()] == [(0.1, 0.3, 0.5), (7.0,)]
     assert tuple(axes.get_lines()[0].get_ydata()) == (2.0, 3.0, 1.0)
@@ -242,16 +287,27 @@ def test_dollars_in_a_label_are_text(tmp_path: Path) -> None:
 
 
 def test_table_cells_escapes_and_missing_values() -> None:
-    frame = pd.DataFrame({"method": ["a_b|c", "d"], "n": [5, 12], "ratio": [0.25, 1 / 3],
-                          "VQA score": [0.123456, math.nan]})
+    frame = pd.DataFrame(
+        {"method": ["a_b|c", "d"], "n": [5, 12], "ratio": [0.25, 1 / 3], "VQA score": [0.123456, math.nan]}
+    )
     header, align, *body = to_markdown(frame, ["VQA score"]).splitlines()
     cells = [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in (header, *body)]
-    assert cells == [["method", "n", "ratio", "VQA score"], [r"a_b\|c", "5", "0.25", "12.35"],
-                     ["d", "12", "0.3333", "–"]]
+    assert cells == [
+        ["method", "n", "ratio", "VQA score"],
+        [r"a_b\|c", "5", "0.25", "12.35"],
+        ["d", "12", "0.3333", "–"],
+    ]
     assert align.replace("-", "") == "|:|:|:|:|"  # text left, numbers right
     assert to_latex(frame, ["VQA score"]).splitlines() == [
-        r"\begin{tabular}{lrrr}", r"\toprule", r"method & n & ratio & VQA score \\", r"\midrule",
-        r"a\_b|c & 5 & 0.25 & 12.35 \\", r"d & 12 & 0.3333 & -- \\", r"\bottomrule", r"\end{tabular}"]
+        r"\begin{tabular}{lrrr}",
+        r"\toprule",
+        r"method & n & ratio & VQA score \\",
+        r"\midrule",
+        r"a\_b|c & 5 & 0.25 & 12.35 \\",
+        r"d & 12 & 0.3333 & -- \\",
+        r"\bottomrule",
+        r"\end{tabular}",
+    ]
 
 
 def test_sweep_detection() -> None:
@@ -262,8 +318,10 @@ def test_sweep_detection() -> None:
         "arithmetic": {"method": "arithmetic", "params": {"lam": 0.5}},
         "arith_upstream": {"method": "arithmetic", "params": {"lam": 0.5, "mode": "upstream"}},  # not numeric
         "regmean": {"method": "regmean", "params": {"alpha": 0.9, "normalize": "mean", "used_experts_only": "task"}},
-        "regmean_a0.5": {"method": "regmean",
-                         "params": {"alpha": 0.5, "normalize": "mean", "used_experts_only": "task"}},
+        "regmean_a0.5": {
+            "method": "regmean",
+            "params": {"alpha": 0.5, "normalize": "mean", "used_experts_only": "task"},
+        },
         "regmean_sum": {"method": "regmean", "params": {"alpha": 0.1, "normalize": "sum", "used_experts_only": "task"}},
         "ties_a": {"method": "ties", "params": {"k": 20, "lam": 1.0}},
         "ties_b": {"method": "ties", "params": {"k": 50, "lam": 0.5}},  # two parameters change: no sweep
@@ -275,8 +333,13 @@ def test_sweep_detection() -> None:
         "interpolation_ratio": ("interpolation", "ratio", ("interp_r0.25", "interpolation", "interp_r0.75")),
         "regmean_alpha": ("regmean", "alpha", ("regmean_a0.5", "regmean")),
     }
-    twice = {**entries, "regmean_sum_b": {"method": "regmean", "params": {"alpha": 0.3, "normalize": "sum",
-                                                                        "used_experts_only": "task"}}}
+    twice = {
+        **entries,
+        "regmean_sum_b": {
+            "method": "regmean",
+            "params": {"alpha": 0.3, "normalize": "sum", "used_experts_only": "task"},
+        },
+    }
     assert sorted(s.name for s in find_sweeps(twice)) == ["interpolation_ratio", "regmean_alpha_1", "regmean_alpha_2"]
     assert find_sweeps({"a": {"method": "interpolation", "params": {"ratio": 0.5}}}) == []
 
@@ -286,7 +349,10 @@ def test_sweep_table_and_plot_read_the_parameter_from_the_lineage(tmp_path: Path
     assert run_report(tmp_path, paths, "--sweep", sweep) == 0
     rows = read_csv(tmp_path / "tables/sweep_interpolation_ratio.csv")
     assert [(r["merge"], float(r["ratio"])) for r in rows] == [
-        ("interp_r0.25", 0.25), ("interpolation", 0.5), ("interp_r0.75", 0.75)]
+        ("interp_r0.25", 0.25),
+        ("interpolation", 0.5),
+        ("interp_r0.75", 0.75),
+    ]
     assert markers(tmp_path / "plots/sweep_interpolation_ratio.svg") == 3 * 3  # entries x (VQA, NLVR2 dev, test-P)
     assert (tmp_path / "plots/sweep_interpolation_ratio.png").read_bytes().startswith(PNG_SIGNATURE)
 
@@ -300,27 +366,40 @@ def write_distance(root: Path, run: str, values: dict[str, float]) -> Path:
 
 def test_ablation_tables_and_distance_correlation(tmp_path: Path) -> None:
     root, rng = tmp_path / "results", random.Random(3)
-    lineages = {"": "ms_modality_specific", "@ms_attn": "ms_attn", "@ms_ffn": "ms_ffn",
-                "@seed50": "ms_modality_specific@seed50", "@seed300": "ms_modality_specific@seed300"}
+    lineages = {
+        "": "ms_modality_specific",
+        "@ms_attn": "ms_attn",
+        "@ms_ffn": "ms_ffn",
+        "@seed50": "ms_modality_specific@seed50",
+        "@seed300": "ms_modality_specific@seed300",
+    }
     vqa = {suffix: rng.random() for suffix in lineages}
     paths = [write_result(root, "vqa", f"interpolation{s}", {"VQA score": v}) for s, v in vqa.items()]
     paths.append(write_result(root, "vqa", "ma", {"VQA score": 0.3}))
     cosine = {s: rng.random() for s in lineages}
-    distances = [write_distance(root, run, {"l2": 1.0, "cosine": cosine[s], "sign": 0.5, "soft_sign": 0.4,
-                                            "truncated_sign": 0.3}) for s, run in lineages.items()]
+    distances = [
+        write_distance(
+            root, run, {"l2": 1.0, "cosine": cosine[s], "sign": 0.5, "soft_sign": 0.4, "truncated_sign": 0.3}
+        )
+        for s, run in lineages.items()
+    ]
     assert run_report(tmp_path, paths, "--distances", *map(str, distances)) == 0
 
     sharing = read_csv(tmp_path / "tables/sharing.csv")
     assert [(r["method"], r["sharing"]) for r in sharing] == [
-        ("interpolation", "modality_specific"), ("interpolation", "attn"), ("interpolation", "ffn")]
+        ("interpolation", "modality_specific"),
+        ("interpolation", "attn"),
+        ("interpolation", "ffn"),
+    ]
     assert float(sharing[1]["VQA score"]) == pytest.approx(vqa["@ms_attn"])
     seed = read_csv(tmp_path / "tables/seed_steps.csv")
     assert [int(r["seed steps"]) for r in seed] == [50, 150, 300]
     assert [float(r["VQA score"]) for r in seed] == pytest.approx([vqa["@seed50"], vqa[""], vqa["@seed300"]])
     table = {r["distance"]: r for r in read_csv(tmp_path / "tables/distance.csv")}
     suffixes = list(lineages)
-    expected = statistics.correlation(naive_ranks([cosine[s] for s in suffixes]),
-                                      naive_ranks([vqa[s] for s in suffixes]))
+    expected = statistics.correlation(
+        naive_ranks([cosine[s] for s in suffixes]), naive_ranks([vqa[s] for s in suffixes])
+    )
     assert float(table["v-l cosine"]["spearman"]) == pytest.approx(expected) and table["v-l cosine"]["n"] == "5"
     assert table["v-l l2"]["spearman"] == ""  # a constant distance: undefined, an empty cell
     assert markers(tmp_path / "plots/distance_cosine.svg") == 5
@@ -361,8 +440,18 @@ def test_headline_splits_are_the_ones_evaluate_reports() -> None:
 
 def test_report_target_plans_every_result_and_one_report_job(tmp_path: Path) -> None:
     jobs = planned_jobs(tmp_path, write_config(tmp_path), "tables")
-    assert jobs == {"synth": 1, "prepare": 7, "vocab": 1, "pretrain": 3, "grams": 4, "merge": 2,
-                    "merge_per_task": 4, "finetune": 20, "evaluate": 20, "tables": 1}
+    assert jobs == {
+        "synth": 1,
+        "prepare": 7,
+        "vocab": 1,
+        "pretrain": 3,
+        "grams": 4,
+        "merge": 2,
+        "merge_per_task": 4,
+        "finetune": 20,
+        "evaluate": 20,
+        "tables": 1,
+    }
 
 
 def test_report_rule_passes_the_configured_sweeps(tmp_path: Path) -> None:
@@ -404,24 +493,45 @@ def test_the_rule_declares_exactly_what_the_stage_writes(tmp_path: Path, monkeyp
 
     config = yaml.safe_load(write_config(tmp_path).read_text())
     config["merge"]["methods"]["interp_r0.25"] = {"method": "interpolation", "params": {"ratio": 0.25}}
-    config["report"] = {"ablations": {"sharing": ["attn"], "seed_steps": [50], "methods": ["interpolation", "ms"],
-                                      "tasks": ["vqa", "coco"]}}
+    config["report"] = {
+        "ablations": {
+            "sharing": ["attn"],
+            "seed_steps": [50],
+            "methods": ["interpolation", "ms"],
+            "tasks": ["vqa", "coco"],
+        }
+    }
     paths, ablations = Paths(config), Ablations(config)
     merging = Merging(config, paths, ablations)
     reporting = Reporting(config, paths, Finetuning(config, paths, merging, ablations), ablations)
     rng = random.Random(4)
     for result in map(Path, reporting.results()):
         ratio = config["merge"]["methods"].get(result.stem, {}).get("params", {}).get("ratio")
-        write_result(tmp_path / "results", result.parent.name, result.stem, random_scores(rng, result.parent.name),
-                     {"ratio": ratio} if ratio is not None else None)
+        write_result(
+            tmp_path / "results",
+            result.parent.name,
+            result.stem,
+            random_scores(rng, result.parent.name),
+            {"ratio": ratio} if ratio is not None else None,
+        )
     for distance in map(Path, reporting.distances()):
-        write_distance(tmp_path / "results", distance.stem, {m: rng.random() for m in
-                                                             ("l2", "cosine", "sign", "soft_sign", "truncated_sign")})
+        write_distance(
+            tmp_path / "results",
+            distance.stem,
+            {m: rng.random() for m in ("l2", "cosine", "sign", "soft_sign", "truncated_sign")},
+        )
     monkeypatch.chdir(tmp_path)
     args = reporting.args(None, SimpleNamespace(results=reporting.results(), distances=reporting.distances()))
     assert main(shlex.split(args)) == 0
-    written = {str(p.relative_to(tmp_path)) for folder in ("tables", "plots")
-               for p in (tmp_path / "results" / folder).iterdir()}
+    written = {
+        str(p.relative_to(tmp_path))
+        for folder in ("tables", "plots")
+        for p in (tmp_path / "results" / folder).iterdir()
+    }
     assert written == set(reporting.tables() + reporting.plots())
-    assert {"results/tables/sweep_interpolation_ratio.md", "results/tables/sharing.tex",
-            "results/plots/seed_steps.svg", "results/plots/distance_sign.svg"} <= written
+    assert {
+        "results/tables/sweep_interpolation_ratio.md",
+        "results/tables/sharing.tex",
+        "results/plots/seed_steps.svg",
+        "results/plots/distance_sign.svg",
+    } <= written

@@ -36,9 +36,17 @@ class Linear(pl.LightningModule):
 
 
 def fit(work: Path, signal_at: int | None, ckpt: Path | None = None) -> pl.Trainer:
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=8, default_root_dir=work, logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                         callbacks=[SlurmRequeue(work)])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=8,
+        default_root_dir=work,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[SlurmRequeue(work)],
+    )
     trainer.fit(Linear(signal_at), DataLoader(torch.randn(64, 4), batch_size=4), ckpt_path=ckpt)
     return trainer
 

@@ -65,8 +65,10 @@ def _cannot_run(reason: str) -> None:
 def cluster() -> Iterator[None]:
     """The local cluster, started once and stopped at the end of the session."""
     if missing := _missing_binaries():
-        _cannot_run(f"SLURM is not installed (missing {', '.join(missing)}): as root run {SCRIPTS / 'install.sh'} "
-                    "(apt-get install munge slurmctld slurmd slurm-client), as `make test` does where it can")
+        _cannot_run(
+            f"SLURM is not installed (missing {', '.join(missing)}): as root run {SCRIPTS / 'install.sh'} "
+            "(apt-get install munge slurmctld slurmd slurm-client), as `make test` does where it can"
+        )
     if os.geteuid() != 0:
         _cannot_run(f"the SLURM cluster test must run as root: it starts {SCRIPTS / 'start.sh'}")
     started = subprocess.run([str(SCRIPTS / "start.sh")], capture_output=True, text=True, timeout=120)
@@ -95,8 +97,10 @@ def _signal_pretraining_once_it_trains(snakemake: subprocess.Popen, workdir: Pat
             subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
             return job
         if snakemake.poll() is not None:
-            pytest.fail(f"the workflow ended (exit {snakemake.returncode}) before pre-training could be "
-                        f"signalled:\n{(workdir / 'snakemake.out').read_text()[-4000:]}")
+            pytest.fail(
+                f"the workflow ended (exit {snakemake.returncode}) before pre-training could be "
+                f"signalled:\n{(workdir / 'snakemake.out').read_text()[-4000:]}"
+            )
         time.sleep(0.5)
     pytest.fail("pre-training did not reach its first checkpoint in time")
 
@@ -107,8 +111,18 @@ def run(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Run:
     workdir = tmp_path_factory.mktemp("slurm")
     deadline = time.monotonic() + DEADLINE_S
     # From the repository root, as a user would run it (the profile names config files relative to it).
-    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--profile", "tests/slurm/profile",
-               "-d", str(workdir), TARGET]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--profile",
+        "tests/slurm/profile",
+        "-d",
+        str(workdir),
+        TARGET,
+    ]
     with open(workdir / "snakemake.out", "w") as out:
         snakemake = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -152,8 +166,13 @@ def test_every_job_went_through_slurm(run: Run) -> None:
         rules[rule] = rules.get(rule, 0) + 1
     jobs = {log.stem for log in logs}
     assert rules == LINEAGE
-    listed = subprocess.run(["squeue", "--states=all", "-h", "-o", "%i %T %k", "-j", ",".join(sorted(jobs))],
-                            capture_output=True, text=True, timeout=30, check=True).stdout.split("\n")
+    listed = subprocess.run(
+        ["squeue", "--states=all", "-h", "-o", "%i %T %k", "-j", ",".join(sorted(jobs))],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.split("\n")
     states = {line.split()[0]: line.split()[1] for line in listed if line.strip()}
     assert states == {job: "COMPLETED" for job in jobs}
 

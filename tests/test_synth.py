@@ -29,8 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def load(path: Path):
@@ -48,6 +51,7 @@ def tiny(tmp_path_factory) -> tuple[Path, dict]:
 
 
 # ---- determinism --------------------------------------------------------------------------------
+
 
 def test_same_seed_gives_identical_bytes_and_summary_matches_file(tiny, tmp_path):
     out, summary = tiny
@@ -83,6 +87,7 @@ def test_rerun_into_same_folder_leaves_no_stale_files(tmp_path):
 
 
 # ---- layouts ------------------------------------------------------------------------------------
+
 
 def check_karpathy(root: Path, name: str, requested: dict[str, int], coco: bool) -> None:
     doc = load(root / "karpathy" / f"dataset_{name}.json")
@@ -195,8 +200,11 @@ def test_vg_layout_boxes_surround_the_described_object(tiny):
 
 def test_web_caption_layouts_and_deliberately_missing_gcc_images(tiny):
     out, summary = tiny
-    for dataset, split, annot in (("sbu", "train", "annot.json"), ("gcc", "train", "train_annot.json"),
-                                  ("gcc", "val", "val_annot.json")):
+    for dataset, split, annot in (
+        ("sbu", "train", "annot.json"),
+        ("gcc", "train", "train_annot.json"),
+        ("gcc", "val", "val_annot.json"),
+    ):
         root = out / dataset
         entries = load(root / annot)
         assert len(entries) == summary["requested"][dataset][split]
@@ -214,11 +222,21 @@ def test_web_caption_layouts_and_deliberately_missing_gcc_images(tiny):
 
 # ---- content agrees with the scene ---------------------------------------------------------------
 
+
 def test_rendered_pixels_match_the_scene():
-    objs = tuple(Obj(shape, color, size, cell) for cell, (shape, color, size) in enumerate([
-        ("circle", "red", "large"), ("square", "orange", "small"), ("triangle", "yellow", "large"),
-        ("triangle", "green", "small"), ("square", "blue", "large"), ("circle", "purple", "small"),
-    ]))
+    objs = tuple(
+        Obj(shape, color, size, cell)
+        for cell, (shape, color, size) in enumerate(
+            [
+                ("circle", "red", "large"),
+                ("square", "orange", "small"),
+                ("triangle", "yellow", "large"),
+                ("triangle", "green", "small"),
+                ("square", "blue", "large"),
+                ("circle", "purple", "small"),
+            ]
+        )
+    )
     scene = Scene(objs)
     for size in (48, 60):
         image = render(scene, size)
@@ -242,8 +260,11 @@ def test_captions_name_every_object():
 
 
 def naive_answer(query, scene: Scene) -> str:
-    hits = [o for o in scene.objects if query.shape in (None, o.shape) and query.color in (None, o.color)
-            and query.cell in (None, o.cell)]
+    hits = [
+        o
+        for o in scene.objects
+        if query.shape in (None, o.shape) and query.color in (None, o.color) and query.cell in (None, o.cell)
+    ]
     if query.kind == "count":
         return str(len(hits))
     if query.kind == "exist":
@@ -276,8 +297,14 @@ def test_nlvr2_statements_have_the_requested_truth():
         c = s.claim
         count = lambda scene: sum(c.shape in (None, o.shape) and c.color in (None, o.color) for o in scene.objects)
         a, b = (count(left), count(right)) if c.side == "left" else (count(right), count(left))
-        truth = {"exists": a > 0, "count": a == c.n, "both": a > 0 and b > 0, "one": (a > 0) + (b > 0) == 1,
-                 "total": a + b == c.n, "compare": (a > b, a < b, a == b)[("more", "fewer", "same").index(c.relation)]}
+        truth = {
+            "exists": a > 0,
+            "count": a == c.n,
+            "both": a > 0 and b > 0,
+            "one": (a > 0) + (b > 0) == 1,
+            "total": a + b == c.n,
+            "compare": (a > b, a < b, a == b)[("more", "fewer", "same").index(c.relation)],
+        }
         assert truth[c.kind] == s.label == (i % 2 == 0), s
         assert all(w is None or w in s.text for w in (c.color, c.shape))
 
@@ -286,33 +313,44 @@ LEFT = Scene((Obj("circle", "red", "large", 0), Obj("circle", "blue", "small", 4
 RIGHT = Scene((Obj("triangle", "red", "large", 2),))
 
 
-@pytest.mark.parametrize("claim, expected", [
-    (Claim("exists", "circle", "blue", "left"), True),
-    (Claim("exists", "circle", "blue", "right"), False),
-    (Claim("count", "circle", None, "left", n=2), True),
-    (Claim("count", None, "red", "left", n=3), False),
-    (Claim("compare", None, "red", "left", relation="more"), True),
-    (Claim("compare", None, "red", "right", relation="fewer"), True),
-    (Claim("compare", "square", None, "left", relation="same"), False),
-    (Claim("compare", "triangle", "blue", "right", relation="same"), True),
-    (Claim("both", None, "red"), True),
-    (Claim("both", "circle", None), False),
-    (Claim("one", "circle", None), True),
-    (Claim("one", None, "red"), False),
-    (Claim("total", None, "red", n=3), True),
-    (Claim("total", None, "red", n=2), False),
-    (Claim("total", None, "red", n=4), False),
-])
+@pytest.mark.parametrize(
+    "claim, expected",
+    [
+        (Claim("exists", "circle", "blue", "left"), True),
+        (Claim("exists", "circle", "blue", "right"), False),
+        (Claim("count", "circle", None, "left", n=2), True),
+        (Claim("count", None, "red", "left", n=3), False),
+        (Claim("compare", None, "red", "left", relation="more"), True),
+        (Claim("compare", None, "red", "right", relation="fewer"), True),
+        (Claim("compare", "square", None, "left", relation="same"), False),
+        (Claim("compare", "triangle", "blue", "right", relation="same"), True),
+        (Claim("both", None, "red"), True),
+        (Claim("both", "circle", None), False),
+        (Claim("one", "circle", None), True),
+        (Claim("one", None, "red"), False),
+        (Claim("total", None, "red", n=3), True),
+        (Claim("total", None, "red", n=2), False),
+        (Claim("total", None, "red", n=4), False),
+    ],
+)
 def test_statement_truth_hand_worked(claim, expected):
     assert truth(claim, LEFT, RIGHT) is expected
 
 
-@pytest.mark.parametrize("query, expected", [
-    (Query("count"), "3"), (Query("count", color="red"), "2"), (Query("count", "triangle"), "0"),
-    (Query("exist", "square", "red"), "yes"), (Query("exist", "square", cell=0), "no"),
-    (Query("color", cell=4), "blue"), (Query("color", shape="square"), "red"),
-    (Query("shape", color="blue"), "circle"), (Query("position", "square", "red"), "bottom right"),
-])
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        (Query("count"), "3"),
+        (Query("count", color="red"), "2"),
+        (Query("count", "triangle"), "0"),
+        (Query("exist", "square", "red"), "yes"),
+        (Query("exist", "square", cell=0), "no"),
+        (Query("color", cell=4), "blue"),
+        (Query("color", shape="square"), "red"),
+        (Query("shape", color="blue"), "circle"),
+        (Query("position", "square", "red"), "bottom right"),
+    ],
+)
 def test_question_answers_hand_worked(query, expected):
     assert answer(query, LEFT) == expected
 
@@ -324,6 +362,7 @@ def test_ambiguous_question_is_refused():
 
 # ---- requests and errors -------------------------------------------------------------------------
 
+
 def test_count_overrides_and_image_size(tmp_path):
     summary = generate(tmp_path, seed=2, datasets=["sbu"], counts={"sbu": {"train": 5}}, image_size=96)
     assert summary["written"] == {"sbu": {"train": {"entries": 5, "images": 5}}}
@@ -334,18 +373,21 @@ def test_count_overrides_and_image_size(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sbu", SUMMARY]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"datasets": ["coco", "imagenet"]}, "unknown dataset 'imagenet'"),
-    ({"datasets": ["sbu", "sbu"]}, "each once"),
-    ({"size": "huge"}, "unknown size 'huge'"),
-    ({"image_size": 4}, "image size 4"),
-    ({"seed": -1}, "seed -1"),
-    ({"datasets": ["sbu"], "counts": {"sbu": {"val": 3}}}, "count sbu.val: unknown split"),
-    ({"datasets": ["sbu"], "counts": {"sbu": {"train": 0}}}, "count sbu.train=0"),
-    ({"datasets": ["sbu"], "counts": {"sbu": {"train": True}}}, "count sbu.train=True"),
-    ({"datasets": ["sbu"], "counts": {"gcc": {"train": 3}}}, "dataset not being generated"),
-    ({"datasets": ["vqa"], "counts": {"vqa": {"test": 2, "test-dev": 3}}}, "exceeds vqa.test=2"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"datasets": ["coco", "imagenet"]}, "unknown dataset 'imagenet'"),
+        ({"datasets": ["sbu", "sbu"]}, "each once"),
+        ({"size": "huge"}, "unknown size 'huge'"),
+        ({"image_size": 4}, "image size 4"),
+        ({"seed": -1}, "seed -1"),
+        ({"datasets": ["sbu"], "counts": {"sbu": {"val": 3}}}, "count sbu.val: unknown split"),
+        ({"datasets": ["sbu"], "counts": {"sbu": {"train": 0}}}, "count sbu.train=0"),
+        ({"datasets": ["sbu"], "counts": {"sbu": {"train": True}}}, "count sbu.train=True"),
+        ({"datasets": ["sbu"], "counts": {"gcc": {"train": 3}}}, "dataset not being generated"),
+        ({"datasets": ["vqa"], "counts": {"vqa": {"test": 2, "test-dev": 3}}}, "exceeds vqa.test=2"),
+    ],
+)
 def test_bad_requests_are_clear_errors(tmp_path, kwargs, message):
     with pytest.raises(SynthError, match=re.escape(message)):
         generate(tmp_path, **kwargs)
@@ -361,8 +403,23 @@ def test_refuses_to_replace_a_folder_it_did_not_write(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    assert cli.main(["--out", str(tmp_path), "--seed", "4", "--datasets", "sbu,gcc",
-                     "--count", "sbu.train=3,gcc.val=2", "--image-size", "24"]) == 0
+    assert (
+        cli.main(
+            [
+                "--out",
+                str(tmp_path),
+                "--seed",
+                "4",
+                "--datasets",
+                "sbu,gcc",
+                "--count",
+                "sbu.train=3,gcc.val=2",
+                "--image-size",
+                "24",
+            ]
+        )
+        == 0
+    )
     summary = load(tmp_path / SUMMARY)
     assert summary["written"]["sbu"]["train"]["images"] == 3 and summary["image_size"] == 24
     assert summary["written"]["gcc"]["val"] == {"entries": 2, "images": 1}
@@ -376,17 +433,20 @@ def test_cli_takes_the_workflow_json_and_a_flag_overrides_it(tmp_path):
     assert summary["written"] == {"sbu": {"train": {"entries": 2, "images": 2}}}
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--datasets", "coco,nope"], "datasets: "),
-    (["--datasets", "sbu,sbu"], "each once"),
-    (["--count", "sbu.train=x"], "count.sbu.train: "),
-    (["--count", "sbu=3"], "count: "),
-    (["--image-size", "8"], "image_size: "),
-    (["--seed", "-1"], "seed: "),
-    (["--config", '{"seeds": 1}'], "seeds: "),
-    (["--config", '{"size": "huge"}'], "size: "),
-    (["--config", "[1]"], "--config: "),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--datasets", "coco,nope"], "datasets: "),
+        (["--datasets", "sbu,sbu"], "each once"),
+        (["--count", "sbu.train=x"], "count.sbu.train: "),
+        (["--count", "sbu=3"], "count: "),
+        (["--image-size", "8"], "image_size: "),
+        (["--seed", "-1"], "seed: "),
+        (["--config", '{"seeds": 1}'], "seeds: "),
+        (["--config", '{"size": "huge"}'], "size: "),
+        (["--config", "[1]"], "--config: "),
+    ],
+)
 def test_cli_errors_are_one_line_naming_the_key(tmp_path, capsys, argv, needle):
     assert cli.main(["--out", str(tmp_path / "x"), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()

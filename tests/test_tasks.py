@@ -10,43 +10,31 @@ from typing import get_args
 import pytest
 import torch
 
+from tests.builders import build_task_data, tiny_model
 from vlmerge.catalog.names import TASKS as CATALOG_TASKS
-from vlmerge.data.arrow import ConvertOptions, convert
 from vlmerge.data.collate import BatchCollator
-from vlmerge.data.synth import generate
-from vlmerge.data.tokenizer import load_tokenizer, train_wordpiece
+from vlmerge.data.tokenizer import load_tokenizer
 from vlmerge.data.transforms import eval_transform
 from vlmerge.finetune.config import FinetuneSettings, TaskOverrides
 from vlmerge.finetune.module import FinetuneConfig, FinetuneModule
 from vlmerge.finetune.selection import BestWeights, Selection
-from vlmerge.model import Heads, ModelConfigError, Sharing, create_model
+from vlmerge.model import Heads, ModelConfigError, Sharing
 from vlmerge.model.checkpoint import save_model
-from vlmerge.tasks import (TASKS, SplitOptions, TaskError, TaskSettings, concat_rows, get_task, merge_rows,
-                           shard_indices, task_model)
+from vlmerge.tasks import (
+    TASKS,
+    SplitOptions,
+    TaskError,
+    TaskSettings,
+    concat_rows,
+    get_task,
+    merge_rows,
+    shard_indices,
+    task_model,
+)
 from vlmerge.tasks.evaluation import evaluation_rows
 from vlmerge.tasks.shards import Indexed
 from vlmerge.tasks.vqa import answer_vocabulary
 from vlmerge.tasks.vqa_eval import submission
-from vlmerge.vocab.cli import arrow_texts
-
-TASK_DATASETS = ("coco", "f30k", "vqa", "nlvr2")
-MODEL = dict(num_layers=3, dim=64, num_heads=2, mlp_dim=128, image_size=32, drop_path=0.0)
-# Odd split sizes, so that two evaluation shards need padding.
-COUNTS = {"f30k": {"val": 7, "test": 7}, "vqa": {"val": 10, "test": 5, "test-dev": 3}, "nlvr2": {"dev": 7}}
-
-
-def build_task_data(root: Path) -> tuple[Path, Path, Path]:
-    """Tiny synthetic fine-tuning data → (arrow dir, tokenizer dir, raw dir)."""
-    raw, arrow = root / "raw", root / "arrow"
-    generate(raw, seed=0, size="tiny", datasets=list(TASK_DATASETS), counts=COUNTS)
-    for dataset in TASK_DATASETS:
-        convert(dataset, raw / dataset, arrow, ConvertOptions(min_answer_count=1, rest_val_images=5))
-    return arrow, train_wordpiece(arrow_texts(arrow), root / "tokenizer", vocab_size=300), raw
-
-
-def tiny_model(vocab_size: int, sharing: str = "shared", heads: Heads = Heads(), seed: int = 0, **overrides):
-    torch.manual_seed(seed)
-    return create_model("tiny", sharing, heads, **(MODEL | {"vocab_size": vocab_size} | overrides))
 
 
 @pytest.fixture(scope="module")
@@ -61,19 +49,29 @@ def tokenizer(data):
 
 def batch_of(task_name: str, arrow: Path, tokenizer, size: int = 4, split: str | None = None) -> dict:
     task = get_task(task_name)
-    dataset = task.train_dataset(arrow, task.train, eval_transform(32)) if split is None else \
-        task.eval_sides(arrow, split, eval_transform(32))[0]
+    dataset = (
+        task.train_dataset(arrow, task.train, eval_transform(32))
+        if split is None
+        else task.eval_sides(arrow, split, eval_transform(32))[0]
+    )
     samples = [Indexed(dataset)[i] for i in range(size)]
     return BatchCollator(tokenizer)(samples)
 
 
 # --- registry and splits ------------------------------------------------------------------------------
 
+
 def test_registry_holds_the_paper_settings() -> None:
     assert sorted(TASKS) == ["coco", "f30k", "nlvr2", "vqa"]
     vqa, coco, f30k, nlvr2 = (TASKS[t].settings for t in ("vqa", "coco", "f30k", "nlvr2"))
-    assert (vqa.image_size, vqa.global_batch, vqa.lr, vqa.epochs, vqa.drop_path, vqa.head_lr_mult) == \
-        (480, 128, 3e-5, 10, 0.15, 10.0)
+    assert (vqa.image_size, vqa.global_batch, vqa.lr, vqa.epochs, vqa.drop_path, vqa.head_lr_mult) == (
+        480,
+        128,
+        3e-5,
+        10,
+        0.15,
+        10.0,
+    )
     assert (coco.image_size, coco.global_batch, coco.lr, coco.epochs) == (384, 640, 6.25e-6, 20)
     assert (f30k.image_size, f30k.global_batch, f30k.lr, f30k.epochs) == (384, 128, 6.25e-7, 40)
     assert (nlvr2.image_size, nlvr2.global_batch, nlvr2.lr, nlvr2.epochs) == (384, 128, 5e-5, 10)
@@ -93,8 +91,10 @@ def test_the_stage_settings_know_every_task_and_its_overrides() -> None:
 
 
 def test_split_options_reproduce_the_upstream_quirks() -> None:
-    default, quirks = SplitOptions(), SplitOptions(select_on="test", f30k_val_is_test=True, coco_train_restval=False,
-                                                   vqa_trainable_val=True)
+    default, quirks = (
+        SplitOptions(),
+        SplitOptions(select_on="test", f30k_val_is_test=True, coco_train_restval=False, vqa_trainable_val=True),
+    )
     assert TASKS["coco"].train_splits(default) == ("train", "restval")
     assert TASKS["coco"].train_splits(quirks) == ("train",)
     assert TASKS["f30k"].selection_split(default) == "val"
@@ -109,6 +109,7 @@ def test_split_options_reproduce_the_upstream_quirks() -> None:
 
 
 # --- forward, loss, evaluation rows -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["vqa", "coco", "nlvr2"])
 def test_loss_and_rows_shapes_and_gradients(name: str, data, tokenizer) -> None:
@@ -155,6 +156,7 @@ def test_nlvr2_second_image_uses_token_type_2(data, tokenizer) -> None:
 
 # --- the model a run starts from ----------------------------------------------------------------------
 
+
 def test_task_model_reads_the_sharing_from_the_sidecar(data, tokenizer, tmp_path: Path) -> None:
     vocab = len(tokenizer)
     for sharing in ("modality_specific", "shared"):
@@ -177,6 +179,7 @@ def test_task_model_reads_the_sharing_from_the_sidecar(data, tokenizer, tmp_path
 
 
 # --- sharded evaluation -------------------------------------------------------------------------------
+
 
 def test_shards_pad_to_equal_blocks_and_merge_back() -> None:
     blocks = [shard_indices(7, r, 3) for r in range(3)]
@@ -222,6 +225,7 @@ def test_vqa_submission_lists_each_question_once(data, tokenizer) -> None:
 
 # --- model selection ----------------------------------------------------------------------------------
 
+
 def test_selection_keeps_the_first_best_and_prunes_weights(tmp_path: Path) -> None:
     selection = Selection("acc")
     assert selection.record(2, {"acc": 0.5}) and not selection.record(4, {"acc": 0.5})
@@ -247,8 +251,14 @@ def test_selection_keeps_the_first_best_and_prunes_weights(tmp_path: Path) -> No
 
 def test_a_restart_keeps_the_validations_up_to_its_checkpoint(data, tokenizer, tmp_path: Path) -> None:
     task = get_task("nlvr2")
-    module = FinetuneModule(tiny_model(len(tokenizer), heads=task.heads(data[0])), task, (),
-                            FinetuneConfig(max_steps=8, warmup_steps=0), tmp_path, run_id="run-a")
+    module = FinetuneModule(
+        tiny_model(len(tokenizer), heads=task.heads(data[0])),
+        task,
+        (),
+        FinetuneConfig(max_steps=8, warmup_steps=0),
+        tmp_path,
+        run_id="run-a",
+    )
     history = Selection("accuracy")
     for step, value in ((2, 0.6), (4, 0.5), (6, 0.9)):
         history.record(step, {"accuracy": value})

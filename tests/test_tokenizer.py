@@ -39,10 +39,26 @@ def bert_model_dir() -> Path:
 
 def _corpus(n: int = 2000, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    words = ["red", "green", "blue", "circle", "square", "triangle", "left", "right", "unaffable",
-             "photograph", "zebra", "xylophone", "What", "colour", "Café"]
-    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) + rng.choice(["", ".", " ?"])
-            for _ in range(n)]
+    words = [
+        "red",
+        "green",
+        "blue",
+        "circle",
+        "square",
+        "triangle",
+        "left",
+        "right",
+        "unaffable",
+        "photograph",
+        "zebra",
+        "xylophone",
+        "What",
+        "colour",
+        "Café",
+    ]
+    return [
+        " ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) + rng.choice(["", ".", " ?"]) for _ in range(n)
+    ]
 
 
 def test_load_real_bert_vocab_from_folder_and_file(bert_model_dir: Path, tmp_path: Path) -> None:
@@ -56,7 +72,12 @@ def test_load_real_bert_vocab_from_folder_and_file(bert_model_dir: Path, tmp_pat
         assert tok("A RED Circle")["input_ids"] == A_RED_CIRCLE  # always lower-cased
         assert tok.model_max_length == 40
         assert [tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id] == [
-            0, 100, 101, 102, 103]
+            0,
+            100,
+            101,
+            102,
+            103,
+        ]
 
 
 @pytest.mark.parametrize("lines", [None, [], list(SPECIAL_TOKENS), ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "red"]])
@@ -88,8 +109,10 @@ def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
 def test_trained_wordpiece_is_deterministic_and_loadable(tmp_path: Path) -> None:
     texts = _corpus()
     # tokenizers' trainer alone gives a different vocabulary on most runs on this corpus.
-    vocabs = {train_wordpiece(iter(texts), tmp_path / f"run{i}", vocab_size=60).joinpath("vocab.txt").read_bytes()
-              for i in range(6)}
+    vocabs = {
+        train_wordpiece(iter(texts), tmp_path / f"run{i}", vocab_size=60).joinpath("vocab.txt").read_bytes()
+        for i in range(6)
+    }
     assert len(vocabs) == 1
     tokens = vocabs.pop().decode().splitlines()
     assert tokens[:5] == list(SPECIAL_TOKENS) and len(tokens) == 60
@@ -109,13 +132,30 @@ def _write(path: Path, schema: pa.Schema, rows: dict[str, list]) -> None:
 def _arrow_dir(root: Path) -> Path:
     root.mkdir()
     texts = _corpus(400)
-    _write(root / "coco_caption_karpathy_train.arrow", CAPTION, {
-        "image": [b""] * 100, "caption": [texts[i:i + 4] for i in range(0, 400, 4)],
-        "image_id": [str(i) for i in range(100)], "split": ["train"] * 100})
-    _write(root / "vqav2_train.arrow", VQA, {
-        "image": [b""], "questions": [["How many jukeboxes are there?"]], "answers": [[["2"]]],
-        "answer_labels": [[[0]]], "answer_scores": [[[1.0]]], "image_id": [0], "question_id": [[7]],
-        "split": ["train"]})
+    _write(
+        root / "coco_caption_karpathy_train.arrow",
+        CAPTION,
+        {
+            "image": [b""] * 100,
+            "caption": [texts[i : i + 4] for i in range(0, 400, 4)],
+            "image_id": [str(i) for i in range(100)],
+            "split": ["train"] * 100,
+        },
+    )
+    _write(
+        root / "vqav2_train.arrow",
+        VQA,
+        {
+            "image": [b""],
+            "questions": [["How many jukeboxes are there?"]],
+            "answers": [[["2"]]],
+            "answer_labels": [[[0]]],
+            "answer_scores": [[[1.0]]],
+            "image_id": [0],
+            "question_id": [[7]],
+            "split": ["train"],
+        },
+    )
     return root
 
 
@@ -148,12 +188,16 @@ def test_cli_rejects_bad_inputs_with_one_line(tmp_path: Path, capsys: pytest.Cap
     cased.write_text("".join(f"{t}\n" for t in [*SPECIAL_TOKENS, "the", "The", "zebra"]))
     empty = tmp_path / "empty"
     empty.mkdir()
-    for argv, needle in [(["--bert-vocab", str(cased)], "upper-case"), (["--arrow", str(empty)], "no *.arrow"),
-                         (["--bert-vocab", str(tmp_path / "missing.txt")], "missing.txt"),
-                         ([], "give --arrow"), (["--arrow", str(empty), "--vocab-size", "63"], "vocab_size: "),
-                         (["--arrow", str(empty), "--config", '{"min_frequency": 0}'], "min_frequency: "),
-                         (["--arrow", str(empty), "--config", '{"vocab_sise": 80}'], "vocab_sise: "),
-                         (["--arrow", str(empty), "--config", '"4096"'], "--config: ")]:
+    for argv, needle in [
+        (["--bert-vocab", str(cased)], "upper-case"),
+        (["--arrow", str(empty)], "no *.arrow"),
+        (["--bert-vocab", str(tmp_path / "missing.txt")], "missing.txt"),
+        ([], "give --arrow"),
+        (["--arrow", str(empty), "--vocab-size", "63"], "vocab_size: "),
+        (["--arrow", str(empty), "--config", '{"min_frequency": 0}'], "min_frequency: "),
+        (["--arrow", str(empty), "--config", '{"vocab_sise": 80}'], "vocab_sise: "),
+        (["--arrow", str(empty), "--config", '"4096"'], "--config: "),
+    ]:
         assert vocab_cli.main([*argv, "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("vlmerge.vocab: error: ") and needle in err[0], err

@@ -3,52 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 import yaml
 
+from tests.builders import ENV, ROOT, SNAKEMAKE, planned_jobs, snakemake, write_config
 from vlmerge.data import schema
-
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
-# Rules call `python -m vlmerge.<stage>`: the interpreter running the tests must be the one they find.
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-
-
-def write_config(tmp_path: Path, **data_overrides: object) -> Path:
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    config["data"]["synthetic"]["size"] = "tiny"
-    config["data"]["prepare"]["rest_val_images"] = 4
-    config["data"]["prepare"]["min_answer_count"] = 2
-    config["data"]["tokenizer"]["vocab_size"] = 300
-    config["data"].update(data_overrides)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def snakemake(tmp_path: Path, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    # --configfile takes several files: it goes last so that targets are not read as config files.
-    return subprocess.run([*SNAKEMAKE, *args, "-d", str(tmp_path), "--configfile", str(config)],
-                          capture_output=True, text=True, timeout=600, env=ENV)
-
-
-def planned_jobs(tmp_path: Path, config: Path, *targets: str) -> dict[str, int]:
-    """Job counts per rule from a dry run (``snakemake -n`` prints a 'job count' table)."""
-    out = snakemake(tmp_path, config, *targets, "-n", "--quiet", "rules")
-    assert out.returncode == 0, out.stderr
-    counts: dict[str, int] = {}
-    for line in (out.stdout + out.stderr).splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
-            counts[parts[0]] = int(parts[1])
-    return counts
 
 
 @pytest.mark.parametrize("overlay", [None, "profiles/slurm/paper.yaml"])
@@ -69,8 +33,10 @@ def test_the_configs_are_valid_experiments(overlay: str | None) -> None:
     ("override", "named"),
     [
         ({"colour": "red"}, "config.data.colour: Extra inputs are not permitted"),
-        ({"prepare": {"strict": False, "shard_size": "many", "min_answer_count": 9, "rest_val_images": 1}},
-         "config.data.prepare.shard_size"),
+        (
+            {"prepare": {"strict": False, "shard_size": "many", "min_answer_count": 9, "rest_val_images": 1}},
+            "config.data.prepare.shard_size",
+        ),
         ({"datasets": ["coco", "imagenet"]}, "imagenet"),
     ],
 )
@@ -90,7 +56,8 @@ def test_bad_config_fails_naming_the_key(tmp_path: Path, override: dict, named: 
     ],
 )
 def test_bad_merge_parameter_stops_the_dry_run_naming_entry_and_key(
-        tmp_path: Path, entry: str, spec: dict, named: str) -> None:
+    tmp_path: Path, entry: str, spec: dict, named: str
+) -> None:
     config = yaml.safe_load(write_config(tmp_path).read_text())
     config["merge"]["methods"][entry] = spec
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
@@ -108,16 +75,36 @@ def test_dry_run_plans_the_data_stage(tmp_path: Path) -> None:
 def test_dry_run_plans_the_whole_pipeline(tmp_path: Path) -> None:
     jobs = planned_jobs(tmp_path, write_config(tmp_path))
     # 4 tasks x (ma, ms + 3 merges) fine-tunes and evaluations; RegMean is merged per task; one report.
-    assert jobs == {"all": 1, "synth": 1, "prepare": 7, "vocab": 1, "pretrain": 3, "grams": 4, "merge": 2,
-                    "merge_per_task": 4, "distance": 1, "finetune": 20, "evaluate": 20, "tables": 1}
+    assert jobs == {
+        "all": 1,
+        "synth": 1,
+        "prepare": 7,
+        "vocab": 1,
+        "pretrain": 3,
+        "grams": 4,
+        "merge": 2,
+        "merge_per_task": 4,
+        "distance": 1,
+        "finetune": 20,
+        "evaluate": 20,
+        "tables": 1,
+    }
 
 
 def test_regmean_result_builds_only_its_lineage(tmp_path: Path) -> None:
     jobs = planned_jobs(tmp_path, write_config(tmp_path), "results/vqa/regmean.json")
     # seed -> MS -> VQA grams -> merge -> fine-tune -> evaluate; no MA baseline, no other task or merge.
     # (The tokenizer is trained on every dataset's text, hence all seven conversions.)
-    assert jobs == {"synth": 1, "prepare": 7, "vocab": 1, "pretrain": 2, "grams": 1, "merge_per_task": 1,
-                    "finetune": 1, "evaluate": 1}
+    assert jobs == {
+        "synth": 1,
+        "prepare": 7,
+        "vocab": 1,
+        "pretrain": 2,
+        "grams": 1,
+        "merge_per_task": 1,
+        "finetune": 1,
+        "evaluate": 1,
+    }
 
 
 def test_one_dataset_target_builds_only_its_lineage(tmp_path: Path) -> None:
@@ -131,11 +118,13 @@ def test_real_root_skips_the_generator(tmp_path: Path) -> None:
     assert jobs == {"data": 1, "prepare": 1, "vocab": 1}
 
 
+@pytest.mark.slow
 def test_lint_is_clean() -> None:
     out = subprocess.run([*SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=ROOT, timeout=300, env=ENV)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_data_stage_end_to_end(tmp_path: Path) -> None:
     """synth -> prepare (all seven datasets) -> vocab through Snakemake on the tiny size."""
     out = snakemake(tmp_path, write_config(tmp_path), "data", "-c2")
@@ -169,9 +158,25 @@ def test_slurm_profile_launches_multi_node_pretraining(tmp_path: Path) -> None:
     site = tmp_path / "site.yaml"
     site.write_text(yaml.safe_dump({"pretrain": {"init": "scratch"}}))
     out = subprocess.run(
-        [*SNAKEMAKE, "results/vqa/regmean.json", "-n", "-p", "--profile", str(ROOT / "profiles/slurm"),
-         "-d", str(tmp_path), "--configfile", str(ROOT / "config.yaml"), str(ROOT / "profiles/slurm/paper.yaml"),
-         str(site)], capture_output=True, text=True, timeout=300, env=ENV)
+        [
+            *SNAKEMAKE,
+            "results/vqa/regmean.json",
+            "-n",
+            "-p",
+            "--profile",
+            str(ROOT / "profiles/slurm"),
+            "-d",
+            str(tmp_path),
+            "--configfile",
+            str(ROOT / "config.yaml"),
+            str(ROOT / "profiles/slurm/paper.yaml"),
+            str(site),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     text = out.stdout + out.stderr
     pretrain = next(line for line in text.splitlines() if "python -m vlmerge.pretrain" in line)
@@ -198,12 +203,22 @@ def stage_settings(command: str) -> dict:
 def test_a_sweep_entry_is_a_method_of_its_own(tmp_path: Path) -> None:
     config = yaml.safe_load(write_config(tmp_path).read_text())
     config["merge"]["methods"]["regmean_alpha0.5"] = {
-        "method": "regmean", "params": {"alpha": 0.5, "normalize": "mean", "used_experts_only": "task"}}
+        "method": "regmean",
+        "params": {"alpha": 0.5, "normalize": "mean", "used_experts_only": "task"},
+    }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     jobs = planned_jobs(tmp_path, path, "results/nlvr2/regmean_alpha0.5.json")
-    assert jobs == {"synth": 1, "prepare": 7, "vocab": 1, "pretrain": 2, "grams": 1, "merge_per_task": 1,
-                    "finetune": 1, "evaluate": 1}
+    assert jobs == {
+        "synth": 1,
+        "prepare": 7,
+        "vocab": 1,
+        "pretrain": 2,
+        "grams": 1,
+        "merge_per_task": 1,
+        "finetune": 1,
+        "evaluate": 1,
+    }
     out = snakemake(tmp_path, path, "results/nlvr2/regmean_alpha0.5.json", "-n", "-p")
     assert "--param alpha=0.5 --param normalize=mean --param used_experts_only=nlvr2" in out.stdout
 
@@ -218,12 +233,23 @@ def ablation_config(tmp_path: Path, **ablations: object) -> Path:
 
 def test_sharing_ablation_adds_one_ms_run_and_its_merges(tmp_path: Path) -> None:
     # The configured layout (modality_specific) is the main lineage: only attn and ln are new.
-    config = ablation_config(tmp_path, sharing=["attn", "modality_specific", "ln"],
-                             methods=["interpolation", "regmean"], tasks=["vqa"])
+    config = ablation_config(
+        tmp_path, sharing=["attn", "modality_specific", "ln"], methods=["interpolation", "regmean"], tasks=["vqa"]
+    )
     jobs = planned_jobs(tmp_path, config, "ablations")
     # ms_attn, ms_ln from the seed; per layout one interpolation and one VQA RegMean (own grams).
-    assert jobs == {"ablations": 1, "synth": 1, "prepare": 7, "vocab": 1, "pretrain": 3, "grams_ablation": 2,
-                    "merge": 2, "merge_per_task": 2, "finetune": 4, "evaluate": 4}
+    assert jobs == {
+        "ablations": 1,
+        "synth": 1,
+        "prepare": 7,
+        "vocab": 1,
+        "pretrain": 3,
+        "grams_ablation": 2,
+        "merge": 2,
+        "merge_per_task": 2,
+        "finetune": 4,
+        "evaluate": 4,
+    }
     out = snakemake(tmp_path, config, "results/vqa/regmean@ms_ln.json", "-n", "-p")
     runs = [stage_settings(line) for line in out.stdout.splitlines() if "vlmerge.pretrain" in line]
     assert [r["init"] for r in runs if r["sharing"] == "ln"] == ["seed:results/pretrain/seed.safetensors"]
@@ -235,21 +261,43 @@ def test_seed_length_ablation_adds_a_seed_and_an_ms_run(tmp_path: Path) -> None:
     config = ablation_config(tmp_path, seed_steps=[50, 150], methods=["arithmetic", "ms"], tasks=["vqa", "nlvr2"])
     jobs = planned_jobs(tmp_path, config, "ablations")
     # seed50 and ms_modality_specific@seed50 (150 is the configured length); arithmetic needs that seed.
-    assert jobs == {"ablations": 1, "synth": 1, "prepare": 7, "vocab": 1, "pretrain": 2, "merge": 1,
-                    "finetune": 4, "evaluate": 4}
+    assert jobs == {
+        "ablations": 1,
+        "synth": 1,
+        "prepare": 7,
+        "vocab": 1,
+        "pretrain": 2,
+        "merge": 1,
+        "finetune": 4,
+        "evaluate": 4,
+    }
     out = snakemake(tmp_path, config, "results/nlvr2/arithmetic@seed50.json", "-n", "-p")
     runs = [stage_settings(line) for line in out.stdout.splitlines() if "vlmerge.pretrain" in line]
     assert {(r["steps"], r["warmup"]) for r in runs if r["sharing"] == "shared"} == {(50, 5)}
     assert [r["init"] for r in runs if r["sharing"] != "shared"] == ["seed:results/pretrain/seed50.safetensors"]
-    assert "--ms results/pretrain/ms_modality_specific@seed50.safetensors --param lam=0.5 --seed " \
-           "results/pretrain/seed50.safetensors" in out.stdout
+    assert (
+        "--ms results/pretrain/ms_modality_specific@seed50.safetensors --param lam=0.5 --seed "
+        "results/pretrain/seed50.safetensors" in out.stdout
+    )
 
 
 def test_ablations_add_their_lineages_and_distances_to_the_whole_pipeline(tmp_path: Path) -> None:
     config = ablation_config(tmp_path, sharing=["ffn"], seed_steps=[75], methods=["interpolation"], tasks=["vqa"])
     jobs = planned_jobs(tmp_path, config)
-    assert jobs == {"all": 1, "synth": 1, "prepare": 7, "vocab": 1, "pretrain": 6, "grams": 4, "merge": 4,
-                    "merge_per_task": 4, "distance": 3, "finetune": 22, "evaluate": 22, "tables": 1}
+    assert jobs == {
+        "all": 1,
+        "synth": 1,
+        "prepare": 7,
+        "vocab": 1,
+        "pretrain": 6,
+        "grams": 4,
+        "merge": 4,
+        "merge_per_task": 4,
+        "distance": 3,
+        "finetune": 22,
+        "evaluate": 22,
+        "tables": 1,
+    }
 
 
 def test_unknown_ablation_method_is_an_error(tmp_path: Path) -> None:

@@ -30,6 +30,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # real snakemake runs / several processes per test
+
 ROOT = Path(__file__).resolve().parents[1]
 # Rules call `python -m vlmerge.<stage>`: the interpreter running the tests must be the one they find.
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -49,8 +51,13 @@ NOTHING = Plan({}, frozenset())
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(workdir / "Snakefile"), "-d", str(workdir),
-                          "-c1", *args], capture_output=True, text=True, timeout=300, env=ENV)
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(workdir / "Snakefile"), "-d", str(workdir), "-c1", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
 
@@ -60,7 +67,7 @@ def summary(workdir: Path) -> list[dict[str, str]]:
     lines = snakemake(workdir, "--summary").stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("output_file\t"))
     header = lines[start].split("\t")
-    return [dict(zip(header, line.split("\t"))) for line in lines[start + 1:] if "\t" in line]
+    return [dict(zip(header, line.split("\t"))) for line in lines[start + 1 :] if "\t" in line]
 
 
 def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
@@ -185,16 +192,30 @@ def lineage(tasks: tuple[str, ...], methods: tuple[str, ...]) -> set[str]:
 
 GRAMS = set().union(*(checkpoint_files(f"results/grams/{task}.safetensors") for task in TASKS))
 REGMEAN = set().union(*(checkpoint_files(f"results/merged/{task}/regmean.safetensors") for task in TASKS))
-MERGED = REGMEAN | checkpoint_files("results/merged/interpolation.safetensors") \
+MERGED = (
+    REGMEAN
+    | checkpoint_files("results/merged/interpolation.safetensors")
     | checkpoint_files("results/merged/arithmetic.safetensors")
+)
 DISTANCE = {"results/distance/ms_modality_specific.json"}
 # Everything downstream of the MS checkpoint, but the report: its grams, every merge (all read the MS
 # model), its weight distance, and the fine-tunes and evaluations of ms and of every merge.
 MS_BRANCH = GRAMS | MERGED | DISTANCE | lineage(TASKS, ("ms", *MERGES))
-MS_BRANCH_JOBS = {"all": 1, "grams": 4, "merge": 2, "merge_per_task": 4, "distance": 1, "finetune": 16,
-                  "evaluate": 16, "tables": 1}
-MA_BRANCH = lineage(TASKS, ("ma",)) | checkpoint_files("results/pretrain/ma.safetensors") \
+MS_BRANCH_JOBS = {
+    "all": 1,
+    "grams": 4,
+    "merge": 2,
+    "merge_per_task": 4,
+    "distance": 1,
+    "finetune": 16,
+    "evaluate": 16,
+    "tables": 1,
+}
+MA_BRANCH = (
+    lineage(TASKS, ("ma",))
+    | checkpoint_files("results/pretrain/ma.safetensors")
     | checkpoint_files("results/pretrain/seed.safetensors")
+)
 
 
 def test_fresh_state_plans_nothing_and_has_metadata_for_every_output(state: Path, snapshot: Snapshot) -> None:
@@ -215,23 +236,36 @@ def test_rewritten_ms_checkpoint_reruns_exactly_the_ms_branch(state: Path, repor
 @pytest.mark.parametrize(
     ("key", "value", "jobs", "outputs"),
     [
-        ("merge.methods.interpolation.params.ratio", 0.3,
-         {"all": 1, "merge": 1, "finetune": 4, "evaluate": 4, "tables": 1},
-         checkpoint_files("results/merged/interpolation.safetensors") | lineage(TASKS, ("interpolation",))),
-        ("merge.grams.max_samples", 500,
-         {"all": 1, "grams": 4, "merge_per_task": 4, "finetune": 4, "evaluate": 4, "tables": 1},
-         GRAMS | REGMEAN | lineage(TASKS, ("regmean",))),
-        ("pretrain.runs.ma.steps", 12345,
-         {"all": 1, "pretrain": 1, "finetune": 4, "evaluate": 4, "tables": 1},
-         checkpoint_files("results/pretrain/ma.safetensors") | lineage(TASKS, ("ma",))),
-        ("finetune.settings.vqa.lr", 1.234e-4,
-         {"all": 1, "finetune": 5, "evaluate": 5, "tables": 1},
-         lineage(("vqa",), ("ma", "ms", *MERGES))),
+        (
+            "merge.methods.interpolation.params.ratio",
+            0.3,
+            {"all": 1, "merge": 1, "finetune": 4, "evaluate": 4, "tables": 1},
+            checkpoint_files("results/merged/interpolation.safetensors") | lineage(TASKS, ("interpolation",)),
+        ),
+        (
+            "merge.grams.max_samples",
+            500,
+            {"all": 1, "grams": 4, "merge_per_task": 4, "finetune": 4, "evaluate": 4, "tables": 1},
+            GRAMS | REGMEAN | lineage(TASKS, ("regmean",)),
+        ),
+        (
+            "pretrain.runs.ma.steps",
+            12345,
+            {"all": 1, "pretrain": 1, "finetune": 4, "evaluate": 4, "tables": 1},
+            checkpoint_files("results/pretrain/ma.safetensors") | lineage(TASKS, ("ma",)),
+        ),
+        (
+            "finetune.settings.vqa.lr",
+            1.234e-4,
+            {"all": 1, "finetune": 5, "evaluate": 5, "tables": 1},
+            lineage(("vqa",), ("ma", "ms", *MERGES)),
+        ),
     ],
     ids=["merge-ratio", "grams-samples", "ma-steps", "vqa-lr"],
 )
 def test_changed_hyper_parameter_reruns_only_its_jobs_and_descendants(
-        state: Path, report: set[str], key: str, value: object, jobs: dict[str, int], outputs: set[str]) -> None:
+    state: Path, report: set[str], key: str, value: object, jobs: dict[str, int], outputs: set[str]
+) -> None:
     set_config(state, key, value)
     assert plan(state) == Plan(jobs, frozenset(outputs | report))
 
@@ -247,13 +281,17 @@ MERGE_JOBS = {"all": 1, "merge": 2, "merge_per_task": 4, "finetune": 12, "evalua
         # Lightning trainer factory (pre-training and fine-tuning: everything but the data stage).
         ("vlmerge/files/grams.py", {**MERGE_JOBS, "grams": 4}, GRAMS | MERGED | lineage(TASKS, MERGES)),
         # The merging library is code of the grams, merge and distance stages: the MS branch but ms itself.
-        ("vlmerge/merging/interpolation.py", {**MERGE_JOBS, "grams": 4, "distance": 1},
-         MS_BRANCH - lineage(TASKS, ("ms",))),
+        (
+            "vlmerge/merging/interpolation.py",
+            {**MERGE_JOBS, "grams": 4, "distance": 1},
+            MS_BRANCH - lineage(TASKS, ("ms",)),
+        ),
         ("vlmerge/report/tables.py", {"all": 1, "tables": 1}, set()),
     ],
 )
 def test_changed_stage_code_reruns_its_jobs_and_descendants(
-        state: Path, report: set[str], source: str, jobs: dict[str, int], outputs: set[str]) -> None:
+    state: Path, report: set[str], source: str, jobs: dict[str, int], outputs: set[str]
+) -> None:
     rewrite(state, source, (state / source).read_bytes() + b"\n# changed\n")
     assert plan(state) == Plan(jobs, frozenset(outputs | report))
 
@@ -263,15 +301,37 @@ def recorded_inputs(workdir: Path) -> dict[str, tuple[str, set[str]]]:
     lines = snakemake(workdir, "--detailed-summary").stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("output_file\t"))
     header = lines[start].split("\t")
-    rows = [dict(zip(header, line.split("\t"))) for line in lines[start + 1:] if "\t" in line]
+    rows = [dict(zip(header, line.split("\t"))) for line in lines[start + 1 :] if "\t" in line]
     return {r["output_file"]: (r["rule"], set(r["input-file(s)"].split(","))) for r in rows}
 
 
-LIBRARIES = {"__init__.py", "catalog", "data", "errors.py", "files", "merging", "metrics", "model", "objectives",
-             "runtime", "tasks", "train"}
-STAGE_OF_RULE = {"synth": "synth", "prepare": "prepare", "vocab": "vocab", "pretrain": "pretrain", "grams": "grams",
-                 "merge": "merge", "merge_per_task": "merge", "distance": "distance", "finetune": "finetune",
-                 "evaluate": "evaluate", "tables": "report"}
+LIBRARIES = {
+    "__init__.py",
+    "catalog",
+    "data",
+    "errors.py",
+    "files",
+    "merging",
+    "metrics",
+    "model",
+    "objectives",
+    "runtime",
+    "tasks",
+    "train",
+}
+STAGE_OF_RULE = {
+    "synth": "synth",
+    "prepare": "prepare",
+    "vocab": "vocab",
+    "pretrain": "pretrain",
+    "grams": "grams",
+    "merge": "merge",
+    "merge_per_task": "merge",
+    "distance": "distance",
+    "finetune": "finetune",
+    "evaluate": "evaluate",
+    "tables": "report",
+}
 
 
 def test_every_job_depends_on_every_module_its_stage_imports(state: Path) -> None:

@@ -9,7 +9,7 @@ defaults, ranges and help live in one place and the stage validates the very sam
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import Field, model_validator
 
@@ -31,10 +31,12 @@ assert set(Dataset.__args__) == set(DATASETS) and set(Task.__args__) == set(TASK
 
 class DataSection(Settings):
     dir: str = Field("data", min_length=1, description="where raw/synthetic/ and arrow/ are written")
-    datasets: list[Dataset] = Field(default_factory=lambda: list(DATASETS), min_length=1,
-                                    description="datasets to convert")
-    raw: dict[Dataset, str | None] = Field(default_factory=dict,
-                                           description="root of each real raw dataset (null: synthetic stand-in)")
+    datasets: list[Dataset] = Field(
+        default_factory=lambda: cast(list[Dataset], list(DATASETS)), min_length=1, description="datasets to convert"
+    )
+    raw: dict[Dataset, str | None] = Field(
+        default_factory=dict, description="root of each real raw dataset (null: synthetic stand-in)"
+    )
     synthetic: SynthSettings = Field(default_factory=SynthSettings)
     prepare: PrepareSettings = Field(default_factory=PrepareSettings)
     tokenizer: TokenizerSettings = Field(default_factory=TokenizerSettings)
@@ -46,10 +48,13 @@ class ModelSection(Settings):
 
 
 class MergeSection(Settings):
-    methods: dict[str, MergeEntry] = Field(default_factory=dict,
-                                           description="name → merge; each name is a method of the result tables")
+    methods: dict[str, MergeEntry] = Field(
+        default_factory=dict, description="name → merge; each name is a method of the result tables"
+    )
     grams: GramsSettings = Field(default_factory=GramsSettings)
-    distance_topk: float = DistanceSettings.model_fields["k"]
+    # The distance stage's own field (default, range, help); pydantic takes a FieldInfo as the
+    # default, its stubs only the field's type.
+    distance_topk: float = DistanceSettings.model_fields["k"]  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _names(self) -> MergeSection:
@@ -63,7 +68,7 @@ class Ablations(Settings):
     sharing: list[Literal[MS_SHARINGS]] = Field(default_factory=list)  # type: ignore[valid-type]
     seed_steps: list[int] = Field(default_factory=list)
     methods: list[str] = Field(default_factory=lambda: ["interpolation"], min_length=1)
-    tasks: list[Task] = Field(default_factory=lambda: ["vqa"], min_length=1)
+    tasks: list[Task] = Field(default_factory=lambda: cast(list[Task], ["vqa"]), min_length=1)
 
 
 class ReportSection(Settings):

@@ -56,9 +56,18 @@ class Finetuning:
         trigger (a function asking for ``input`` is "derived" and never compared), so a changed setting
         reruns exactly the jobs of its task. Shell-quoted: the JSON and the paths pass the shell unchanged."""
         settings = self.section.task_settings(wildcards.task)
-        return shlex.join(["--config", settings.as_json(),
-                           "--init", self.init_checkpoint(wildcards.task, wildcards.method),
-                           "--arrow", self.paths.arrow_dir, "--tokenizer", self.paths.tokenizer_dir])
+        return shlex.join(
+            [
+                "--config",
+                settings.as_json(),
+                "--init",
+                self.init_checkpoint(wildcards.task, wildcards.method),
+                "--arrow",
+                self.paths.arrow_dir,
+                "--tokenizer",
+                self.paths.tokenizer_dir,
+            ]
+        )
 
     def work_dir(self, wildcards: Any, resources: Any) -> str:
         """Resumable state of this exact run: a changed argument or geometry starts a fresh directory."""
@@ -67,8 +76,18 @@ class Finetuning:
         return self.paths.work(f"finetune/{wildcards.task}/{wildcards.method}-{digest}")
 
     def eval_args(self, wildcards: Any, input: Any) -> str:
-        args = ["--task", wildcards.task, "--method", wildcards.method, "--ckpt", str(input.ckpt),
-                "--arrow", self.paths.arrow_dir, "--tokenizer", str(input.tokenizer)]
+        args = [
+            "--task",
+            wildcards.task,
+            "--method",
+            wildcards.method,
+            "--ckpt",
+            str(input.ckpt),
+            "--arrow",
+            self.paths.arrow_dir,
+            "--tokenizer",
+            str(input.tokenizer),
+        ]
         if wildcards.task == "vqa":  # the official VQA accuracy needs the ten human answers of the raw val annotations
             args += ["--vqa-annotations", self.paths.vqa_val_annotations()]
         return shlex.join(args)

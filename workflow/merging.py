@@ -72,6 +72,8 @@ class Merging:
         if info.needs_seed:
             inputs["seed"] = self.paths.checkpoint(seed)
         if info.needs_grams:
+            if task is None:  # a grams merge is per task (per_task), so only task rules reach here
+                raise ValueError(f"merge {wildcards.name!r} needs grams, which exist per task, but has no task")
             inputs["grams"] = self.paths.grams(task, variant)
         return inputs
 
@@ -99,8 +101,20 @@ class Merging:
 
     def grams_args(self, wildcards: Any) -> str:
         g = self.grams
-        args = ["--ckpt", self.grams_ms(wildcards), "--task", wildcards.task, "--arrow", self.paths.arrow_dir,
-                "--tokenizer", self.paths.tokenizer_dir, "--split", g["split"], "--batch-size", str(g["batch_size"])]
+        args = [
+            "--ckpt",
+            self.grams_ms(wildcards),
+            "--task",
+            wildcards.task,
+            "--arrow",
+            self.paths.arrow_dir,
+            "--tokenizer",
+            self.paths.tokenizer_dir,
+            "--split",
+            g["split"],
+            "--batch-size",
+            str(g["batch_size"]),
+        ]
         if g["max_samples"]:
             args += ["--max-samples", str(g["max_samples"])]
         if g["include_pad"]:

@@ -92,4 +92,3 @@ class Paths:
     def raw_input(self, wildcards: Any) -> list[str]:
         """A synthetic dataset depends on the generator's record; a real root is outside the DAG."""
         return [] if self.data["raw"].get(wildcards.dataset) else [self.synth_record]
-

@@ -11,12 +11,11 @@ import hashlib
 import shlex
 from typing import Any
 
+from vlmerge.catalog.names import MS_SHARINGS
 from vlmerge.pretrain.config import PretrainSection, PretrainSettings
 from vlmerge.runtime.settings import build
 from workflow.launch import Launch
 from workflow.paths import Paths, stage_code
-
-MS_SHARINGS = ("modality_specific", "attn", "ffn", "ln")
 
 
 class Pretraining:
@@ -62,8 +61,12 @@ class Pretraining:
         and never compared, hiding every hyper-parameter.
         """
         paths = {"--arrow": self.paths.arrow_dir, "--tokenizer": self.paths.tokenizer_dir}
-        return " ".join([f"--config {shlex.quote(self.settings(wildcards.run).as_json())}",
-                         *(f"{flag} {shlex.quote(path)}" for flag, path in paths.items())])
+        return " ".join(
+            [
+                f"--config {shlex.quote(self.settings(wildcards.run).as_json())}",
+                *(f"{flag} {shlex.quote(path)}" for flag, path in paths.items()),
+            ]
+        )
 
 
 def seed_of(ms_run: str) -> str:

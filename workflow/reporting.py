@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlmerge.report import outputs
 from vlmerge.catalog.lineages import ms_run
+from vlmerge.report import outputs
 from vlmerge.report.sweeps import find_sweeps
 from workflow.ablations import Ablations
 from workflow.finetuning import Finetuning
@@ -40,13 +40,19 @@ class Reporting:
         return [self.paths.table(s, x) for s in stems if stem in (None, s) for x in outputs.TABLE_SUFFIXES]
 
     def plots(self) -> list[str]:
-        return [self.paths.plot(s, x) for s in outputs.plot_stems(self.sweeps, **self.flags) for x in outputs.PLOT_SUFFIXES]
+        return [
+            self.paths.plot(s, x) for s in outputs.plot_stems(self.sweeps, **self.flags) for x in outputs.PLOT_SUFFIXES
+        ]
 
     def args(self, wildcards: Any, input: Any) -> str:
         defaults = self.ablations.defaults
-        args = [f"--results {' '.join(input.results)}", f"--sharing {defaults.sharing}",
-                f"--seed-steps {defaults.seed_steps}", f"--tables {self.paths.table_dir}",
-                f"--plots {self.paths.plot_dir}"]
+        args = [
+            f"--results {' '.join(input.results)}",
+            f"--sharing {defaults.sharing}",
+            f"--seed-steps {defaults.seed_steps}",
+            f"--tables {self.paths.table_dir}",
+            f"--plots {self.paths.plot_dir}",
+        ]
         if input.distances:
             args.append(f"--distances {' '.join(input.distances)}")
         args += [f"--sweep {sweep.arg()}" for sweep in self.sweeps]

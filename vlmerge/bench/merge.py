@@ -25,9 +25,15 @@ log = logging.getLogger(__name__)
 
 # (method, --param values, which inputs it reads besides the MS checkpoint)
 RUNS: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    ("interpolation", (), "ms"), ("arithmetic", (), "seed"), ("arithmetic", ("mode=upstream_sequential",), "seed"),
-    ("task_arithmetic", (), "seed"), ("ties", (), "seed"), ("ties", ("topk_scope=global",), "seed"),
-    ("dare", (), "seed"), ("regmean", (), "grams"), ("regmean_exact_bias", (), "grams"),
+    ("interpolation", (), "ms"),
+    ("arithmetic", (), "seed"),
+    ("arithmetic", ("mode=upstream_sequential",), "seed"),
+    ("task_arithmetic", (), "seed"),
+    ("ties", (), "seed"),
+    ("ties", ("topk_scope=global",), "seed"),
+    ("dare", (), "seed"),
+    ("regmean", (), "grams"),
+    ("regmean_exact_bias", (), "grams"),
 )
 
 
@@ -41,8 +47,8 @@ def write_inputs(work: str) -> None:
     """(child) Random base MS and seed checkpoints, and synthetic grams G = AAᵀ + diag(u), A [D, 256]."""
     import torch
 
-    from vlmerge.merging import GramStats, gram_targets
     from vlmerge.files.grams import save_grams
+    from vlmerge.merging import GramStats, gram_targets
     from vlmerge.model import create_model
     from vlmerge.model.checkpoint import save_model
     from vlmerge.runtime import sha256_file
@@ -59,14 +65,17 @@ def write_inputs(work: str) -> None:
         a = torch.randn(dim, 256, generator=g, dtype=torch.float64)  # low rank + diagonal: PD, cheap at base size
         xtx[name] = a @ a.T + torch.diag(torch.rand(dim, generator=g, dtype=torch.float64))
         sums[name], counts[name] = torch.randn(dim, generator=g, dtype=torch.float64), 10_000
-    save_grams(root / "grams.safetensors", GramStats(xtx, sums, counts),
-               {"task": "synthetic", "checkpoint_sha256": sha256_file(root / "ms.safetensors")})
+    save_grams(
+        root / "grams.safetensors",
+        GramStats(xtx, sums, counts),
+        {"task": "synthetic", "checkpoint_sha256": sha256_file(root / "ms.safetensors")},
+    )
 
 
 def floor(ms: str, out: str, seed: str = "", grams: str = "") -> None:
     """(child) Load the inputs as the merge CLI does and write an MA-sized output (the v expert's weights)."""
-    from vlmerge.merging import block_groups
     from vlmerge.files.grams import load_grams
+    from vlmerge.merging import block_groups
     from vlmerge.merging.keys import copied_keys
     from vlmerge.model import Modality, Sharing, expert_layout
     from vlmerge.model.checkpoint import CheckpointMeta, load_state, save_checkpoint
@@ -134,9 +143,17 @@ def _bench_methods(work: Path) -> list[dict[str, object]]:
         for p in params:
             args += ["--param", p]
         m, f = run_measured(python_module("vlmerge.merge", *args)), floors[needs]
-        rows.append({"method": " ".join([method, *params]), "seconds": m.seconds, "peak_rss_mb": m.peak_rss_mb,
-                     "floor_s": f.seconds, "floor_rss_mb": f.peak_rss_mb, "time_vs_floor": m.seconds / f.seconds,
-                     "rss_vs_floor": m.peak_rss_mb / f.peak_rss_mb})
+        rows.append(
+            {
+                "method": " ".join([method, *params]),
+                "seconds": m.seconds,
+                "peak_rss_mb": m.peak_rss_mb,
+                "floor_s": f.seconds,
+                "floor_rss_mb": f.peak_rss_mb,
+                "time_vs_floor": m.seconds / f.seconds,
+                "rss_vs_floor": m.peak_rss_mb / f.peak_rss_mb,
+            }
+        )
     return rows
 
 
@@ -147,9 +164,13 @@ def run() -> dict[str, object]:
     print("\n## merge: base preset, random weights, synthetic grams (one child process per method)")
     print(f"{'method':<36} {'s':>7} {'peak RSS MB':>12} {'floor s':>8} {'floor MB':>9} {'x floor':>8} {'RSS x':>6}")
     for r in rows:
-        print(f"{r['method']:<36} {r['seconds']:>7.1f} {r['peak_rss_mb']:>12.0f} {r['floor_s']:>8.1f}"
-              f" {r['floor_rss_mb']:>9.0f} {r['time_vs_floor']:>8.2f} {r['rss_vs_floor']:>6.2f}")
-    print(f"\n## grams: tiny preset, batch 32 image+text pairs: plain forward "
-          f"{hooks['plain_s_per_batch'] * 1e3:.0f} ms, with gram hooks {hooks['grams_s_per_batch'] * 1e3:.0f} ms "
-          f"per batch (x{hooks['ratio']:.2f})")
+        print(
+            f"{r['method']:<36} {r['seconds']:>7.1f} {r['peak_rss_mb']:>12.0f} {r['floor_s']:>8.1f}"
+            f" {r['floor_rss_mb']:>9.0f} {r['time_vs_floor']:>8.2f} {r['rss_vs_floor']:>6.2f}"
+        )
+    print(
+        f"\n## grams: tiny preset, batch 32 image+text pairs: plain forward "
+        f"{hooks['plain_s_per_batch'] * 1e3:.0f} ms, with gram hooks {hooks['grams_s_per_batch'] * 1e3:.0f} ms "
+        f"per batch (x{hooks['ratio']:.2f})"
+    )
     return {"methods": rows, "grams": hooks}

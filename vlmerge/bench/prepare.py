@@ -23,11 +23,15 @@ _READ_ALL = (
 
 def _bench_size(work: Path, images: int) -> dict[str, float]:
     raw, out = work / f"raw{images}", work / f"arrow{images}"
-    run_measured(python_module("vlmerge.synth", "--out", str(raw), "--datasets", "sbu",
-                               "--count", f"sbu.train={images}", "--seed", "0"))
+    run_measured(
+        python_module(
+            "vlmerge.synth", "--out", str(raw), "--datasets", "sbu", "--count", f"sbu.train={images}", "--seed", "0"
+        )
+    )
     floor: Measurement = run_measured([sys.executable, "-c", _READ_ALL, str(raw / "sbu")])
-    conv = run_measured(python_module("vlmerge.prepare", "--dataset", "sbu", "--raw", str(raw / "sbu"),
-                                      "--out", str(out)))
+    conv = run_measured(
+        python_module("vlmerge.prepare", "--dataset", "sbu", "--raw", str(raw / "sbu"), "--out", str(out))
+    )
     return {
         "images": images,
         "convert_s": conv.seconds,
@@ -45,9 +49,13 @@ def run(sizes: tuple[int, ...] = (2000, 20000)) -> list[dict[str, float]]:
     print("\n## prepare: SBU converter, synthetic 48 px JPEGs")
     print(f"{'images':>8} {'conv s':>8} {'img/s':>8} {'peak RSS MB':>12} {'read-only s':>12} {'x floor':>8}")
     for r in rows:
-        print(f"{r['images']:>8} {r['convert_s']:>8.2f} {r['images_per_s']:>8.0f} {r['peak_rss_mb']:>12.1f}"
-              f" {r['read_floor_s']:>12.2f} {r['time_vs_floor']:>8.2f}")
+        print(
+            f"{r['images']:>8} {r['convert_s']:>8.2f} {r['images_per_s']:>8.0f} {r['peak_rss_mb']:>12.1f}"
+            f" {r['read_floor_s']:>12.2f} {r['time_vs_floor']:>8.2f}"
+        )
     growth = rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
-    print(f"peak RSS {rows[-1]['images']} vs {rows[0]['images']} images: x{growth:.2f}"
-          f" (dataset x{rows[-1]['images'] / rows[0]['images']:.0f})")
+    print(
+        f"peak RSS {rows[-1]['images']} vs {rows[0]['images']} images: x{growth:.2f}"
+        f" (dataset x{rows[-1]['images'] / rows[0]['images']:.0f})"
+    )
     return rows

@@ -12,11 +12,11 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from vlmerge.model import Heads, create_model
 from vlmerge.pretrain.module import PretrainConfig, PretrainModule
@@ -31,9 +31,15 @@ def random_batches(count: int, batch: int, image_size: int, text_len: int, vocab
     for _ in range(count):
         ids = torch.randint(5, vocab, (batch, text_len), generator=g)
         masked = torch.rand(batch, text_len, generator=g) < 0.15
-        out.append({"image": torch.randn(batch, 3, image_size, image_size, generator=g), "text_ids": ids,
-                    "text_mask": torch.ones_like(ids), "mlm_ids": torch.where(masked, 4, ids),
-                    "mlm_labels": torch.where(masked, ids, -100)})
+        out.append(
+            {
+                "image": torch.randn(batch, 3, image_size, image_size, generator=g),
+                "text_ids": ids,
+                "text_mask": torch.ones_like(ids),
+                "mlm_ids": torch.where(masked, 4, ids),
+                "mlm_labels": torch.where(masked, ids, -100),
+            }
+        )
     return out
 
 
@@ -59,17 +65,22 @@ class _Clock(pl.Callback):
 def lightning_seconds(batches: list[dict[str, Any]], skip: int) -> float:
     clock = _Clock(skip)
     with tempfile.TemporaryDirectory(prefix="vlmerge-bench-") as work:
-        trainer = build_trainer(TrainerConfig(Path(work), max_steps=len(batches), ckpt_every=10 * len(batches),
-                                              log_every=10))
-        trainer.callbacks.append(clock)
-        trainer.fit(_module("tiny", len(batches)), train_dataloaders=DataLoader(batches, batch_size=None))
+        trainer = build_trainer(
+            TrainerConfig(Path(work), max_steps=len(batches), ckpt_every=10 * len(batches), log_every=10)
+        )
+        trainer.callbacks.append(clock)  # type: ignore[attr-defined]  # set by Lightning, not declared on Trainer
+        # A list is a map-style dataset to DataLoader; torch's type asks for a Dataset subclass.
+        trainer.fit(
+            _module("tiny", len(batches)), train_dataloaders=DataLoader(cast(Dataset, batches), batch_size=None)
+        )
     return clock.end - clock.start
 
 
 def plain_seconds(batches: list[dict[str, Any]], skip: int) -> float:
     module = _module("tiny", len(batches))
     module.train()
-    configured = module.configure_optimizers()
+    # Lightning types the scheduler entry as a union of forms; ours is always {"scheduler": LambdaLR, ...}.
+    configured = cast(dict[str, Any], module.configure_optimizers())
     optimizer, schedule = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
     start = 0.0
     for i, batch in enumerate(batches):
@@ -115,13 +126,17 @@ def run(steps: int = 40, skip: int = 5, batch: int = 32, rounds: int = 2) -> dic
     rows["lightning_vs_plain"] = rows["lightning_samples_per_s"] / rows["plain_samples_per_s"]
     fwd_bwd, opt = base_step_seconds()
     rows |= {"base_fwd_bwd_s_per_sample": fwd_bwd / 2, "base_adamw_s_per_step": opt}
-    print(f"\n## pretrain: tiny preset, batch {batch}, {steps - skip} timed steps, best of {rounds}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"\n## pretrain: tiny preset, batch {batch}, {steps - skip} timed steps, best of {rounds}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"{'loop':>10} {'samples/s':>10} {'all rounds':>20}")
     print(f"{'lightning':>10} {rows['lightning_samples_per_s']:>10.1f} {' '.join(f'{x:.1f}' for x in light):>20}")
     print(f"{'plain':>10} {rows['plain_samples_per_s']:>10.1f} {' '.join(f'{x:.1f}' for x in plain):>20}")
     print(f"Lightning / plain throughput: {rows['lightning_vs_plain']:.3f}")
     print("\n## pretrain: base preset (MA), 224 px, batch 2, MLM + ITC + ITM")
-    print(f"forward+backward {rows['base_fwd_bwd_s_per_sample']:.2f} s/sample; AdamW step "
-          f"{rows['base_adamw_s_per_step']:.2f} s")
+    print(
+        f"forward+backward {rows['base_fwd_bwd_s_per_sample']:.2f} s/sample; AdamW step "
+        f"{rows['base_adamw_s_per_step']:.2f} s"
+    )
     return rows

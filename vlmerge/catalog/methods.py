@@ -12,8 +12,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlmerge.catalog.names import TASK_EXPERTS, Part
-from vlmerge.catalog.params import (Param, choice, flag, integer, layer_set, modalities, modality, names, optional,
-                                    real, to_json)
+from vlmerge.catalog.params import (
+    Param,
+    choice,
+    flag,
+    integer,
+    layer_set,
+    modalities,
+    modality,
+    names,
+    optional,
+    real,
+    to_json,
+)
 from vlmerge.errors import ConfigError
 
 SUNG = "Sung et al. 2023, https://arxiv.org/abs/2304.14933"
@@ -22,13 +33,18 @@ NORMALIZE = ("sum", "mean")  # gram statistics: raw token sums (upstream) or per
 
 # Partial merging: parts of a block that merge together.
 PARTS: dict[str, frozenset[Part]] = {
-    "attention": frozenset({Part.NORM1, Part.ATTN}), "ffn": frozenset({Part.NORM2, Part.MLP}),
+    "attention": frozenset({Part.NORM1, Part.ATTN}),
+    "ffn": frozenset({Part.NORM2, Part.MLP}),
 }
 
 # Options every method takes: which experts merge in each layer, and which keys merge at all.
 SELECTION_PARAMS = (
-    Param("used_experts_only", optional(choice(*TASK_EXPERTS)), None,
-          "task whose used experts alone merge in layers >= F (coco, f30k, retrieval: v,l; vqa, nlvr2: vl)"),
+    Param(
+        "used_experts_only",
+        optional(choice(*TASK_EXPERTS)),
+        None,
+        "task whose used experts alone merge in layers >= F (coco, f30k, retrieval: v,l; vqa, nlvr2: vl)",
+    ),
     Param("layers", optional(layer_set), None, "merge only these layers, e.g. 0-5,9 (default: all)"),
     Param("parts", optional(names(*PARTS)), None, "merge only these parts: attention, ffn (default: all)"),
     Param("rest_from", optional(modality), None, "expert whose weights fill every key that does not merge"),
@@ -50,13 +66,19 @@ class MethodInfo:
         known = {p.name: p for p in self.params}
         unknown = sorted(set(given) - set(known))
         if unknown:
-            raise ConfigError(f"method {self.name!r} has no parameter(s) {unknown}; it takes "
-                              f"{sorted(known) + [p.name for p in SELECTION_PARAMS]}")
+            raise ConfigError(
+                f"method {self.name!r} has no parameter(s) {unknown}; it takes "
+                f"{sorted(known) + [p.name for p in SELECTION_PARAMS]}"
+            )
         return {name: p.resolve(given[name]) if name in given else p.default for name, p in known.items()}
 
     def describe(self) -> dict[str, Any]:
-        return {"paper": self.paper, "needs_seed": self.needs_seed, "needs_grams": self.needs_grams,
-                "params": {p.name: {"default": to_json(p.default), "help": p.help} for p in self.params}}
+        return {
+            "paper": self.paper,
+            "needs_seed": self.needs_seed,
+            "needs_grams": self.needs_grams,
+            "params": {p.name: {"default": to_json(p.default), "help": p.help} for p in self.params},
+        }
 
 
 _LAM = Param("lam", real(), 0.5, "scale λ of the combined task vectors")
@@ -65,37 +87,72 @@ _REGMEAN = (
     Param("alpha", real(0.0, 1.0), 1.0, "scale α of the grams' off-diagonal entries (upstream runs: 1.0)"),
     Param("normalize", choice(*NORMALIZE), "sum", "sum: raw token sums (upstream); mean: per-token averages"),
     Param("max_cond", real(1.0), 1e10, "condition estimate above which a ridge is added"),
-    Param("unseen", choice("error", "skip"), "error",
-          "an expert whose gram saw no tokens: error, or leave it out of that layer's solve (upstream; recorded)"),
+    Param(
+        "unseen",
+        choice("error", "skip"),
+        "error",
+        "an expert whose gram saw no tokens: error, or leave it out of that layer's solve (upstream; recorded)",
+    ),
 )
 
-METHOD_INFO: dict[str, MethodInfo] = {info.name: info for info in (
-    MethodInfo("interpolation", SUNG, (Param("ratio", real(0.0, 1.0), 0.5, "weight r of the v expert; l gets 1−r"),)),
-    MethodInfo("arithmetic", SUNG, (
-        Param("lam", real(), 0.5, "scale λ of the summed modality vectors"),
-        Param("mode", choice("formula", "upstream_sequential"), "formula",
-              "formula: θ₀ + λΣ(θ_m − θ₀); upstream_sequential: the released in-place recursion"),
-    ), needs_seed=True),
-    MethodInfo("regmean", REGMEAN, _REGMEAN, needs_grams=True),
-    MethodInfo("regmean_exact_bias", f"{REGMEAN} (bias variant ours)", _REGMEAN, needs_grams=True),
-    MethodInfo("task_arithmetic", "Ilharco et al. 2023, https://arxiv.org/abs/2212.04089", (_LAM, _SUBSET),
-               needs_seed=True),
-    MethodInfo("ties", "Yadav et al. 2023, https://arxiv.org/abs/2306.01708", (
-        Param("lam", real(), 1.0, "scale λ of the merged task vector"),
-        Param("k", real(0.0, 100.0), 20.0, "percent of task-vector entries kept, by magnitude"),
-        Param("topk_scope", choice("per_tensor", "global"), "per_tensor",
-              "rank magnitudes within each tensor, or across an expert's whole task vector"),
-        _SUBSET,
-    ), needs_seed=True),
-    MethodInfo("dare", "Yu et al. 2023, https://arxiv.org/abs/2311.03099", (
-        _LAM,
-        Param("p", real(0.0, 1.0, below_high=True), 0.5, "drop rate of task-vector entries"),
-        Param("seed", integer(0), 0, "seed of the per-tensor drop masks"),
-        Param("rescale", flag, True, "rescale kept entries by 1/(1−p)"),
-        Param("consensus", flag, False, "elect signs and take the disjoint mean (DARE-TIES) instead of the sum"),
-        _SUBSET,
-    ), needs_seed=True),
-)}
+METHOD_INFO: dict[str, MethodInfo] = {
+    info.name: info
+    for info in (
+        MethodInfo(
+            "interpolation", SUNG, (Param("ratio", real(0.0, 1.0), 0.5, "weight r of the v expert; l gets 1−r"),)
+        ),
+        MethodInfo(
+            "arithmetic",
+            SUNG,
+            (
+                Param("lam", real(), 0.5, "scale λ of the summed modality vectors"),
+                Param(
+                    "mode",
+                    choice("formula", "upstream_sequential"),
+                    "formula",
+                    "formula: θ₀ + λΣ(θ_m − θ₀); upstream_sequential: the released in-place recursion",
+                ),
+            ),
+            needs_seed=True,
+        ),
+        MethodInfo("regmean", REGMEAN, _REGMEAN, needs_grams=True),
+        MethodInfo("regmean_exact_bias", f"{REGMEAN} (bias variant ours)", _REGMEAN, needs_grams=True),
+        MethodInfo(
+            "task_arithmetic", "Ilharco et al. 2023, https://arxiv.org/abs/2212.04089", (_LAM, _SUBSET), needs_seed=True
+        ),
+        MethodInfo(
+            "ties",
+            "Yadav et al. 2023, https://arxiv.org/abs/2306.01708",
+            (
+                Param("lam", real(), 1.0, "scale λ of the merged task vector"),
+                Param("k", real(0.0, 100.0), 20.0, "percent of task-vector entries kept, by magnitude"),
+                Param(
+                    "topk_scope",
+                    choice("per_tensor", "global"),
+                    "per_tensor",
+                    "rank magnitudes within each tensor, or across an expert's whole task vector",
+                ),
+                _SUBSET,
+            ),
+            needs_seed=True,
+        ),
+        MethodInfo(
+            "dare",
+            "Yu et al. 2023, https://arxiv.org/abs/2311.03099",
+            (
+                _LAM,
+                Param("p", real(0.0, 1.0, below_high=True), 0.5, "drop rate of task-vector entries"),
+                Param("seed", integer(0), 0, "seed of the per-tensor drop masks"),
+                Param("rescale", flag, True, "rescale kept entries by 1/(1−p)"),
+                Param(
+                    "consensus", flag, False, "elect signs and take the disjoint mean (DARE-TIES) instead of the sum"
+                ),
+                _SUBSET,
+            ),
+            needs_seed=True,
+        ),
+    )
+}
 
 
 def method_info(name: str) -> MethodInfo:

@@ -63,8 +63,7 @@ class Sharing(enum.Enum):
         try:
             return cls(value)
         except ValueError:
-            raise ConfigError(
-                f"unknown sharing layout {value!r}; choose one of {[s.value for s in cls]}") from None
+            raise ConfigError(f"unknown sharing layout {value!r}; choose one of {[s.value for s in cls]}") from None
 
 
 _PER_EXPERT = {
@@ -81,6 +80,9 @@ MS_SHARINGS = tuple(s.value for s in Sharing if s is not Sharing.SHARED)
 
 # Experts each task's forward routes through in layers >= F (vl-merging's ``only_activate_used_experts``).
 TASK_EXPERTS: dict[str, tuple[Modality, ...]] = {
-    "coco": (Modality.V, Modality.L), "f30k": (Modality.V, Modality.L), "retrieval": (Modality.V, Modality.L),
-    "vqa": (Modality.VL,), "nlvr2": (Modality.VL,),
+    "coco": (Modality.V, Modality.L),
+    "f30k": (Modality.V, Modality.L),
+    "retrieval": (Modality.V, Modality.L),
+    "vqa": (Modality.VL,),
+    "nlvr2": (Modality.VL,),
 }

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vlmerge.errors import ConfigError
 from vlmerge.catalog.names import Modality
+from vlmerge.errors import ConfigError
 
 Parser = Callable[[Any], Any]
 
@@ -35,11 +35,13 @@ class Param:
 
 def real(low: float | None = None, high: float | None = None, *, below_high: bool = False) -> Parser:
     """A float in [low, high] (or [low, high) with ``below_high``)."""
+
     def parse(value: Any) -> float:
         x = float(value)
         if x != x or (low is not None and x < low) or (high is not None and (x > high or (below_high and x == high))):
             raise ValueError(f"must lie in [{low}, {high}{')' if below_high else ']'}")
         return x
+
     return parse
 
 
@@ -51,6 +53,7 @@ def integer(low: int | None = None) -> Parser:
         if low is not None and x < low:
             raise ValueError(f"must be at least {low}")
         return x
+
     return parse
 
 
@@ -59,6 +62,7 @@ def choice(*options: str) -> Parser:
         if value not in options:
             raise ValueError(f"choose one of {list(options)}")
         return str(value)
+
     return parse
 
 
@@ -82,10 +86,12 @@ def _items(value: Any) -> list[Any]:
 
 def optional(parse: Parser) -> Parser:
     """``None``, ``""`` or ``"none"`` → None; anything else through ``parse``."""
+
     def wrapped(value: Any) -> Any:
         if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
             return None
         return parse(value)
+
     return wrapped
 
 
@@ -123,11 +129,13 @@ def layer_set(value: Any) -> tuple[int, ...]:
 
 def names(*allowed: str) -> Parser:
     """A comma list of some of ``allowed`` → sorted distinct tuple."""
+
     def parse(value: Any) -> tuple[str, ...]:
         chosen = set(_items(value))
         if not chosen or not chosen <= set(allowed):
             raise ValueError(f"choose among {list(allowed)}")
         return tuple(sorted(chosen))
+
     return parse
 
 

@@ -33,13 +33,24 @@ class TextBatch:
     word_ids: torch.Tensor
 
 
-def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int = MAX_TEXT_LEN,
-                 pad_to_max_length: bool = False) -> TextBatch:
+def encode_texts(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    max_length: int = MAX_TEXT_LEN,
+    pad_to_max_length: bool = False,
+) -> TextBatch:
     """Tokenise ``texts`` to at most ``max_length`` tokens ([CLS] … [SEP]), padded to the longest (or to max)."""
-    enc = tokenizer(list(texts), padding="max_length" if pad_to_max_length else "longest", truncation=True,
-                    max_length=max_length, return_tensors="pt", return_token_type_ids=False)
-    word_ids = torch.tensor([[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(texts))],
-                            dtype=torch.long).reshape(enc["input_ids"].shape)
+    enc = tokenizer(
+        list(texts),
+        padding="max_length" if pad_to_max_length else "longest",
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
+        return_token_type_ids=False,
+    )
+    word_ids = torch.tensor(
+        [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(texts))], dtype=torch.long
+    ).reshape(enc["input_ids"].shape)
     return TextBatch(enc["input_ids"].long(), enc["attention_mask"].long(), word_ids)
 
 
@@ -105,8 +116,12 @@ class BatchCollator:
     anything else (strings, answer lists) stays a list.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int = MAX_TEXT_LEN,
-                 mlm: WholeWordMaskCollator | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int = MAX_TEXT_LEN,
+        mlm: WholeWordMaskCollator | None = None,
+    ) -> None:
         self.tokenizer, self.max_length, self.mlm = tokenizer, max_length, mlm
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:

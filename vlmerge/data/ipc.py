@@ -6,11 +6,11 @@ read tables, such as ``python -m vlmerge.vocab``, start without importing torch.
 
 from __future__ import annotations
 
-from vlmerge.errors import InputError
-
 from pathlib import Path
 
 import pyarrow as pa
+
+from vlmerge.errors import InputError
 
 
 class ReaderError(InputError):

@@ -9,41 +9,51 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-CAPTION = pa.schema([
-    ("image", pa.binary()),
-    ("caption", pa.list_(pa.string())),
-    ("image_id", pa.string()),
-    ("split", pa.string()),
-])
+from vlmerge.catalog.names import DATASETS
 
-VQA = pa.schema([
-    ("image", pa.binary()),
-    ("questions", pa.list_(pa.string())),
-    ("answers", pa.list_(pa.list_(pa.string()))),
-    ("answer_labels", pa.list_(pa.list_(pa.int64()))),
-    ("answer_scores", pa.list_(pa.list_(pa.float64()))),
-    ("image_id", pa.int64()),
-    ("question_id", pa.list_(pa.int64())),
-    ("split", pa.string()),
-])
+CAPTION = pa.schema(
+    [
+        ("image", pa.binary()),
+        ("caption", pa.list_(pa.string())),
+        ("image_id", pa.string()),
+        ("split", pa.string()),
+    ]
+)
 
-NLVR2 = pa.schema([
-    ("image_0", pa.binary()),
-    ("image_1", pa.binary()),
-    ("questions", pa.list_(pa.string())),
-    ("answers", pa.list_(pa.string())),
-    ("identifier", pa.string()),
-])
+VQA = pa.schema(
+    [
+        ("image", pa.binary()),
+        ("questions", pa.list_(pa.string())),
+        ("answers", pa.list_(pa.list_(pa.string()))),
+        ("answer_labels", pa.list_(pa.list_(pa.int64()))),
+        ("answer_scores", pa.list_(pa.list_(pa.float64()))),
+        ("image_id", pa.int64()),
+        ("question_id", pa.list_(pa.int64())),
+        ("split", pa.string()),
+    ]
+)
 
-VG = pa.schema([
-    ("image", pa.binary()),
-    ("caption", pa.list_(pa.string())),
-    ("width", pa.list_(pa.int64())),
-    ("height", pa.list_(pa.int64())),
-    ("x", pa.list_(pa.int64())),
-    ("y", pa.list_(pa.int64())),
-    ("image_id", pa.string()),
-])
+NLVR2 = pa.schema(
+    [
+        ("image_0", pa.binary()),
+        ("image_1", pa.binary()),
+        ("questions", pa.list_(pa.string())),
+        ("answers", pa.list_(pa.string())),
+        ("identifier", pa.string()),
+    ]
+)
+
+VG = pa.schema(
+    [
+        ("image", pa.binary()),
+        ("caption", pa.list_(pa.string())),
+        ("width", pa.list_(pa.int64())),
+        ("height", pa.list_(pa.int64())),
+        ("x", pa.list_(pa.int64())),
+        ("y", pa.list_(pa.int64())),
+        ("image_id", pa.string()),
+    ]
+)
 
 # Output files per dataset and split. SBU and GCC are sharded: ``{shard}`` is 0, 1, …
 FILES: dict[str, dict[str, str]] = {
@@ -57,10 +67,16 @@ FILES: dict[str, dict[str, str]] = {
 }
 
 SCHEMAS: dict[str, pa.Schema] = {
-    "coco": CAPTION, "f30k": CAPTION, "vqa": VQA, "nlvr2": NLVR2, "vg": VG, "sbu": CAPTION, "gcc": CAPTION,
+    "coco": CAPTION,
+    "f30k": CAPTION,
+    "vqa": VQA,
+    "nlvr2": NLVR2,
+    "vg": VG,
+    "sbu": CAPTION,
+    "gcc": CAPTION,
 }
 
-DATASETS: tuple[str, ...] = tuple(FILES)
+assert tuple(FILES) == DATASETS, "one table layout per catalogued dataset, in the catalogue's order"
 
 # The VQA answer vocabulary (label index → answer string) is written beside the arrow files.
 VQA_ANSWERS_FILE = "vqav2_answers.json"

@@ -9,8 +9,6 @@ vocabulary silently becomes a 5-token one there (every word → [UNK]).
 
 from __future__ import annotations
 
-from vlmerge.errors import InputError
-
 import collections
 import itertools
 import json
@@ -21,8 +19,11 @@ from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from vlmerge.errors import InputError
+
 if TYPE_CHECKING:  # transformers costs ~1.7 s to import; only loading needs it
-    from transformers import BertTokenizerFast
+    # Exported lazily: real at runtime, invisible to mypy (its module path differs across versions).
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined]
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +80,14 @@ def train_wordpiece(texts: Iterable[str], out_dir: Path, vocab_size: int = 4096,
         raise TokenizerError("no text to train a WordPiece vocabulary on")
     subwords = sorted({"##" + char for word in counts for char in word[1:]})
     trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency,
-        special_tokens=[*SPECIAL_TOKENS, *subwords], show_progress=False,
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[*SPECIAL_TOKENS, *subwords],
+        show_progress=False,
     )
     backend.train_from_iterator(_repeat_words(counts), trainer)
     vocab = backend.get_vocab(with_added_tokens=False)
-    log.info("trained WordPiece: %d words (%d distinct) -> %d tokens",
-             sum(counts.values()), len(counts), len(vocab))
+    log.info("trained WordPiece: %d words (%d distinct) -> %d tokens", sum(counts.values()), len(counts), len(vocab))
     return write_tokenizer(sorted(vocab, key=vocab.__getitem__), out_dir)
 
 
@@ -99,9 +101,16 @@ def write_tokenizer(tokens: list[str], out_dir: Path, max_length: int = MAX_TEXT
     (out_dir / "vocab.txt").write_text("".join(f"{t}\n" for t in tokens), encoding="utf-8")
     (out_dir / "tokenizer.json").write_text(_backend(vocab).to_str(pretty=True) + "\n", encoding="utf-8")
     config = {
-        "tokenizer_class": "BertTokenizer", "do_lower_case": True, "strip_accents": None,
-        "tokenize_chinese_chars": True, "model_max_length": max_length,
-        "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]",
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": True,
+        "strip_accents": None,
+        "tokenize_chinese_chars": True,
+        "model_max_length": max_length,
+        "unk_token": "[UNK]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "cls_token": "[CLS]",
+        "mask_token": "[MASK]",
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out_dir
@@ -125,7 +134,7 @@ def load_tokenizer(path: Path, max_length: int = MAX_TEXT_LEN) -> BertTokenizerF
     Raises :class:`TokenizerError` naming ``path`` when the files are missing, the vocabulary has
     5 tokens or fewer (transformers' silent fallback) or lacks a special token.
     """
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined]  # lazy export, see top
 
     path = Path(path)
     if path.is_file():
@@ -133,8 +142,9 @@ def load_tokenizer(path: Path, max_length: int = MAX_TEXT_LEN) -> BertTokenizerF
     elif (path / "vocab.txt").is_file() or (path / "tokenizer.json").is_file():
         try:
             tok = BertTokenizerFast.from_pretrained(
-                path, local_files_only=True, do_lower_case=True, model_max_length=max_length)
-        except Exception as err:  # noqa: BLE001 — the Rust backend raises bare Exception on bad files
+                path, local_files_only=True, do_lower_case=True, model_max_length=max_length
+            )
+        except Exception as err:
             raise TokenizerError(f"cannot load tokenizer from {path}: {err}") from err
     else:
         raise TokenizerError(f"{path}: no vocab.txt or tokenizer.json (expected a tokenizer directory or a vocab.txt)")

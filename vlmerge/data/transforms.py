@@ -18,8 +18,18 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-UPSTREAM_OPS = ("Identity", "AutoContrast", "Equalize", "Brightness", "Sharpness",
-                "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+UPSTREAM_OPS = (
+    "Identity",
+    "AutoContrast",
+    "Equalize",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
+    "Rotate",
+)
 TORCHVISION_OPS = tuple(v2.RandAugment._AUGMENTATION_SPACE)
 
 ImageTransform = Callable[[Image.Image], torch.Tensor]
@@ -35,8 +45,8 @@ class _RandAugmentSubset(v2.RandAugment):
         super().__init__(num_ops=num_ops, magnitude=magnitude)
         self.ops = tuple(ops)
 
-    @property  # type: ignore[override]
-    def _AUGMENTATION_SPACE(self) -> dict:  # noqa: N802 — the name torchvision's forward reads
+    @property
+    def _AUGMENTATION_SPACE(self) -> dict:
         # Built per call from names, so the transform pickles (the library table holds lambdas).
         return {name: v2.RandAugment._AUGMENTATION_SPACE[name] for name in self.ops}
 
@@ -47,19 +57,21 @@ def _to_normalised_tensor() -> list[v2.Transform]:
 
 def eval_transform(size: int) -> ImageTransform:
     """Deterministic "square" transform: PIL image → Tensor[3, size, size] in [-1, 1]."""
-    return v2.Compose([v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC),
-                       *_to_normalised_tensor()])
+    return v2.Compose([v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC), *_to_normalised_tensor()])
 
 
-def train_transform(size: int, horizontal_flip: bool = True, randaugment: bool = True,
-                    randaug_ops: Sequence[str] = UPSTREAM_OPS, scale: tuple[float, float] = (0.5, 1.0),
-                    ) -> ImageTransform:
+def train_transform(
+    size: int,
+    horizontal_flip: bool = True,
+    randaugment: bool = True,
+    randaug_ops: Sequence[str] = UPSTREAM_OPS,
+    scale: tuple[float, float] = (0.5, 1.0),
+) -> ImageTransform:
     """Random crop + flip + RandAugment(2, 7): PIL image → Tensor[3, size, size] in [-1, 1].
 
     Randomness comes from torch's global generator, which DataLoader seeds per worker.
     """
-    steps: list[v2.Transform] = [
-        v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC)]
+    steps: list[v2.Transform] = [v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC)]
     if horizontal_flip:
         steps.append(v2.RandomHorizontalFlip())
     if randaugment:

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlmerge.distance.config import DistanceSettings
 from vlmerge.merging.distance import weight_distances
 from vlmerge.merging.errors import MergeError
 from vlmerge.merging.validate import check_finite, check_ms_state
-from vlmerge.model import CheckpointError, ModelConfigError, Sharing, expert_layout
+from vlmerge.model import Sharing, expert_layout
 from vlmerge.model.checkpoint import load_state
-from vlmerge.distance.config import DistanceSettings
 from vlmerge.runtime import atomic_write_json, provenance, sha256_file
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
 from vlmerge.runtime.stage import run_stage

@@ -21,9 +21,10 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import Dataset
@@ -84,8 +85,9 @@ class Evaluation:
 
     def rows(self, split: str) -> tuple[tuple[Dataset, ...], list[Rows]]:
         sides = self.task.eval_sides(self.config.arrow, split, self.transform)
-        return sides, evaluation_rows(self.task, self.model, sides, self.collate, self.config.batch_size,
-                                      self.config.num_workers)
+        return sides, evaluation_rows(
+            self.task, self.model, sides, self.collate, self.config.batch_size, self.config.num_workers
+        )
 
     def score(self, split: str, humans: dict[int, list[str]] | None) -> dict[str, Any]:
         """Metrics, baseline and margin of ``split``."""
@@ -99,9 +101,14 @@ class Evaluation:
             metrics["vqa_accuracy"] = official_accuracy(rows[0], dataset, vocabulary, humans)
             label = self.task.constant_answer(self.config.arrow, self.task.train)
             baseline.metrics["vqa_accuracy"] = constant_accuracy(label, vocabulary, dataset, humans)
-        return {"metrics": metrics, "baseline": baseline.metrics, "baseline_kind": baseline.description,
-                "margin": {k: v - baseline.metrics[k] for k, v in metrics.items()},
-                "samples": [len(side) for side in sides], "seconds": round(time.perf_counter() - start, 3)}
+        return {
+            "metrics": metrics,
+            "baseline": baseline.metrics,
+            "baseline_kind": baseline.description,
+            "margin": {k: v - baseline.metrics[k] for k, v in metrics.items()},
+            "samples": [len(cast(Sized, side)) for side in sides],
+            "seconds": round(time.perf_counter() - start, 3),
+        }
 
     def write_submission(self, split: str) -> dict[str, Any]:
         """The VQA evaluation-server file of ``split`` beside the result JSON."""
@@ -118,8 +125,10 @@ def _load(config: EvaluateConfig, task: Task, vocab_size: int) -> tuple[VLModel,
     model, meta = load_model(config.ckpt)
     require_heads(model.heads, task.heads(config.arrow), config.ckpt, task.name)
     if vocab_size != model.config.vocab_size:
-        raise TaskError(f"tokenizer {config.tokenizer} has {vocab_size} tokens but {config.ckpt} "
-                        f"was trained with {model.config.vocab_size}")
+        raise TaskError(
+            f"tokenizer {config.tokenizer} has {vocab_size} tokens but {config.ckpt} "
+            f"was trained with {model.config.vocab_size}"
+        )
     trained_for = meta.extra.get("task")
     if trained_for not in (None, task.name):
         log.warning("%s was fine-tuned for %s, evaluated on %s", config.ckpt, trained_for, task.name)
@@ -135,18 +144,26 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
     task, meta = evaluation.task, evaluation.meta
     humans = read_human_answers(config.vqa_annotations) if config.vqa_annotations else None
     result: dict[str, Any] = {
-        "task": task.name, "method": config.method,
-        "checkpoint": {"file": config.ckpt.name, "sha256": weights_sha256(config.ckpt),
-                       "model_config_hash": config_hash(meta.config, meta.sharing.value),
-                       "finetune_config_hash": meta.extra.get("finetune_config_hash"),
-                       "trained_for": meta.extra.get("task"), "sharing": meta.sharing.value,
-                       "image_size": evaluation.model.config.image_size, "selection": _selection(meta.extra)},
+        "task": task.name,
+        "method": config.method,
+        "checkpoint": {
+            "file": config.ckpt.name,
+            "sha256": weights_sha256(config.ckpt),
+            "model_config_hash": config_hash(meta.config, meta.sharing.value),
+            "finetune_config_hash": meta.extra.get("finetune_config_hash"),
+            "trained_for": meta.extra.get("task"),
+            "sharing": meta.sharing.value,
+            "image_size": evaluation.model.config.image_size,
+            "selection": _selection(meta.extra),
+        },
         "lineage": lineage(config.ckpt, meta),
         "splits": {split: evaluation.score(split, humans) for split in task.test},
     }
     if isinstance(task, VQATask):
-        result["vqa"] = {"accuracy_source": "annotations" if humans else "soft scores",
-                         "submission": evaluation.write_submission(config.vqa_submission_split)}
+        result["vqa"] = {
+            "accuracy_source": "annotations" if humans else "soft scores",
+            "submission": evaluation.write_submission(config.vqa_submission_split),
+        }
     result["timings"] = {"total_s": round(time.perf_counter() - start, 3)}
     result["provenance"] = record
     atomic_write_json(config.out, result)
@@ -161,15 +178,19 @@ def _selection(extra: dict[str, Any]) -> dict[str, Any] | None:
 
 def _parser() -> argparse.ArgumentParser:
     """Paths of this invocation, then every field of :class:`EvaluateSettings` as ``--config`` + flags."""
-    p = argparse.ArgumentParser(prog="python -m vlmerge.evaluate",
-                                description="Evaluate a checkpoint on VQAv2, COCO, Flickr30k or NLVR2.")
+    p = argparse.ArgumentParser(
+        prog="python -m vlmerge.evaluate", description="Evaluate a checkpoint on VQAv2, COCO, Flickr30k or NLVR2."
+    )
     p.add_argument("--ckpt", required=True, type=Path, help="checkpoint, PATH.safetensors (+ PATH.json)")
     p.add_argument("--arrow", required=True, type=Path, help="folder of the ViLT arrow tables")
     p.add_argument("--tokenizer", required=True, type=Path, help="tokenizer folder (or vocab.txt)")
     p.add_argument("--out", required=True, type=Path, help="result JSON, e.g. results/<task>/<method>.json")
-    p.add_argument("--vqa-annotations", type=Path,
-                   help="official v2_mscoco_val2014_annotations.json: VQA accuracy from the ten human answers "
-                        "(default: from the soft scores of the Arrow tables)")
+    p.add_argument(
+        "--vqa-annotations",
+        type=Path,
+        help="official v2_mscoco_val2014_annotations.json: VQA accuracy from the ten human answers "
+        "(default: from the soft scores of the Arrow tables)",
+    )
     p.add_argument("--verbose", action="store_true")
     add_settings_arguments(p, EvaluateSettings)
     return p
@@ -194,13 +215,21 @@ def _resolve(args: argparse.Namespace) -> EvaluateConfig:
         raise TaskError(f"--out {args.out}: expected a .json path")
     if args.vqa_annotations is not None and not args.vqa_annotations.is_file():
         raise TaskError(f"--vqa-annotations {args.vqa_annotations} does not exist")
-    return EvaluateConfig(task=settings.task, ckpt=args.ckpt.resolve(), arrow=args.arrow.resolve(),
-                          tokenizer=args.tokenizer.resolve(), out=args.out.resolve(),
-                          method=settings.method or args.out.stem, batch_size=settings.batch_size,
-                          num_workers=settings.num_workers, image_size=settings.image_size,
-                          device=_device(settings.device),
-                          vqa_annotations=args.vqa_annotations.resolve() if args.vqa_annotations else None,
-                          vqa_submission_split=settings.vqa_submission_split, verbose=args.verbose)
+    return EvaluateConfig(
+        task=settings.task,
+        ckpt=args.ckpt.resolve(),
+        arrow=args.arrow.resolve(),
+        tokenizer=args.tokenizer.resolve(),
+        out=args.out.resolve(),
+        method=settings.method or args.out.stem,
+        batch_size=settings.batch_size,
+        num_workers=settings.num_workers,
+        image_size=settings.image_size,
+        device=_device(settings.device),
+        vqa_annotations=args.vqa_annotations.resolve() if args.vqa_annotations else None,
+        vqa_submission_split=settings.vqa_submission_split,
+        verbose=args.verbose,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,13 +55,24 @@ def run(config: FinetuneRun) -> Path | None:
     torch.manual_seed(config.module.seed)  # fresh task heads
     model, init_meta = task_model(config.init, task.heads(config.data.arrow), config.image_size, config.drop_path)
     if len(data.tokenizer) != model.config.vocab_size:
-        raise TaskError(f"tokenizer {config.data.tokenizer} has {len(data.tokenizer)} tokens but {config.init} "
-                        f"was trained with {model.config.vocab_size}")
-    log.info("fine-tuning %s (%s) on %s: %d samples, %d steps (%d per epoch)", config.init.name,
-             model.sharing.value, task.name, config.train_samples, config.module.max_steps, config.steps_per_epoch)
+        raise TaskError(
+            f"tokenizer {config.data.tokenizer} has {len(data.tokenizer)} tokens but {config.init} "
+            f"was trained with {model.config.vocab_size}"
+        )
+    log.info(
+        "fine-tuning %s (%s) on %s: %d samples, %d steps (%d per epoch)",
+        config.init.name,
+        model.sharing.value,
+        task.name,
+        config.train_samples,
+        config.module.max_steps,
+        config.steps_per_epoch,
+    )
     work_dir = config.trainer.work_dir
     run_id = hashlib.sha256(f"{config.config_hash()} {weights_sha256(config.init)}".encode()).hexdigest()
-    claim_work_dir(work_dir, {"run_id": run_id}, writer=rank_zero_only.rank == 0, restart_stale=config.restart_stale)
+    # ``rank`` is set on the decorator function at runtime; its type does not declare it.
+    writer = rank_zero_only.rank == 0  # type: ignore[attr-defined]
+    claim_work_dir(work_dir, {"run_id": run_id}, writer=writer, restart_stale=config.restart_stale)
     module = FinetuneModule(model, task, data.val_sides, config.module, work_dir / "selection", run_id)
     trainer = build_trainer(config.trainer)
     trainer.fit(module, datamodule=data, ckpt_path=resume_checkpoint(work_dir))
@@ -73,31 +84,56 @@ def run(config: FinetuneRun) -> Path | None:
         raise TaskError(f"no validation of {config.data.select_split} gave a finite {module.selection.metric}")
     if not trainer.is_global_zero:
         return None
-    selection = {"metric": module.selection.metric, "value": best["metrics"][module.selection.metric],
-                 "step": best["step"], "split": config.data.select_split, "history": module.selection.history}
-    extra = {"stage": "finetune", "task": task.name, "init": str(config.init), "selection": selection,
-             "finetune_config_hash": config.config_hash(), "lineage": lineage(config.init, init_meta),
-             "provenance": record}
+    selection = {
+        "metric": module.selection.metric,
+        "value": best["metrics"][module.selection.metric],
+        "step": best["step"],
+        "split": config.data.select_split,
+        "history": module.selection.history,
+    }
+    extra = {
+        "stage": "finetune",
+        "task": task.name,
+        "init": str(config.init),
+        "selection": selection,
+        "finetune_config_hash": config.config_hash(),
+        "lineage": lineage(config.init, init_meta),
+        "provenance": record,
+    }
     inputs = {"init": config.init, "tokenizer": vocabulary_file(config.data.tokenizer)}
     meta = checkpoint_meta(model, steps=best["step"], inputs=inputs, extra=extra)
     save_checkpoint(config.out, module.best_weights.load(best["step"]), meta)
-    log.info("wrote %s: step %d, %s %s = %.4f", config.out, best["step"], config.data.select_split,
-             module.selection.metric, selection["value"])
+    log.info(
+        "wrote %s: step %d, %s %s = %.4f",
+        config.out,
+        best["step"],
+        config.data.select_split,
+        module.selection.metric,
+        selection["value"],
+    )
     return config.out
 
 
 def _parser() -> argparse.ArgumentParser:
     """Paths and switches of this invocation, then every field of :class:`FinetuneSettings` as ``--config`` + flags."""
-    p = argparse.ArgumentParser(prog="python -m vlmerge.finetune",
-                                description="Fine-tune a checkpoint on VQAv2, COCO, Flickr30k or NLVR2.")
+    p = argparse.ArgumentParser(
+        prog="python -m vlmerge.finetune", description="Fine-tune a checkpoint on VQAv2, COCO, Flickr30k or NLVR2."
+    )
     p.add_argument("--init", required=True, type=Path, help="checkpoint to start from, PATH.safetensors (+ PATH.json)")
     p.add_argument("--arrow", required=True, type=Path, help="folder of the ViLT arrow tables")
     p.add_argument("--tokenizer", required=True, type=Path, help="tokenizer folder (or vocab.txt)")
     p.add_argument("--out", required=True, type=Path, help="selected weights, PATH.safetensors (+ PATH.json)")
-    p.add_argument("--work-dir", required=True, type=Path, help="Lightning checkpoints, logs and candidate "
-                   "best weights; reruns resume from here (not a Snakemake output)")
-    p.add_argument("--restart-stale-work-dir", action="store_true",
-                   help="move a work directory of another run aside and start afresh (default: an error)")
+    p.add_argument(
+        "--work-dir",
+        required=True,
+        type=Path,
+        help="Lightning checkpoints, logs and candidate best weights; reruns resume from here (not a Snakemake output)",
+    )
+    p.add_argument(
+        "--restart-stale-work-dir",
+        action="store_true",
+        help="move a work directory of another run aside and start afresh (default: an error)",
+    )
     p.add_argument("--verbose", action="store_true")
     add_settings_arguments(p, FinetuneSettings)
     return p
@@ -105,10 +141,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _resolve(args: argparse.Namespace) -> FinetuneRun:
     """The run the parsed command line asks for; raises an InputError (a one-line message) on bad input."""
-    paths = FinetunePaths(init=args.init, arrow=args.arrow, tokenizer=args.tokenizer, out=args.out,
-                          work_dir=args.work_dir)
-    return resolve_run(settings_from_args(args, FinetuneSettings), paths, verbose=args.verbose,
-                       restart_stale=args.restart_stale_work_dir)
+    paths = FinetunePaths(
+        init=args.init, arrow=args.arrow, tokenizer=args.tokenizer, out=args.out, work_dir=args.work_dir
+    )
+    return resolve_run(
+        settings_from_args(args, FinetuneSettings),
+        paths,
+        verbose=args.verbose,
+        restart_stale=args.restart_stale_work_dir,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

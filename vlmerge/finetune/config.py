@@ -20,8 +20,8 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from vlmerge.catalog.names import TASKS
-from vlmerge.train.launch import LaunchSettings
 from vlmerge.runtime.settings import Settings, build
+from vlmerge.train.launch import LaunchSettings
 
 TaskName = Literal[TASKS]  # type: ignore[valid-type]
 
@@ -35,12 +35,15 @@ class TaskOverrides(Settings):
     batch_size: int | None = Field(None, ge=1, description="per-device micro-batch; None: global batch / devices")
     lr: float | None = Field(None, gt=0, description="peak learning rate; None: the task's")
     image_size: int | None = Field(None, ge=16, description="fine-tuning resolution in pixels; None: the task's")
-    drop_path: float | None = Field(None, ge=0, lt=1,
-                                    description="stochastic depth; None: the task's, else the checkpoint's")
-    head_lr_mult: float | None = Field(None, gt=0,
-                                       description="learning-rate factor of the task head; None: the task's")
-    horizontal_flip: bool | None = Field(None, description="random horizontal flips; None: the task's (off where "
-                                         "the text names left and right)")
+    drop_path: float | None = Field(
+        None, ge=0, lt=1, description="stochastic depth; None: the task's, else the checkpoint's"
+    )
+    head_lr_mult: float | None = Field(
+        None, gt=0, description="learning-rate factor of the task head; None: the task's"
+    )
+    horizontal_flip: bool | None = Field(
+        None, description="random horizontal flips; None: the task's (off where the text names left and right)"
+    )
     val_every: int | None = Field(None, ge=1, description="optimizer steps between validations; None: one epoch")
 
     @field_validator("epochs")
@@ -56,8 +59,9 @@ class FinetuneRecipe(Settings):
     """The keys every task of a fine-tuning run shares (the stage's defaults)."""
 
     seed: int = Field(0, ge=0, description="seed of the task heads, the data order and the dropout masks")
-    augment: bool = Field(True, description="random crop, flip and RandAugment of training images "
-                          "(false: plain resize)")
+    augment: bool = Field(
+        True, description="random crop, flip and RandAugment of training images (false: plain resize)"
+    )
     num_workers: int = Field(2, ge=0, description="data loading processes per device")
     precision: Literal["auto", "32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, 32 on CPU")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="data parallel, or sharded data parallel")
@@ -65,11 +69,11 @@ class FinetuneRecipe(Settings):
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value; None: no clipping")
     val_batches: int = Field(0, ge=0, description="batches per validation and side (0: the whole split)")
-    ckpt_every: int | None = Field(None, ge=1, description="steps between Lightning checkpoints; "
-                                   "None: val_every")
+    ckpt_every: int | None = Field(None, ge=1, description="steps between Lightning checkpoints; None: val_every")
     log_every: int = Field(50, ge=1, description="steps between logged training metrics")
-    select_on: Literal["val", "test"] = Field("val", description="split that selects the checkpoint; "
-                                              "'test' reproduces an upstream quirk")
+    select_on: Literal["val", "test"] = Field(
+        "val", description="split that selects the checkpoint; 'test' reproduces an upstream quirk"
+    )
     f30k_val_is_test: bool = Field(False, description="upstream quirk: Flickr30k validation on test")
     coco_train_restval: bool = Field(True, description="train COCO on train + restval (upstream left restval out)")
     vqa_trainable_val: bool = Field(False, description="VQA: also train on trainable_val")
@@ -90,7 +94,8 @@ class FinetuneSection(FinetuneRecipe):
     baselines: tuple[Literal["ma", "ms"], ...] = Field(description="pre-trained models fine-tuned beside the merges")
     launch: LaunchSettings
     settings: dict[TaskName, TaskOverrides | None] = Field(
-        default_factory=dict, description="per task, overrides of the paper's settings (null: none)")
+        default_factory=dict, description="per task, overrides of the paper's settings (null: none)"
+    )
 
     @field_validator("tasks", "baselines")
     @classmethod
@@ -104,8 +109,13 @@ class FinetuneSection(FinetuneRecipe):
         """The settings of ``task``'s run: the shared recipe, the task's overrides and the launch geometry."""
         recipe = {name: getattr(self, name) for name in FinetuneRecipe.model_fields}
         overrides = self.settings.get(task) or TaskOverrides()
-        values = {**recipe, **overrides.model_dump(), "task": task, "devices": self.launch.devices,
-                  "nodes": self.launch.nodes}
+        values = {
+            **recipe,
+            **overrides.model_dump(),
+            "task": task,
+            "devices": self.launch.devices,
+            "nodes": self.launch.nodes,
+        }
         return build(FinetuneSettings, values, where=f"finetune.settings.{task}")
 
 

@@ -8,8 +8,10 @@ the evaluation transform. The datasets are built (and their tables checked) on c
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import lightning.pytorch as pl
 import torch
@@ -46,8 +48,9 @@ class FinetuneData(pl.LightningDataModule):
         self.tokenizer = load_tokenizer(config.tokenizer, config.max_text_len)
         self.collate = BatchCollator(self.tokenizer, config.max_text_len)
         size = config.image_size
-        transform = (train_transform(size, horizontal_flip=config.horizontal_flip) if config.augment
-                     else eval_transform(size))
+        transform = (
+            train_transform(size, horizontal_flip=config.horizontal_flip) if config.augment else eval_transform(size)
+        )
         self.train = task.train_dataset(config.arrow, config.train_splits, transform)
         self.val_sides = task.eval_sides(config.arrow, config.select_split, eval_transform(size))
 
@@ -55,16 +58,36 @@ class FinetuneData(pl.LightningDataModule):
         trainer = self.trainer
         assert trainer is not None, "the train loader is built by a Trainer"
         start = trainer.global_step * trainer.accumulate_grad_batches
-        sampler = ResumableSampler(len(self.train), self.config.batch_size, self.config.seed,  # type: ignore[arg-type]
-                                   trainer.global_rank, trainer.world_size, start_batch=start)
-        return DataLoader(KeyedSamples(self.train), batch_size=self.config.batch_size,
-                          sampler=sampler,  # type: ignore[arg-type]
-                          collate_fn=self.collate, num_workers=self.config.num_workers, drop_last=True,
-                          pin_memory=torch.cuda.is_available(),
-                          generator=torch.Generator().manual_seed(self.config.seed))
+        sampler = ResumableSampler(
+            len(cast(Sized, self.train)),  # the task datasets are sized; torch's Dataset type is not
+            self.config.batch_size,
+            self.config.seed,
+            trainer.global_rank,
+            trainer.world_size,
+            start_batch=start,
+        )
+        return DataLoader(
+            KeyedSamples(self.train),
+            batch_size=self.config.batch_size,
+            sampler=sampler,
+            collate_fn=self.collate,
+            num_workers=self.config.num_workers,
+            drop_last=True,
+            pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator().manual_seed(self.config.seed),
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
         trainer = self.trainer
         assert trainer is not None, "the validation loaders are built by a Trainer"
-        return [eval_loader(side, self.config.batch_size, self.collate, self.config.num_workers,
-                            trainer.global_rank, trainer.world_size) for side in self.val_sides]
+        return [
+            eval_loader(
+                side,
+                self.config.batch_size,
+                self.collate,
+                self.config.num_workers,
+                trainer.global_rank,
+                trainer.world_size,
+            )
+            for side in self.val_sides
+        ]

@@ -20,6 +20,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch.utils.data import Dataset
 
 from vlmerge.finetune.selection import BestWeights, Selection
@@ -46,8 +47,15 @@ class FinetuneModule(pl.LightningModule):
     history and best weights go; ``run_id``: identifies the run's recipe and init weights, so that a
     work directory left by another run is refused instead of resumed."""
 
-    def __init__(self, model: VLModel, task: Task, val_sides: Sequence[Dataset], config: FinetuneConfig,
-                 selection_dir: Path, run_id: str = "") -> None:
+    def __init__(
+        self,
+        model: VLModel,
+        task: Task,
+        val_sides: Sequence[Dataset],
+        config: FinetuneConfig,
+        selection_dir: Path,
+        run_id: str = "",
+    ) -> None:
         super().__init__()
         self.model, self.task, self.val_sides, self.config = model, task, tuple(val_sides), config
         self.run_id, self.history_file = run_id, Path(selection_dir) / "history.json"
@@ -66,7 +74,7 @@ class FinetuneModule(pl.LightningModule):
             self.log(f"train/{name}", value.detach(), batch_size=len(batch["draw"]), prog_bar=name == "loss")
         return out["loss"]
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = build_optimizer(self.model, self.config.optim)
         schedule = warmup_linear_schedule(optimizer, self.config.warmup_steps, self.config.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
@@ -108,8 +116,10 @@ class FinetuneModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Called before the weights are loaded: a foreign checkpoint fails here with a clear message.
         if checkpoint.get("finetune_run_id") != self.run_id:
-            raise TaskError(f"the work directory {self.history_file.parent.parent} holds a checkpoint of another "
-                            "run (other task, recipe or init weights); use a fresh --work-dir")
+            raise TaskError(
+                f"the work directory {self.history_file.parent.parent} holds a checkpoint of another "
+                "run (other task, recipe or init weights); use a fresh --work-dir"
+            )
         self._checkpoint_step = int(checkpoint["global_step"])
         saved = Selection.load(self.history_file, self.run_id, self.selection.metric)
         self.selection = saved.until(self._checkpoint_step)

@@ -30,8 +30,18 @@ from vlmerge.train.optim import OptimConfig
 from vlmerge.train.trainer import TrainerConfig, accumulation_steps
 
 T = TypeVar("T")
-_MACHINE_KEYS = ("out", "work_dir", "arrow", "tokenizer", "init", "devices", "num_nodes", "num_workers", "verbose",
-                 "restart_stale")
+_MACHINE_KEYS = (
+    "out",
+    "work_dir",
+    "arrow",
+    "tokenizer",
+    "init",
+    "devices",
+    "num_nodes",
+    "num_workers",
+    "verbose",
+    "restart_stale",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,8 +100,12 @@ def _check_paths(paths: FinetunePaths) -> None:
 
 
 def _split_options(settings: FinetuneSettings) -> SplitOptions:
-    return SplitOptions(select_on=settings.select_on, f30k_val_is_test=settings.f30k_val_is_test,
-                        coco_train_restval=settings.coco_train_restval, vqa_trainable_val=settings.vqa_trainable_val)
+    return SplitOptions(
+        select_on=settings.select_on,
+        f30k_val_is_test=settings.f30k_val_is_test,
+        coco_train_restval=settings.coco_train_restval,
+        vqa_trainable_val=settings.vqa_trainable_val,
+    )
 
 
 def _batches(settings: FinetuneSettings, paper: TaskSettings) -> tuple[int, int, int]:
@@ -112,12 +126,14 @@ def _optim(settings: FinetuneSettings, task: Task) -> OptimConfig:
     """AdamW settings; the task head learns ``head_lr_mult`` times faster."""
     head_lr_mult = _or(settings.head_lr_mult, task.settings.head_lr_mult)
     multipliers = tuple((m, head_lr_mult) for m in task.head_modules) if head_lr_mult != 1 else ()
-    return OptimConfig(lr=_or(settings.lr, task.settings.lr), weight_decay=settings.weight_decay,
-                       lr_multipliers=multipliers)
+    return OptimConfig(
+        lr=_or(settings.lr, task.settings.lr), weight_decay=settings.weight_decay, lr_multipliers=multipliers
+    )
 
 
-def resolve_run(settings: FinetuneSettings, paths: FinetunePaths, *, verbose: bool = False,
-                restart_stale: bool = False) -> FinetuneRun:
+def resolve_run(
+    settings: FinetuneSettings, paths: FinetunePaths, *, verbose: bool = False, restart_stale: bool = False
+) -> FinetuneRun:
     """The run ``settings`` ask for; raises TaskError/TrainConfigError/ReaderError (one-line messages)."""
     task = get_task(settings.task)
     paper = task.settings
@@ -134,20 +150,52 @@ def resolve_run(settings: FinetuneSettings, paths: FinetunePaths, *, verbose: bo
     max_steps = _or(settings.steps, _or(settings.epochs, paper.epochs) * steps_per_epoch)
     val_every = min(_or(settings.val_every, steps_per_epoch), max_steps)
     image_size = _or(settings.image_size, paper.image_size)
-    data = FinetuneDataConfig(arrow=arrow, tokenizer=paths.tokenizer.resolve(), train_splits=train_splits,
-                              select_split=task.selection_split(options), image_size=image_size,
-                              batch_size=batch_size, num_workers=settings.num_workers, seed=settings.seed,
-                              horizontal_flip=_or(settings.horizontal_flip, paper.horizontal_flip),
-                              augment=settings.augment)
-    module = FinetuneConfig(max_steps=max_steps, warmup_steps=round(settings.warmup_ratio * max_steps),
-                            optim=_optim(settings, task), seed=settings.seed)
+    data = FinetuneDataConfig(
+        arrow=arrow,
+        tokenizer=paths.tokenizer.resolve(),
+        train_splits=train_splits,
+        select_split=task.selection_split(options),
+        image_size=image_size,
+        batch_size=batch_size,
+        num_workers=settings.num_workers,
+        seed=settings.seed,
+        horizontal_flip=_or(settings.horizontal_flip, paper.horizontal_flip),
+        augment=settings.augment,
+    )
+    module = FinetuneConfig(
+        max_steps=max_steps,
+        warmup_steps=round(settings.warmup_ratio * max_steps),
+        optim=_optim(settings, task),
+        seed=settings.seed,
+    )
     # Fine-tuning leaves parameters without gradients (experts and heads the task does not route through).
-    trainer = TrainerConfig(work_dir=paths.work_dir.resolve(), max_steps=max_steps, accumulate=accumulate,
-                            devices=settings.devices, num_nodes=settings.nodes, strategy=settings.strategy,
-                            precision=settings.precision, ckpt_every=_or(settings.ckpt_every, val_every),
-                            val_every=val_every, val_batches=settings.val_batches, log_every=settings.log_every,
-                            grad_clip=settings.grad_clip, find_unused_parameters=True)
-    return FinetuneRun(task=task.name, init=paths.init.resolve(), out=paths.out.resolve(), image_size=image_size,
-                       drop_path=_or(settings.drop_path, paper.drop_path), options=options, data=data,
-                       module=module, trainer=trainer, train_samples=samples, steps_per_epoch=steps_per_epoch,
-                       verbose=verbose, restart_stale=restart_stale)
+    trainer = TrainerConfig(
+        work_dir=paths.work_dir.resolve(),
+        max_steps=max_steps,
+        accumulate=accumulate,
+        devices=settings.devices,
+        num_nodes=settings.nodes,
+        strategy=settings.strategy,
+        precision=settings.precision,
+        ckpt_every=_or(settings.ckpt_every, val_every),
+        val_every=val_every,
+        val_batches=settings.val_batches,
+        log_every=settings.log_every,
+        grad_clip=settings.grad_clip,
+        find_unused_parameters=True,
+    )
+    return FinetuneRun(
+        task=task.name,
+        init=paths.init.resolve(),
+        out=paths.out.resolve(),
+        image_size=image_size,
+        drop_path=_or(settings.drop_path, paper.drop_path),
+        options=options,
+        data=data,
+        module=module,
+        trainer=trainer,
+        train_samples=samples,
+        steps_per_epoch=steps_per_epoch,
+        verbose=verbose,
+        restart_stale=restart_stale,
+    )

@@ -15,24 +15,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
+from collections.abc import Sized
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from vlmerge.data.collate import BatchCollator
-from vlmerge.data.readers import ReaderError
-from vlmerge.data.tokenizer import TokenizerError, load_tokenizer
 from vlmerge.catalog.names import TASKS
-from vlmerge.grams.collect import SPLITS, collect_grams, sample_indices, task_dataset
-from vlmerge.merging.errors import GramsError, MergeError
+from vlmerge.data.collate import BatchCollator
+from vlmerge.data.tokenizer import load_tokenizer
 from vlmerge.files.grams import reduce_files, save_grams
-from vlmerge.model import CheckpointError, ModelConfigError, Sharing, VLModel
-from vlmerge.model.checkpoint import load_model
+from vlmerge.grams.collect import SPLITS, collect_grams, sample_indices, task_dataset
 from vlmerge.grams.config import GramsSettings
+from vlmerge.merging.errors import GramsError
+from vlmerge.model import Sharing, VLModel
+from vlmerge.model.checkpoint import load_model
 from vlmerge.runtime import jsonable, provenance, sha256_file
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
 from vlmerge.runtime.stage import run_stage
@@ -87,9 +86,17 @@ def parse_args(argv: list[str] | None) -> CollectConfig | ReduceConfig:
     missing = [f"--{n}" for n in ("ckpt", "task", "arrow", "tokenizer") if getattr(args, n) is None]
     if missing:
         parser.error(f"collecting grams needs {', '.join(missing)} (or --reduce SHARD ...)")
-    return CollectConfig(ckpt=args.ckpt, task=args.task, arrow=args.arrow, tokenizer=args.tokenizer, out=args.out,
-                         settings=settings_from_args(args, GramsSettings), shard=args.shard, workers=args.workers,
-                         device=args.device)
+    return CollectConfig(
+        ckpt=args.ckpt,
+        task=args.task,
+        arrow=args.arrow,
+        tokenizer=args.tokenizer,
+        out=args.out,
+        settings=settings_from_args(args, GramsSettings),
+        shard=args.shard,
+        workers=args.workers,
+        device=args.device,
+    )
 
 
 def _prepare_model(config: CollectConfig) -> VLModel:
@@ -110,19 +117,40 @@ def collect(config: CollectConfig) -> None:
     model = _prepare_model(config)
     tokenizer = load_tokenizer(config.tokenizer, max_length=model.config.max_text_len)
     data = task_dataset(config.task, config.settings.split, config.arrow, model.config.image_size)
-    indices = sample_indices(len(data), config.settings.max_samples, config.shard)
-    loader = DataLoader(Subset(data, indices), batch_size=config.settings.batch_size, shuffle=False,
-                        num_workers=config.workers, collate_fn=BatchCollator(tokenizer, model.config.max_text_len))
-    log.info("%s %s (%s table): %d samples, shard %d/%d", config.task, config.settings.split,
-             SPLITS[config.task][config.settings.split], len(indices), *config.shard)
+    indices = sample_indices(len(cast(Sized, data)), config.settings.max_samples, config.shard)
+    loader = DataLoader(
+        Subset(data, indices),
+        batch_size=config.settings.batch_size,
+        shuffle=False,
+        num_workers=config.workers,
+        collate_fn=BatchCollator(tokenizer, model.config.max_text_len),
+    )
+    log.info(
+        "%s %s (%s table): %d samples, shard %d/%d",
+        config.task,
+        config.settings.split,
+        SPLITS[config.task][config.settings.split],
+        len(indices),
+        *config.shard,
+    )
     grams = collect_grams(model, loader, config.task, config.settings.include_pad, total=len(loader))
     layout = model.expert_layout()
-    record = {"task": config.task, "split": config.settings.split, "samples": len(indices),
-              "image_size": model.config.image_size, "include_pad": config.settings.include_pad,
-              "checkpoint_sha256": sha256_file(config.ckpt), "shard": list(config.shard),
-              "layout": {"num_layers": layout.num_layers, "fusion_start": layout.fusion_start,
-                         "sharing": layout.sharing.value, "dim": model.config.dim},
-              "provenance": provenance("grams", config.resolved())}
+    record = {
+        "task": config.task,
+        "split": config.settings.split,
+        "samples": len(indices),
+        "image_size": model.config.image_size,
+        "include_pad": config.settings.include_pad,
+        "checkpoint_sha256": sha256_file(config.ckpt),
+        "shard": list(config.shard),
+        "layout": {
+            "num_layers": layout.num_layers,
+            "fusion_start": layout.fusion_start,
+            "sharing": layout.sharing.value,
+            "dim": model.config.dim,
+        },
+        "provenance": provenance("grams", config.resolved()),
+    }
     save_grams(config.out, grams, record)
     log.info("wrote %s: %d modules", config.out, len(grams.names))
 
@@ -138,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         config = parse_args(argv)
         collect(config) if isinstance(config, CollectConfig) else reduce(config)
+
     return run_stage("grams", body)
 
 

@@ -19,17 +19,19 @@ from torch.utils.data import Dataset
 from vlmerge.data.readers import CaptionPairs, NLVR2Dataset, VQADataset
 from vlmerge.data.schema import FILES, VQA_ANSWERS_FILE
 from vlmerge.data.transforms import eval_transform
+from vlmerge.grams.hooks import GramCollector
 from vlmerge.merging.errors import GramsError
 from vlmerge.merging.grams import GramStats
-from vlmerge.grams.hooks import GramCollector
 from vlmerge.model import VLModel
-from vlmerge.tasks.registry import get_task
 from vlmerge.runtime import Progress
+from vlmerge.tasks.registry import get_task
 
 # Our split names → each dataset's table name (NLVR2 calls its validation split "dev").
 SPLITS: dict[str, dict[str, str]] = {
-    "vqa": {"train": "train", "val": "val"}, "coco": {"train": "train", "val": "val"},
-    "f30k": {"train": "train", "val": "val"}, "nlvr2": {"train": "train", "val": "dev"},
+    "vqa": {"train": "train", "val": "val"},
+    "coco": {"train": "train", "val": "val"},
+    "f30k": {"train": "train", "val": "val"},
+    "nlvr2": {"train": "train", "val": "dev"},
 }
 Batch = dict[str, Any]
 
@@ -54,8 +56,9 @@ _TENSORS = ("text_ids", "text_mask", "image", "image_0", "image_1")
 
 
 @torch.no_grad()
-def collect_grams(model: VLModel, batches: Any, task: str, include_pad: bool = False,
-                  total: int | None = None) -> GramStats:
+def collect_grams(
+    model: VLModel, batches: Any, task: str, include_pad: bool = False, total: int | None = None
+) -> GramStats:
     """Run ``model`` (eval mode, no grad) over ``batches`` with gram hooks; ``total`` sizes the progress bar."""
     model.eval()
     device = next(model.parameters()).device

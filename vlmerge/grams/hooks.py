@@ -59,13 +59,17 @@ class GramCollector:
         self._xtx = {n: torch.zeros(d, d, dtype=torch.float64, device=device) for n, d in dims.items()}
         self._sums = {n: torch.zeros(d, dtype=torch.float64, device=device) for n, d in dims.items()}
         self._counts = {n: 0 for n in dims}
-        self._handles = [model.get_submodule(name).register_forward_pre_hook(functools.partial(self._hook, name, m))
-                         for name, m in targets]
+        self._handles = [
+            model.get_submodule(name).register_forward_pre_hook(functools.partial(self._hook, name, m))
+            for name, m in targets
+        ]
 
     @staticmethod
     def _in_features(module: nn.Module) -> int:
-        linear = module.qkv if hasattr(module, "qkv") else module  # the attention expert's first linear
-        return int(linear.in_features)
+        linear = module.get_submodule("qkv") if hasattr(module, "qkv") else module  # attention: its first linear
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"gram hook target {type(linear).__name__} is not a linear layer (or an attention)")
+        return linear.in_features
 
     def _hook(self, name: str, modality: Modality, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         x = args[0]  # [B, N, D]
@@ -86,9 +90,11 @@ class GramCollector:
 
     def result(self) -> GramStats:
         """The statistics so far, on the CPU."""
-        return GramStats({n: g.to("cpu", copy=True) for n, g in self._xtx.items()},
-                         {n: s.to("cpu", copy=True) for n, s in self._sums.items()},
-                         dict(self._counts))
+        return GramStats(
+            {n: g.to("cpu", copy=True) for n, g in self._xtx.items()},
+            {n: s.to("cpu", copy=True) for n, s in self._sums.items()},
+            dict(self._counts),
+        )
 
     def close(self) -> None:
         for handle in self._handles:

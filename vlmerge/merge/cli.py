@@ -15,16 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlmerge.merging import METHODS, MergeError, get_method, merge_with_report
-from vlmerge.files.grams import load_grams
-from vlmerge.catalog.params import to_json
 from vlmerge.catalog.methods import SELECTION_PARAMS
-from vlmerge.model import CheckpointError, ModelConfigError, Sharing, expert_layout
+from vlmerge.catalog.params import to_json
+from vlmerge.files.grams import load_grams
+from vlmerge.merging import METHODS, MergeError, get_method, merge_with_report
+from vlmerge.model import Sharing, expert_layout
 from vlmerge.model.checkpoint import CheckpointMeta, load_state, save_checkpoint, sidecar_path
 from vlmerge.runtime import provenance
 from vlmerge.runtime.stage import run_stage
@@ -43,9 +42,15 @@ class MergeConfig:
     allow_foreign_grams: bool = False
 
     def resolved(self) -> dict[str, Any]:
-        return {"method": self.method, "params": self.params, "ms": str(self.ms), "out": str(self.out),
-                "seed": self.seed and str(self.seed), "grams": self.grams and str(self.grams),
-                "allow_foreign_grams": self.allow_foreign_grams}
+        return {
+            "method": self.method,
+            "params": self.params,
+            "ms": str(self.ms),
+            "out": str(self.out),
+            "seed": self.seed and str(self.seed),
+            "grams": self.grams and str(self.grams),
+            "allow_foreign_grams": self.allow_foreign_grams,
+        }
 
 
 def describe_methods() -> str:
@@ -72,14 +77,23 @@ def parse_args(argv: list[str] | None) -> MergeConfig | None:
     parser = argparse.ArgumentParser(prog="python -m vlmerge.merge", description=__doc__.split("\n")[0])
     parser.add_argument("--list", action="store_true", help="print the registered methods and exit")
     parser.add_argument("--method", help="merge method (see --list)")
-    parser.add_argument("--param", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
-                        help="a method or shared parameter; repeat for several")
+    parser.add_argument(
+        "--param",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method or shared parameter; repeat for several",
+    )
     parser.add_argument("--ms", type=Path, help="the modality-specific (MS) checkpoint")
     parser.add_argument("--seed", type=Path, help="the seed (MA) checkpoint, for task-vector methods")
     parser.add_argument("--grams", type=Path, help="gram statistics, for RegMean")
     parser.add_argument("--out", type=Path, help="merged checkpoint (.safetensors; sidecar .json beside it)")
-    parser.add_argument("--allow-foreign-grams", action="store_true",
-                        help="accept grams collected on another checkpoint of the same architecture")
+    parser.add_argument(
+        "--allow-foreign-grams",
+        action="store_true",
+        help="accept grams collected on another checkpoint of the same architecture",
+    )
     args = parser.parse_args(argv)
     if args.list:
         return None
@@ -123,17 +137,26 @@ def run(config: MergeConfig) -> None:
     if config.grams is not None:
         grams, record = load_grams(config.grams)
         if record.get("checkpoint_sha256") != inputs["ms"] and not config.allow_foreign_grams:
-            raise MergeError(f"{config.grams} was collected on another checkpoint than {config.ms} "
-                             "(--allow-foreign-grams accepts that)")
+            raise MergeError(
+                f"{config.grams} was collected on another checkpoint than {config.ms} "
+                "(--allow-foreign-grams accepts that)"
+            )
         inputs["grams"] = record["weights_sha256"]
     try:
-        merged = merge_with_report(config.method, ms_state, seed_state=seed_state, grams=grams,
-                                   layout=expert_layout(meta.config, meta.sharing), **config.params)
+        merged = merge_with_report(
+            config.method,
+            ms_state,
+            seed_state=seed_state,
+            grams=grams,
+            layout=expert_layout(meta.config, meta.sharing),
+            **config.params,
+        )
     except MergeError as err:
         raise MergeError(f"{config.ms}: {err}") from err
     extra = {"merge": merged.diagnostics, "provenance": provenance("merge", config.resolved())}
-    out_meta = CheckpointMeta(meta.preset, meta.overrides, Sharing.SHARED, meta.heads, meta.token_types, meta.steps,
-                              inputs, extra)
+    out_meta = CheckpointMeta(
+        meta.preset, meta.overrides, Sharing.SHARED, meta.heads, meta.token_types, meta.steps, inputs, extra
+    )
     save_checkpoint(config.out, merged.state, out_meta)
     log.info("wrote %s (%s)", config.out, config.method)
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
+from vlmerge.catalog.params import to_json
 from vlmerge.merging.errors import MergeError
 from vlmerge.merging.grams import GramStats
 from vlmerge.merging.keys import copied_keys, infer_layout
-from vlmerge.catalog.params import to_json
 from vlmerge.merging.registry import Merged, get_method
 from vlmerge.merging.selection import SELECTION_PARAMS, Selection
 from vlmerge.merging.validate import check_grams, check_ms_state, check_seed
@@ -25,9 +25,15 @@ from vlmerge.model import ExpertLayout
 log = logging.getLogger(__name__)
 
 
-def merge_with_report(method: str, ms_state: Mapping[str, torch.Tensor], *,
-                      seed_state: Mapping[str, torch.Tensor] | None = None, grams: GramStats | None = None,
-                      layout: ExpertLayout | None = None, **params: Any) -> Merged:
+def merge_with_report(
+    method: str,
+    ms_state: Mapping[str, torch.Tensor],
+    *,
+    seed_state: Mapping[str, torch.Tensor] | None = None,
+    grams: GramStats | None = None,
+    layout: ExpertLayout | None = None,
+    **params: Any,
+) -> Merged:
     """Merge with ``method``; ``params`` are the method's and the shared selection options.
 
     Returns the MA state dict and a diagnostics record (method, resolved parameters, experts per
@@ -60,15 +66,35 @@ def merge_with_report(method: str, ms_state: Mapping[str, torch.Tensor], *,
     state = {k: ms_state[k].clone() for k in copied_keys(layout, ms_state)}
     state.update({g.ma_key: ms_state[selection.rest_key(g)].clone() for g in groups if not selection.merges(g)})
     state.update(out.state)
-    log.info("%s merged %d keys over %d layers; %d copied", method, len(out.state), layout.num_layers,
-             len(state) - len(out.state))
+    log.info(
+        "%s merged %d keys over %d layers; %d copied",
+        method,
+        len(out.state),
+        layout.num_layers,
+        len(state) - len(out.state),
+    )
     layers = {str(i): [m.value for m in selection.experts(layout, i)] for i in range(layout.num_layers)}
-    return Merged(state, {"method": method, "paper": spec.paper, "params": to_json(resolved),
-                          "selection": selection.to_json(), "experts_per_layer": layers,
-                          "method_diagnostics": out.diagnostics})
+    return Merged(
+        state,
+        {
+            "method": method,
+            "paper": spec.paper,
+            "params": to_json(resolved),
+            "selection": selection.to_json(),
+            "experts_per_layer": layers,
+            "method_diagnostics": out.diagnostics,
+        },
+    )
 
 
-def merge(method: str, ms_state: Mapping[str, torch.Tensor], *, seed_state: Mapping[str, torch.Tensor] | None = None,
-          grams: GramStats | None = None, layout: ExpertLayout | None = None, **params: Any) -> dict[str, torch.Tensor]:
+def merge(
+    method: str,
+    ms_state: Mapping[str, torch.Tensor],
+    *,
+    seed_state: Mapping[str, torch.Tensor] | None = None,
+    grams: GramStats | None = None,
+    layout: ExpertLayout | None = None,
+    **params: Any,
+) -> dict[str, torch.Tensor]:
     """The MA state dict of :func:`merge_with_report`; strict-loads into ``create_model(preset, "shared")``."""
     return merge_with_report(method, ms_state, seed_state=seed_state, grams=grams, layout=layout, **params).state

@@ -39,8 +39,9 @@ def _vector(state: Mapping[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
     return torch.cat([state[k].reshape(-1).to(torch.float32) for k in keys])
 
 
-def layer_vectors(ms_state: Mapping[str, torch.Tensor], seed_state: Mapping[str, torch.Tensor],
-                  layout: ExpertLayout, layer: int) -> tuple[dict[Modality, torch.Tensor], torch.Tensor]:
+def layer_vectors(
+    ms_state: Mapping[str, torch.Tensor], seed_state: Mapping[str, torch.Tensor], layout: ExpertLayout, layer: int
+) -> tuple[dict[Modality, torch.Tensor], torch.Tensor]:
     """({m: θ_m}, θ₀) of one layer's per-expert parameters, flattened float32 [P]."""
     groups = [g for g in block_groups(layout) if g.layer == layer]
     experts = {m: _vector(ms_state, [g.experts[m] for g in groups]) for m in layout.experts(layer)}
@@ -55,10 +56,18 @@ def pair_sums(ta: torch.Tensor, tb: torch.Tensor, thresholds: tuple[float, float
     """Additive statistics of two task vectors [P] (sums over layers give the overall ones)."""
     product = ta.to(_F64) * tb.to(_F64)
     trimmed = trim(ta, thresholds[0]).to(_F64) * trim(tb, thresholds[1]).to(_F64)
-    return {"dot": float(product.sum()), "aa": _dot(ta, ta), "bb": _dot(tb, tb), "diff": _dot(ta - tb, ta - tb),
-            "both": float((product != 0).sum()), "opposite": float((product < 0).sum()),
-            "conflict": float((-product).clamp(min=0).sum()), "mass": float(product.abs().sum()),
-            "t_conflict": float((-trimmed).clamp(min=0).sum()), "t_mass": float(trimmed.abs().sum())}
+    return {
+        "dot": float(product.sum()),
+        "aa": _dot(ta, ta),
+        "bb": _dot(tb, tb),
+        "diff": _dot(ta - tb, ta - tb),
+        "both": float((product != 0).sum()),
+        "opposite": float((product < 0).sum()),
+        "conflict": float((-product).clamp(min=0).sum()),
+        "mass": float(product.abs().sum()),
+        "t_conflict": float((-trimmed).clamp(min=0).sum()),
+        "t_mass": float(trimmed.abs().sum()),
+    }
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -67,9 +76,13 @@ def _ratio(num: float, den: float) -> float | None:
 
 def pair_metrics(s: Mapping[str, float]) -> dict[str, float | None]:
     cos = _ratio(s["dot"], math.sqrt(s["aa"] * s["bb"]))
-    return {"l2": math.sqrt(s["diff"]), "cosine": None if cos is None else 1.0 - cos,
-            "sign": _ratio(s["opposite"], s["both"]), "soft_sign": _ratio(s["conflict"], s["mass"]),
-            "truncated_sign": _ratio(s["t_conflict"], s["t_mass"])}
+    return {
+        "l2": math.sqrt(s["diff"]),
+        "cosine": None if cos is None else 1.0 - cos,
+        "sign": _ratio(s["opposite"], s["both"]),
+        "soft_sign": _ratio(s["conflict"], s["mass"]),
+        "truncated_sign": _ratio(s["t_conflict"], s["t_mass"]),
+    }
 
 
 def seed_sums(theta: torch.Tensor, base: torch.Tensor) -> dict[str, float]:
@@ -79,8 +92,11 @@ def seed_sums(theta: torch.Tensor, base: torch.Tensor) -> dict[str, float]:
 
 def seed_metrics(s: Mapping[str, float]) -> dict[str, float | None]:
     cos = _ratio(s["xb"], math.sqrt(s["xx"] * s["bb"]))
-    return {"l2": math.sqrt(s["tt"]), "relative_l2": _ratio(math.sqrt(s["tt"]), math.sqrt(s["bb"])),
-            "cosine": None if cos is None else 1.0 - cos}
+    return {
+        "l2": math.sqrt(s["tt"]),
+        "relative_l2": _ratio(math.sqrt(s["tt"]), math.sqrt(s["bb"])),
+        "cosine": None if cos is None else 1.0 - cos,
+    }
 
 
 def _add(total: dict[str, float], part: Mapping[str, float]) -> None:
@@ -88,8 +104,9 @@ def _add(total: dict[str, float], part: Mapping[str, float]) -> None:
         total[k] = total.get(k, 0.0) + v
 
 
-def weight_distances(ms_state: Mapping[str, torch.Tensor], seed_state: Mapping[str, torch.Tensor],
-                     layout: ExpertLayout, k: float = 20.0) -> dict[str, Any]:
+def weight_distances(
+    ms_state: Mapping[str, torch.Tensor], seed_state: Mapping[str, torch.Tensor], layout: ExpertLayout, k: float = 20.0
+) -> dict[str, Any]:
     """Per-layer and overall metrics (see the module docstring) as a JSON-ready record."""
     layers: dict[str, Any] = {}
     pair_total: dict[str, dict[str, float]] = {}
@@ -110,13 +127,20 @@ def weight_distances(ms_state: Mapping[str, torch.Tensor], seed_state: Mapping[s
             record["to_seed"][m.value] = seed_metrics(sums)
             _add(seed_total.setdefault(m.value, {}), sums)
         layers[str(layer)] = record
-    return {"k": k, "sharing": layout.sharing.value, "layers": layers,
-            "overall": {"pairs": {n: pair_metrics(s) for n, s in pair_total.items()},
-                        "to_seed": {m: seed_metrics(s) for m, s in seed_total.items()}}}
+    return {
+        "k": k,
+        "sharing": layout.sharing.value,
+        "layers": layers,
+        "overall": {
+            "pairs": {n: pair_metrics(s) for n, s in pair_total.items()},
+            "to_seed": {m: seed_metrics(s) for m, s in seed_total.items()},
+        },
+    }
 
 
-def _global_thresholds(ms_state: Mapping[str, torch.Tensor], seed_state: Mapping[str, torch.Tensor],
-                       layout: ExpertLayout, k: float) -> dict[tuple[Modality, Modality], float]:
+def _global_thresholds(
+    ms_state: Mapping[str, torch.Tensor], seed_state: Mapping[str, torch.Tensor], layout: ExpertLayout, k: float
+) -> dict[tuple[Modality, Modality], float]:
     """For each ordered pair (a, b): a's top-k threshold over the layers where a and b both exist."""
     magnitudes: dict[tuple[Modality, Modality], list[torch.Tensor]] = {}
     for layer in range(layout.num_layers):

@@ -17,7 +17,6 @@ from vlmerge.merging.errors import GramsError
 from vlmerge.merging.validate import is_finite
 
 
-
 @dataclass(frozen=True)
 class GramStats:
     """Per module name: ``xtx`` [D, D] = Σ xxᵀ, ``sums`` [D] = Σ x (float64), ``counts`` = tokens seen."""
@@ -50,8 +49,10 @@ class GramStats:
             g, s, n = tensors[name], tensors[f"{name}.sum"], tensors[f"{name}.count"]
             dim = g.shape[0] if g.ndim == 2 else -1
             if g.shape != (dim, dim) or s.shape != (dim,) or n.ndim != 0:
-                raise GramsError(f"{source}: {name} has shapes {tuple(g.shape)}, {tuple(s.shape)}, {tuple(n.shape)}; "
-                                 "expected [D, D], [D] and a scalar count")
+                raise GramsError(
+                    f"{source}: {name} has shapes {tuple(g.shape)}, {tuple(s.shape)}, {tuple(n.shape)}; "
+                    "expected [D, D], [D] and a scalar count"
+                )
             if not (is_finite(g) and is_finite(s)):
                 raise GramsError(f"{source}: {name} contains NaN or Inf")
             if int(n) < 0:
@@ -68,12 +69,13 @@ class GramStats:
         ``where`` names the layer/expert that needs it, for the error when the gram is missing.
         """
         if name not in self.xtx:
-            raise GramsError(f"no gram for {name} ({where}); the grams were collected on other data or "
-                             "another model")
+            raise GramsError(f"no gram for {name} ({where}); the grams were collected on other data or another model")
         n = self.counts[name]
         if n == 0:
-            raise GramsError(f"gram {name} ({where}) saw no tokens; collect it on data that routes through it, "
-                             "or merge only the experts the task uses (used_experts_only=<task>)")
+            raise GramsError(
+                f"gram {name} ({where}) saw no tokens; collect it on data that routes through it, "
+                "or merge only the experts the task uses (used_experts_only=<task>)"
+            )
         if normalize == "mean":
             return self.xtx[name] / n, self.sums[name] / n, 1.0
         return self.xtx[name], self.sums[name], float(n)
@@ -86,8 +88,9 @@ def reduce_grams(shards: Sequence[GramStats]) -> GramStats:
     names = shards[0].names
     for i, shard in enumerate(shards[1:], 1):
         if shard.names != names:
-            raise GramsError(f"gram shard {i} covers other modules than shard 0: "
-                             f"{sorted(set(shard.names) ^ set(names))[:5]}")
+            raise GramsError(
+                f"gram shard {i} covers other modules than shard 0: {sorted(set(shard.names) ^ set(names))[:5]}"
+            )
         bad = [n for n in names if shard.xtx[n].shape != shards[0].xtx[n].shape]
         if bad:
             raise GramsError(f"gram shard {i} disagrees in shape with shard 0 at {bad[:5]}")

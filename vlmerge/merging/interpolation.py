@@ -37,8 +37,9 @@ def interpolation_weights(experts: tuple[Modality, ...], ratio: float) -> dict[M
     if found == {V, L, VL}:
         # The upstream split: vl keeps a third, v and l share the rest in the ratio r : 1−r.
         return {V: 2 / 3 * ratio, L: 2 / 3 * (1.0 - ratio), VL: 1 / 3}
-    raise MergeError(f"interpolation is defined for {{v, l}}, {{v, l, vl}} or one expert, not "
-                     f"{sorted(m.value for m in found)}")
+    raise MergeError(
+        f"interpolation is defined for {{v, l}}, {{v, l, vl}} or one expert, not {sorted(m.value for m in found)}"
+    )
 
 
 @register("interpolation")
@@ -47,6 +48,7 @@ def interpolation(experts: ExpertTensors, base: BaseTensors = None, *, ratio: fl
 
     Sung et al. 2023, "An Empirical Study of Multimodal Model Merging" (arXiv 2304.14933).
     """
-    state = {key: weighted_sum(tensors, interpolation_weights(tuple(tensors), ratio))
-             for key, tensors in experts.items()}
+    state = {
+        key: weighted_sum(tensors, interpolation_weights(tuple(tensors), ratio)) for key, tensors in experts.items()
+    }
     return Merged(state)

@@ -69,8 +69,9 @@ class LinearSlot:
     @property
     def bias_keys(self) -> tuple[str, ...]:
         """MA keys of the weight's biases (qkv: q_bias and v_bias; its k bias is fixed at 0)."""
-        return tuple(f"transformer.blocks.{self.layer}.{self.part.value}.{p}"
-                     for p in LINEAR_BIASES[(self.part, self.param)])
+        return tuple(
+            f"transformer.blocks.{self.layer}.{self.part.value}.{p}" for p in LINEAR_BIASES[(self.part, self.param)]
+        )
 
 
 def gram_name(layer: int, part: Part, param: str, modality: Modality) -> str:
@@ -92,10 +93,16 @@ def linear_slot(ma_key: str) -> LinearSlot | None:
 def block_groups(layout: ExpertLayout) -> list[KeyGroup]:
     """Every per-expert parameter of the layout, layer by layer in module order."""
     return [
-        KeyGroup(layer, part, param, layout.key(layer, part, param),
-                 tuple((m, layout.key(layer, part, param, m)) for m in layout.experts(layer)))
+        KeyGroup(
+            layer,
+            part,
+            param,
+            layout.key(layer, part, param),
+            tuple((m, layout.key(layer, part, param, m)) for m in layout.experts(layer)),
+        )
         for layer in range(layout.num_layers)
-        for part in Part if part in layout.sharing.per_expert
+        for part in Part
+        if part in layout.sharing.per_expert
         for param in PART_PARAMS[part]
     ]
 
@@ -122,8 +129,10 @@ def infer_layout(keys: Iterable[str]) -> ExpertLayout:
     except CheckpointError as err:
         raise MergeError(str(err)) from err
     if sharing is Sharing.SHARED:
-        raise MergeError("state dict has no per-expert weights: a modality-agnostic (MA) checkpoint was given "
-                         "where a modality-specific (MS) one is needed")
+        raise MergeError(
+            "state dict has no per-expert weights: a modality-agnostic (MA) checkpoint was given "
+            "where a modality-specific (MS) one is needed"
+        )
     fusion = {int(m.group(1)) for k in keys if (m := re.match(r"transformer\.blocks\.(\d+)\.\w+\.vl\.", k))}
     if not fusion:
         raise MergeError("state dict has no 'vl' expert in any layer")

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from vlmerge.catalog.methods import METHOD_INFO, MethodInfo
-from vlmerge.catalog.params import Param
 from vlmerge.errors import ConfigError
 from vlmerge.merging.errors import MergeError
 from vlmerge.model import Modality
@@ -68,6 +67,7 @@ METHODS: dict[str, MethodSpec] = {}
 def register(name: str) -> Callable[[Callable[..., Merged]], Callable[..., Merged]]:
     """Decorator attaching a function to the catalogued method ``name``; its keyword-only arguments must
     be the catalogued parameters (plus ``grams`` for methods that need them)."""
+
     def add(fn: Callable[..., Merged]) -> Callable[..., Merged]:
         info = METHOD_INFO[name]
         keyword = {n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
@@ -78,6 +78,7 @@ def register(name: str) -> Callable[[Callable[..., Merged]], Callable[..., Merge
             raise TypeError(f"method {name!r} registered twice")
         METHODS[name] = MethodSpec(info, fn)
         return fn
+
     return add
 
 

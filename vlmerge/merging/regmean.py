@@ -16,8 +16,8 @@ upstream NLVR2 runs with all three experts amounted to — and the sidecar lists
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
 import torch
 
@@ -38,24 +38,31 @@ def scale_offdiagonal(g: torch.Tensor, alpha: float) -> torch.Tensor:
     return alpha * g + (1.0 - alpha) * torch.diag_embed(g.diagonal())
 
 
+def _sum(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Built-in ``sum`` of tensors (start 0, so the same values); a tensor when ``terms`` is not empty."""
+    return cast(torch.Tensor, sum(terms))
 
 
-def regmean_solve(weights: Mapping[Modality, torch.Tensor], grams: Mapping[Modality, torch.Tensor],
-                  max_cond: float) -> tuple[torch.Tensor, dict[str, float]]:
+def regmean_solve(
+    weights: Mapping[Modality, torch.Tensor], grams: Mapping[Modality, torch.Tensor], max_cond: float
+) -> tuple[torch.Tensor, dict[str, float]]:
     """W = (Σ W_m G_m)(Σ G_m)⁻¹ for W_m [out, in], G_m [in, in] (already α-scaled); → ([out, in] f64, record).
 
     Solved as (Σ G_m) Wᵀ = Σ G_m W_mᵀ (G symmetric); a ridge, if needed, pulls toward the experts'
     plain mean. The record holds ridge, cond_est, residual.
     """
-    a = sum(grams[m] for m in weights)
-    rhs = sum(grams[m] @ weights[m].to(F64).T for m in weights)
-    mean = sum(weights[m].to(F64) for m in weights) / len(weights)
+    if not weights:
+        raise MergeError("regmean_solve: no expert weights to merge")
+    a = _sum(grams[m] for m in weights)
+    rhs = _sum(grams[m] @ weights[m].to(F64).T for m in weights)
+    mean = _sum(weights[m].to(F64) for m in weights) / len(weights)
     solution = solve_psd(a, rhs, max_cond, prior=mean.T)
     return solution.x.T, solution.record()
 
 
-def _grams(slot: LinearSlot, experts: tuple[Modality, ...], grams: GramStats, normalize: str, alpha: float,
-           exact_bias: bool) -> dict[Modality, torch.Tensor]:
+def _grams(
+    slot: LinearSlot, experts: tuple[Modality, ...], grams: GramStats, normalize: str, alpha: float, exact_bias: bool
+) -> dict[Modality, torch.Tensor]:
     out = {}
     for m in experts:
         g, s, n = grams.statistics(slot.gram_name(m), normalize, f"layer {slot.layer}, expert {m.value}")
@@ -63,12 +70,14 @@ def _grams(slot: LinearSlot, experts: tuple[Modality, ...], grams: GramStats, no
     return out
 
 
-
-
-
-
-def _solve_linear(key: str, slot: LinearSlot, experts: ExpertTensors, order: tuple[Modality, ...],
-                  grams: GramStats, settings: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _solve_linear(
+    key: str,
+    slot: LinearSlot,
+    experts: ExpertTensors,
+    order: tuple[Modality, ...],
+    grams: GramStats,
+    settings: dict[str, Any],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Merged weight (and, with exact bias, its biases) of one linear layer over the experts ``order``."""
     dtype = experts[key][order[0]].dtype
     g = _grams(slot, order, grams, settings["normalize"], settings["alpha"], settings["exact_bias"])
@@ -82,8 +91,9 @@ def _solve_linear(key: str, slot: LinearSlot, experts: ExpertTensors, order: tup
     return out | {key: merged[:, :-1].to(dtype)}, record
 
 
-def _seen(slot: LinearSlot, tensors: Mapping[Modality, torch.Tensor], grams: GramStats,
-          unseen: str) -> tuple[Modality, ...]:
+def _seen(
+    slot: LinearSlot, tensors: Mapping[Modality, torch.Tensor], grams: GramStats, unseen: str
+) -> tuple[Modality, ...]:
     """The experts whose grams enter the solve: all, or with ``unseen="skip"`` those that saw tokens."""
     if unseen == "error":
         return tuple(tensors)
@@ -119,22 +129,38 @@ def _regmean(experts: ExpertTensors, grams: GramStats, **settings: Any) -> Merge
 
 
 @register("regmean")
-def regmean(experts: ExpertTensors, base: BaseTensors = None, *, grams: GramStats, alpha: float, normalize: str,
-            max_cond: float, unseen: str) -> Merged:
+def regmean(
+    experts: ExpertTensors,
+    base: BaseTensors = None,
+    *,
+    grams: GramStats,
+    alpha: float,
+    normalize: str,
+    max_cond: float,
+    unseen: str,
+) -> Merged:
     """RegMean: linear weights from the gram-weighted least-squares solution; biases and norms averaged.
 
     Jin et al. 2023, "Dataless Knowledge Fusion by Merging Weights of Language Models" (arXiv 2212.09849).
     """
-    return _regmean(experts, grams, alpha=alpha, normalize=normalize, max_cond=max_cond, unseen=unseen,
-                    exact_bias=False)
+    return _regmean(
+        experts, grams, alpha=alpha, normalize=normalize, max_cond=max_cond, unseen=unseen, exact_bias=False
+    )
 
 
 @register("regmean_exact_bias")
-def regmean_exact_bias(experts: ExpertTensors, base: BaseTensors = None, *, grams: GramStats, alpha: float,
-                       normalize: str, max_cond: float, unseen: str) -> Merged:
+def regmean_exact_bias(
+    experts: ExpertTensors,
+    base: BaseTensors = None,
+    *,
+    grams: GramStats,
+    alpha: float,
+    normalize: str,
+    max_cond: float,
+    unseen: str,
+) -> Merged:
     """RegMean with each linear bias solved jointly with its weight (inputs augmented with a constant 1).
 
     Jin et al. 2023 (arXiv 2212.09849) applied to [x; 1]: exact least squares for weight and bias together.
     """
-    return _regmean(experts, grams, alpha=alpha, normalize=normalize, max_cond=max_cond, unseen=unseen,
-                    exact_bias=True)
+    return _regmean(experts, grams, alpha=alpha, normalize=normalize, max_cond=max_cond, unseen=unseen, exact_bias=True)

@@ -13,12 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vlmerge.merging.errors import MergeError
-from vlmerge.merging.keys import KeyGroup
 from vlmerge.catalog.methods import PARTS, SELECTION_PARAMS
 from vlmerge.catalog.names import TASK_EXPERTS
 from vlmerge.catalog.params import to_json
+from vlmerge.merging.errors import MergeError
+from vlmerge.merging.keys import KeyGroup
 from vlmerge.model import ExpertLayout, Modality
+
 
 @dataclass(frozen=True)
 class Selection:
@@ -57,6 +58,8 @@ class Selection:
         """The MS key that fills a key that does not merge."""
         assert self.rest_from is not None  # check() guarantees it whenever anything is left out
         if self.rest_from not in group.experts:
-            raise MergeError(f"rest_from={self.rest_from.value}: layer {group.layer} has no such expert "
-                             f"(it has {[m.value for m in group.experts]})")
+            raise MergeError(
+                f"rest_from={self.rest_from.value}: layer {group.layer} has no such expert "
+                f"(it has {[m.value for m in group.experts]})"
+            )
         return group.experts[self.rest_from]

@@ -18,7 +18,7 @@ import torch
 
 from vlmerge.merging.errors import MergeError
 
-RIDGES = tuple(10.0 ** e for e in range(-12, 0))
+RIDGES = tuple(10.0**e for e in range(-12, 0))
 MAX_COND = 1e10  # float64 keeps ~6 correct digits of the solution at this condition
 
 
@@ -42,8 +42,9 @@ def condition_estimate(chol: torch.Tensor) -> float:
     return float((diag.max() / diag.min()) ** 2)
 
 
-def solve_psd(a: torch.Tensor, b: torch.Tensor, max_cond: float = MAX_COND,
-              prior: torch.Tensor | None = None) -> Solution:
+def solve_psd(
+    a: torch.Tensor, b: torch.Tensor, max_cond: float = MAX_COND, prior: torch.Tensor | None = None
+) -> Solution:
     """Solve A x = b for A [n, n] symmetric PSD and b [n, k], float64; ``prior`` [n, k] anchors the ridge."""
     scale = float(a.diagonal().mean())
     if not scale > 0:

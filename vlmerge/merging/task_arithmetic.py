@@ -22,9 +22,17 @@ def _chosen(tensors: Mapping[Modality, torch.Tensor], subset: tuple[Modality, ..
 
 
 def generalized_task_arithmetic(
-    experts: ExpertTensors, base: BaseTensors, *, lam: float, subset: tuple[Modality, ...] | None = None,
-    trim_k: float | None = None, topk_scope: str = "per_tensor", drop_p: float = 0.0, seed: int = 0,
-    rescale: bool = True, consensus: bool = False,
+    experts: ExpertTensors,
+    base: BaseTensors,
+    *,
+    lam: float,
+    subset: tuple[Modality, ...] | None = None,
+    trim_k: float | None = None,
+    topk_scope: str = "per_tensor",
+    drop_p: float = 0.0,
+    seed: int = 0,
+    rescale: bool = True,
+    consensus: bool = False,
 ) -> Merged:
     """θ₀ + λ·Σ_m τ̂_m (or λ·disjoint_mean with ``consensus``), τ̂_m = trim(drop(θ_m − θ₀)).
 
@@ -43,14 +51,17 @@ def generalized_task_arithmetic(
         for m in Modality:
             keys = [k for k, t in experts.items() if m in _chosen(t, subset)]
             if keys:
-                thresholds[m] = magnitude_threshold(torch.cat([task_vector(k, m).abs().reshape(-1) for k in keys]),
-                                                    trim_k)
+                thresholds[m] = magnitude_threshold(
+                    torch.cat([task_vector(k, m).abs().reshape(-1) for k in keys]), trim_k
+                )
     state = {}
     for key, tensors in experts.items():
         taus = [task_vector(key, m) for m in _chosen(tensors, subset)]
         if trim_k is not None:
-            taus = [trim(t, thresholds[m] if topk_scope == "global" else magnitude_threshold(t.abs(), trim_k))
-                    for t, m in zip(taus, _chosen(tensors, subset))]
+            taus = [
+                trim(t, thresholds[m] if topk_scope == "global" else magnitude_threshold(t.abs(), trim_k))
+                for t, m in zip(taus, _chosen(tensors, subset))
+            ]
         theta = base[key].to(torch.float64, copy=True)  # added to in place: never the caller's tensor
         if taus:
             theta.add_(disjoint_mean(taus) if consensus else sum(taus[1:], taus[0]), alpha=lam)
@@ -59,8 +70,9 @@ def generalized_task_arithmetic(
 
 
 @register("task_arithmetic")
-def task_arithmetic(experts: ExpertTensors, base: BaseTensors = None, *, lam: float,
-                    subset: tuple[Modality, ...] | None) -> Merged:
+def task_arithmetic(
+    experts: ExpertTensors, base: BaseTensors = None, *, lam: float, subset: tuple[Modality, ...] | None
+) -> Merged:
     """Task arithmetic over any expert subset: θ₀ + λ·Σ_m (θ_m − θ₀).
 
     Ilharco et al. 2023, "Editing Models with Task Arithmetic" (arXiv 2212.04089).
@@ -69,25 +81,43 @@ def task_arithmetic(experts: ExpertTensors, base: BaseTensors = None, *, lam: fl
 
 
 @register("ties")
-def ties(experts: ExpertTensors, base: BaseTensors = None, *, lam: float, k: float, topk_scope: str,
-         subset: tuple[Modality, ...] | None) -> Merged:
+def ties(
+    experts: ExpertTensors,
+    base: BaseTensors = None,
+    *,
+    lam: float,
+    k: float,
+    topk_scope: str,
+    subset: tuple[Modality, ...] | None,
+) -> Merged:
     """TIES-Merging: trim each τ_m to its top-k % magnitudes, elect signs, disjoint mean, scale by λ.
 
     Yadav et al. 2023, "TIES-Merging: Resolving Interference When Merging Models" (arXiv 2306.01708).
     ``topk_scope``: ``per_tensor`` ranks magnitudes within each tensor; ``global`` across all merged
     tensors of an expert's task vector, as the paper flattens the whole model.
     """
-    return generalized_task_arithmetic(experts, base, lam=lam, subset=subset, trim_k=k, topk_scope=topk_scope,
-                                       consensus=True)
+    return generalized_task_arithmetic(
+        experts, base, lam=lam, subset=subset, trim_k=k, topk_scope=topk_scope, consensus=True
+    )
 
 
 @register("dare")
-def dare(experts: ExpertTensors, base: BaseTensors = None, *, lam: float, p: float, seed: int, rescale: bool,
-         consensus: bool, subset: tuple[Modality, ...] | None) -> Merged:
+def dare(
+    experts: ExpertTensors,
+    base: BaseTensors = None,
+    *,
+    lam: float,
+    p: float,
+    seed: int,
+    rescale: bool,
+    consensus: bool,
+    subset: tuple[Modality, ...] | None,
+) -> Merged:
     """DARE: drop each task-vector entry with probability p, rescale by 1/(1−p), then sum (or TIES-combine).
 
     Yu et al. 2023, "Language Models are Super Mario" (arXiv 2311.03099). Each tensor's mask comes
     from its own generator seeded by (seed, key, expert), so results do not depend on iteration order.
     """
-    return generalized_task_arithmetic(experts, base, lam=lam, subset=subset, drop_p=p, seed=seed,
-                                       rescale=rescale, consensus=consensus)
+    return generalized_task_arithmetic(
+        experts, base, lam=lam, subset=subset, drop_p=p, seed=seed, rescale=rescale, consensus=consensus
+    )

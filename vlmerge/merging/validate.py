@@ -38,17 +38,21 @@ def check_ms_state(state: Mapping[str, torch.Tensor], layout: ExpertLayout) -> l
     for group in groups:
         missing = [k for _, k in group.ms_keys if k not in state]
         if missing:
-            raise MergeError(f"MS state dict lacks {missing[0]} (layout {layout.sharing.value}, "
-                             f"{layout.num_layers} layers)")
+            raise MergeError(
+                f"MS state dict lacks {missing[0]} (layout {layout.sharing.value}, {layout.num_layers} layers)"
+            )
         shapes = {m.value: tuple(state[k].shape) for m, k in group.ms_keys}
         if len(set(shapes.values())) > 1:
             raise MergeError(f"experts of {group.ma_key} disagree in shape: {shapes}")
     expected = {k for g in groups for _, k in g.ms_keys} | {
-        k for layer in range(layout.num_layers) for k in layout.shared_keys(layer)}
+        k for layer in range(layout.num_layers) for k in layout.shared_keys(layer)
+    }
     stray = sorted(k for k in state if k.startswith("transformer.blocks.") and k not in expected)
     if stray:
-        raise MergeError(f"MS state dict has block keys outside its layout ({layout.sharing.value}, "
-                         f"{layout.num_layers} layers): {stray[:3]}")
+        raise MergeError(
+            f"MS state dict has block keys outside its layout ({layout.sharing.value}, "
+            f"{layout.num_layers} layers): {stray[:3]}"
+        )
     check_finite(state, "MS state dict")
     return groups
 
@@ -80,8 +84,12 @@ def check_grams(grams: GramStats, experts: ExpertTensors) -> None:
         for m in tensors:
             name = slot.gram_name(m)
             if name not in grams.xtx:
-                raise GramsError(f"grams lack {name}, needed to merge layer {slot.layer} (expert {m.value}); "
-                                 "were they collected for this model and task?")
+                raise GramsError(
+                    f"grams lack {name}, needed to merge layer {slot.layer} (expert {m.value}); "
+                    "were they collected for this model and task?"
+                )
             if tuple(grams.xtx[name].shape) != (dim, dim):
-                raise GramsError(f"gram {name} is {tuple(grams.xtx[name].shape)} but layer {slot.layer}'s "
-                                 f"{key} takes {dim} inputs: grams from another model")
+                raise GramsError(
+                    f"gram {name} is {tuple(grams.xtx[name].shape)} but layer {slot.layer}'s "
+                    f"{key} takes {dim} inputs: grams from another model"
+                )

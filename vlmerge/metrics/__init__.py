@@ -2,8 +2,15 @@
 
 from vlmerge.metrics.accuracy import accuracy, majority_class
 from vlmerge.metrics.normalize import normalize_answer
-from vlmerge.metrics.retrieval import (KS, chance_recall, chance_retrieval_recall, image_to_text_ranks, mean_recall,
-                                       retrieval_recall, text_to_image_ranks)
+from vlmerge.metrics.retrieval import (
+    KS,
+    chance_recall,
+    chance_retrieval_recall,
+    image_to_text_ranks,
+    mean_recall,
+    retrieval_recall,
+    text_to_image_ranks,
+)
 from vlmerge.metrics.vqa import humans_agreeing, leave_one_out_accuracy, question_accuracy, vqa_accuracy, vqa_score
 
 __all__ = [

@@ -21,8 +21,10 @@ _ROWS_PER_CHUNK = 1024  # bounds the [images, texts] boolean temporaries
 
 def _check(sims: torch.Tensor, text_to_image: torch.Tensor) -> None:
     if sims.ndim != 2 or text_to_image.shape != (sims.shape[1],):
-        raise ValueError(f"expected sims [n_images, n_texts] and text_to_image [n_texts], "
-                         f"got {tuple(sims.shape)} and {tuple(text_to_image.shape)}")
+        raise ValueError(
+            f"expected sims [n_images, n_texts] and text_to_image [n_texts], "
+            f"got {tuple(sims.shape)} and {tuple(text_to_image.shape)}"
+        )
     if sims.shape[1] and (text_to_image.min() < 0 or text_to_image.max() >= sims.shape[0]):
         raise ValueError(f"text_to_image holds image indices outside [0, {sims.shape[0]})")
     if sims.isnan().any():
@@ -44,7 +46,7 @@ def image_to_text_ranks(sims: torch.Tensor, text_to_image: torch.Tensor) -> torc
 
     ranks = []
     for start in range(0, sims.shape[0], _ROWS_PER_CHUNK):
-        rows = sims[start:start + _ROWS_PER_CHUNK]
+        rows = sims[start : start + _ROWS_PER_CHUNK]
         images = torch.arange(start, start + rows.shape[0], device=sims.device)
         positive = text_to_image[None, :] == images[:, None]  # [chunk, n_texts]
         best = rows.masked_fill(~positive, -math.inf).amax(dim=1, keepdim=True)

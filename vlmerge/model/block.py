@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -11,14 +12,19 @@ from vlmerge.model.config import ModelConfig
 from vlmerge.model.layers import Attention, DropPath, Experts, LayerNorm, Mlp
 from vlmerge.model.layout import Modality, Part
 
+_M = TypeVar("_M", bound=nn.Module)
+
+
 class MultiwayBlock(nn.Module):
     """One layer. ``per_expert`` parts hold a copy per expert in ``experts``; gamma_1/2 are always shared."""
 
-    def __init__(self, config: ModelConfig, experts: tuple[Modality, ...], per_expert: frozenset[Part],
-                 drop_path: float) -> None:
+    def __init__(
+        self, config: ModelConfig, experts: tuple[Modality, ...], per_expert: frozenset[Part], drop_path: float
+    ) -> None:
         super().__init__()
 
-        def build(part: Part, make: Callable[[], nn.Module]) -> nn.Module:
+        # Typed ``Experts | _M`` (not nn.Module) so that ``expert(modality)`` below type-checks.
+        def build(part: Part, make: Callable[[], _M]) -> Experts | _M:
             return Experts({m.value: make() for m in experts}) if part in per_expert else make()
 
         dim = config.dim

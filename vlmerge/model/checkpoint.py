@@ -49,23 +49,35 @@ class CheckpointMeta:
     def to_json(self) -> dict[str, Any]:
         record = dataclasses.asdict(self) | {"sharing": self.sharing.value, "format": FORMAT}
         config = self.config  # the resolved sizes, for readers; rebuilding uses preset + overrides
-        return record | {"config": dataclasses.asdict(config), "git_sha": git_sha(),
-                         "config_hash": config_hash(config, self.sharing.value)}
+        return record | {
+            "config": dataclasses.asdict(config),
+            "git_sha": git_sha(),
+            "config_hash": config_hash(config, self.sharing.value),
+        }
 
     @classmethod
     def from_json(cls, record: dict[str, Any], source: Path) -> CheckpointMeta:
         if record.get("format") != FORMAT:
             raise CheckpointError(f"{source}: sidecar format {record.get('format')!r}, expected {FORMAT}")
         try:
-            meta = cls(record["preset"], record["overrides"], Sharing.parse(record["sharing"]),
-                       Heads(**record["heads"]), record["token_types"], record["steps"],
-                       record["inputs"], record["extra"])
+            meta = cls(
+                record["preset"],
+                record["overrides"],
+                Sharing.parse(record["sharing"]),
+                Heads(**record["heads"]),
+                record["token_types"],
+                record["steps"],
+                record["inputs"],
+                record["extra"],
+            )
             expected = config_hash(meta.config, meta.sharing.value)
         except (KeyError, TypeError, ModelConfigError) as err:
             raise CheckpointError(f"{source}: malformed sidecar ({type(err).__name__}: {err})") from err
         if record.get("config_hash") != expected:
-            raise CheckpointError(f"{source}: config_hash does not match its preset and overrides "
-                                  "(the preset definitions changed since it was written)")
+            raise CheckpointError(
+                f"{source}: config_hash does not match its preset and overrides "
+                "(the preset definitions changed since it was written)"
+            )
         return meta
 
 
@@ -73,12 +85,25 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def checkpoint_meta(model: VLModel, *, steps: int = 0, inputs: Mapping[str, str | os.PathLike[str]] | None = None,
-                    extra: Mapping[str, Any] | None = None) -> CheckpointMeta:
+def checkpoint_meta(
+    model: VLModel,
+    *,
+    steps: int = 0,
+    inputs: Mapping[str, str | os.PathLike[str]] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> CheckpointMeta:
     """Describe ``model``; ``inputs`` are files (name → path) whose checksums are recorded."""
     checksums = {name: sha256_file(p) for name, p in sorted((inputs or {}).items())}
-    return CheckpointMeta(model.config.preset, model.config.overrides(), model.sharing, model.heads,
-                          model.token_type_embeddings.num_embeddings, steps, checksums, dict(extra or {}))
+    return CheckpointMeta(
+        model.config.preset,
+        model.config.overrides(),
+        model.sharing,
+        model.heads,
+        model.token_type_embeddings.num_embeddings,
+        steps,
+        checksums,
+        dict(extra or {}),
+    )
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, torch.Tensor], meta: CheckpointMeta) -> None:
@@ -123,8 +148,11 @@ def strict_load(model: torch.nn.Module, state: Mapping[str, torch.Tensor], sourc
     own = model.state_dict()
     problems = [f"missing {k}" for k in own if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in own]
-    problems += [f"shape of {k}: file {tuple(v.shape)}, model {tuple(own[k].shape)}"
-                 for k, v in state.items() if k in own and v.shape != own[k].shape]
+    problems += [
+        f"shape of {k}: file {tuple(v.shape)}, model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
     if problems:
         shown = "; ".join(problems[:12]) + (f"; … {len(problems) - 12} more" if len(problems) > 12 else "")
         raise CheckpointError(f"{source} does not fit the model: {shown}")

@@ -54,8 +54,11 @@ class ModelConfig:
     def overrides(self) -> dict[str, Any]:
         """Fields that differ from this config's preset (what a sidecar records)."""
         base = PRESETS[self.preset]
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if getattr(self, f.name) != getattr(base, f.name)}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(base, f.name)
+        }
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -63,8 +66,17 @@ PRESETS: dict[str, ModelConfig] = {
     # scratch for a few hundred steps, so weights start at 1/sqrt(dim) with layer scale 1: with 0.02 and 0.1
     # at width 128 the image [CLS] barely depends on the image (mean pairwise 1 - cos 0.0014 at init) and
     # ITC/ITM sit at chance for the whole embedded run (measured; README, "The embedded default").
-    "tiny": ModelConfig("tiny", num_layers=4, dim=128, num_heads=4, mlp_dim=512, image_size=48, vocab_size=4096,
-                        init_std=128 ** -0.5, layer_scale=1.0),
+    "tiny": ModelConfig(
+        "tiny",
+        num_layers=4,
+        dim=128,
+        num_heads=4,
+        mlp_dim=512,
+        image_size=48,
+        vocab_size=4096,
+        init_std=128**-0.5,
+        layer_scale=1.0,
+    ),
     "base": ModelConfig("base", num_layers=12, dim=768, num_heads=12, mlp_dim=3072, image_size=224),
     "large": ModelConfig("large", num_layers=24, dim=1024, num_heads=16, mlp_dim=4096, image_size=224),
 }

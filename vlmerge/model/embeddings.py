@@ -17,7 +17,7 @@ class TextEmbeddings(nn.Module):
         super().__init__()
         self.word_embeddings = nn.Embedding(vocab_size, dim)
         self.token_type_embeddings = nn.Embedding(2, dim)
-        self.LayerNorm = nn.LayerNorm(dim, eps=1e-12)  # noqa: N815 -- BERT's name, kept for weight import
+        self.LayerNorm = nn.LayerNorm(dim, eps=1e-12)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

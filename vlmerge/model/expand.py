@@ -11,8 +11,9 @@ from vlmerge.model.errors import CheckpointError
 from vlmerge.model.layout import Sharing, expert_layout
 
 
-def expand_experts(ma_state: Mapping[str, torch.Tensor], config: ModelConfig,
-                   sharing: Sharing | str) -> dict[str, torch.Tensor]:
+def expand_experts(
+    ma_state: Mapping[str, torch.Tensor], config: ModelConfig, sharing: Sharing | str
+) -> dict[str, torch.Tensor]:
     """Copy every shared block weight into each expert of its layer (``vl`` only from layer F on).
 
     Pure: ``ma_state`` is not modified; each expert gets its own clone (safetensors refuses shared

@@ -90,9 +90,14 @@ def classifier(in_dim: int, hidden: int, out: int) -> nn.Sequential:
 def present_heads(model: nn.Module) -> Heads:
     """The heads ``model`` carries, read from its attributes."""
     vqa = getattr(model, "vqa_classifier", None)
-    return Heads(mlm=hasattr(model, "mlm_score"), itm=hasattr(model, "itm_score"),
-                 itc=hasattr(model, "itc_text_proj"), itc_vl=hasattr(model, "itc_vl_text_proj"),
-                 vqa_answers=vqa[-1].out_features if vqa is not None else 0, nlvr2=hasattr(model, "nlvr2_classifier"))
+    return Heads(
+        mlm=hasattr(model, "mlm_score"),
+        itm=hasattr(model, "itm_score"),
+        itc=hasattr(model, "itc_text_proj"),
+        itc_vl=hasattr(model, "itc_vl_text_proj"),
+        vqa_answers=vqa[-1].out_features if vqa is not None else 0,
+        nlvr2=hasattr(model, "nlvr2_classifier"),
+    )
 
 
 def missing_heads(wanted: Heads, have: Heads, dim: int, vocab_size: int) -> dict[str, nn.Module | nn.Parameter]:
@@ -104,8 +109,10 @@ def missing_heads(wanted: Heads, have: Heads, dim: int, vocab_size: int) -> dict
         new["mlm_score"] = MLMHead(dim, vocab_size)
     if wanted.itm and not have.itm:
         new["itm_score"] = ITMHead(dim)
-    for want, present, prefix, scale in ((wanted.itc, have.itc, "itc", "logit_scale"),
-                                         (wanted.itc_vl, have.itc_vl, "itc_vl", "logit_vl_scale")):
+    for want, present, prefix, scale in (
+        (wanted.itc, have.itc, "itc", "logit_scale"),
+        (wanted.itc_vl, have.itc_vl, "itc_vl", "logit_vl_scale"),
+    ):
         if want and not present:
             new[f"{prefix}_text_proj"] = ContrastiveProjection(dim)
             new[f"{prefix}_image_proj"] = ContrastiveProjection(dim)

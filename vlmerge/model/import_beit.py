@@ -74,14 +74,15 @@ def _bias_table(beit: Mapping[str, torch.Tensor], model: VLModel) -> torch.Tenso
     table = model.relative_position_bias_table.detach().clone()
     rows = RelPosLayout(config.grid, config.max_text_len).image_rows
     for layer in range(config.num_layers):
-        src = beit.get(f"blocks.{layer}.attn.relative_position_bias_table",
-                       beit.get("rel_pos_bias.relative_position_bias_table"))
+        src = beit.get(
+            f"blocks.{layer}.attn.relative_position_bias_table", beit.get("rel_pos_bias.relative_position_bias_table")
+        )
         if src is None:
             raise CheckpointError(f"BEiT weights have no relative position table for block {layer}")
         if src.shape[1] != heads:
             raise CheckpointError(f"BEiT relative position table has {src.shape[1]} heads, the model {heads}")
         src_grid = (math.isqrt(src.shape[0] - 3) + 1) // 2
-        table[:rows, layer * heads:(layer + 1) * heads] = resize_image_table(src, src_grid, config.grid)
+        table[:rows, layer * heads : (layer + 1) * heads] = resize_image_table(src, src_grid, config.grid)
     return table
 
 

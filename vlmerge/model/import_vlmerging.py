@@ -27,20 +27,29 @@ from vlmerge.model.relpos import RelPosLayout, resize_image_table
 
 log = logging.getLogger(__name__)
 
-UNUSED = frozenset({
-    "relative_position_index", "text_relative_position_index", "text_imag_relative_position_index",
-    "vl_text_imag_relative_position_index", "video_relative_position_index", "text_video_relative_position_index",
-    "vl_text_video_relative_position_index", "temporal_relative_position_index", "mask_for_combining_temporal",
-    "temporal_relative_position_bias_table", "text_embeddings.position_ids",
-    "text_embeddings.position_embeddings.weight", "transformer.mask_token",
-})
+UNUSED = frozenset(
+    {
+        "relative_position_index",
+        "text_relative_position_index",
+        "text_imag_relative_position_index",
+        "vl_text_imag_relative_position_index",
+        "video_relative_position_index",
+        "text_video_relative_position_index",
+        "vl_text_video_relative_position_index",
+        "temporal_relative_position_index",
+        "mask_for_combining_temporal",
+        "temporal_relative_position_bias_table",
+        "text_embeddings.position_ids",
+        "text_embeddings.position_embeddings.weight",
+        "transformer.mask_token",
+    }
+)
 
 
 def vlmerging_state_dict(raw: Mapping[str, Any], grid: int, max_text_len: int) -> dict[str, torch.Tensor]:
     """Our state dict from a loaded vl-merging checkpoint, its bias table laid out for ``grid`` × ``max_text_len``."""
     state = raw.get("state_dict", raw)
-    out = {k.replace("ifm_", "itc_", 1) if k.startswith("ifm_") else k: v
-           for k, v in state.items() if k not in UNUSED}
+    out = {k.replace("ifm_", "itc_", 1) if k.startswith("ifm_") else k: v for k, v in state.items() if k not in UNUSED}
     for scale in ("logit_scale", "logit_vl_scale"):  # upstream scalars; ours are [1] (FSDP flattens no 0-d)
         if scale in out:
             out[scale] = out[scale].reshape(1)
@@ -54,8 +63,9 @@ def vlmerging_state_dict(raw: Mapping[str, Any], grid: int, max_text_len: int) -
     if src_text < max_text_len:
         raise CheckpointError(f"upstream bias table covers text of {src_text} tokens, the model needs {max_text_len}")
     table = resize_image_table(table, src_grid, grid)
-    out["relative_position_bias_table"] = _crop_text_rows(table, RelPosLayout(grid, 0).text_start, src_text,
-                                                          max_text_len)
+    out["relative_position_bias_table"] = _crop_text_rows(
+        table, RelPosLayout(grid, 0).text_start, src_text, max_text_len
+    )
     return out
 
 
@@ -63,19 +73,25 @@ def _crop_text_rows(table: torch.Tensor, start: int, src_len: int, dst_len: int)
     """Keep text offsets |j−i| ≤ dst_len−2 (rows ``start + offset + len − 2``) and the 3 text CLS rows."""
     text = table[start:]
     first = src_len - dst_len
-    return torch.cat([table[:start], text[first:first + 2 * dst_len - 3], text[2 * src_len - 3:]])
+    return torch.cat([table[:start], text[first : first + 2 * dst_len - 3], text[2 * src_len - 3 :]])
 
 
 def heads_in(state: Mapping[str, torch.Tensor]) -> Heads:
     """The heads a state dict in our naming carries."""
     vqa = state.get("vqa_classifier.3.weight")
-    return Heads(mlm="mlm_score.bias" in state, itm="itm_score.fc.weight" in state,
-                 itc="itc_text_proj.fc.weight" in state, itc_vl="itc_vl_text_proj.fc.weight" in state,
-                 vqa_answers=vqa.shape[0] if vqa is not None else 0, nlvr2="nlvr2_classifier.0.weight" in state)
+    return Heads(
+        mlm="mlm_score.bias" in state,
+        itm="itm_score.fc.weight" in state,
+        itc="itc_text_proj.fc.weight" in state,
+        itc_vl="itc_vl_text_proj.fc.weight" in state,
+        vqa_answers=vqa.shape[0] if vqa is not None else 0,
+        nlvr2="nlvr2_classifier.0.weight" in state,
+    )
 
 
-def import_vlmerging(source: str | os.PathLike[str], out: str | os.PathLike[str], preset: str,
-                     **overrides: Any) -> VLModel:
+def import_vlmerging(
+    source: str | os.PathLike[str], out: str | os.PathLike[str], preset: str, **overrides: Any
+) -> VLModel:
     """Read ``source`` (.ckpt), build the matching model (sharing and heads read from its keys,
     vocabulary size from its word embeddings unless overridden), strict-load it, save to ``out``."""
     raw = load_pickled_weights(source)

@@ -39,14 +39,19 @@ class ExpertLayout:
         """For each per-expert parameter of ``layer``: its MA (shared) key → {expert: MS key}."""
         return {
             self.key(layer, part, param): {m: self.key(layer, part, param, m) for m in self.experts(layer)}
-            for part in Part if part in self.sharing.per_expert
+            for part in Part
+            if part in self.sharing.per_expert
             for param in PART_PARAMS[part]
         }
 
     def shared_keys(self, layer: int) -> tuple[str, ...]:
         """Block parameters of ``layer`` with one copy: shared parts and the layer scales."""
-        parts = [self.key(layer, part, param) for part in Part if part not in self.sharing.per_expert
-                 for param in PART_PARAMS[part]]
+        parts = [
+            self.key(layer, part, param)
+            for part in Part
+            if part not in self.sharing.per_expert
+            for param in PART_PARAMS[part]
+        ]
         return (*parts, f"transformer.blocks.{layer}.gamma_1", f"transformer.blocks.{layer}.gamma_2")
 
 

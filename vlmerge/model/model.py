@@ -22,7 +22,15 @@ from torch import nn
 from vlmerge.model.config import ModelConfig, model_config
 from vlmerge.model.embeddings import TextEmbeddings
 from vlmerge.model.errors import ModelConfigError
-from vlmerge.model.heads import Heads, Pooler, missing_heads, present_heads
+from vlmerge.model.heads import (
+    ContrastiveProjection,
+    Heads,
+    ITMHead,
+    MLMHead,
+    Pooler,
+    missing_heads,
+    present_heads,
+)
 from vlmerge.model.initialization import init_module, rescale_residual_branches
 from vlmerge.model.layout import ExpertLayout, Modality, Sharing, expert_layout
 from vlmerge.model.relpos import RelPosLayout, image_index, joint_index, resize_image_table, text_index
@@ -36,6 +44,23 @@ MASKED = -1e4
 class VLModel(nn.Module):
     """Backbone + heads. Build with :func:`create_model`; encode with ``encode_image``,
     ``encode_text``, ``encode_pair``; every encoder returns final-norm hidden states [B, N, D]."""
+
+    # Declared for the type checker only: nn.Module.__getattr__ would type them ``Tensor | Module``.
+    # Buffers registered by _set_relpos_index.
+    image_index: torch.Tensor
+    text_index: torch.Tensor
+    # Heads, set by add_heads only when the model carries them (see Heads / present_heads): an
+    # absent head still raises AttributeError, as these annotations assign nothing.
+    mlm_score: MLMHead
+    itm_score: ITMHead
+    itc_text_proj: ContrastiveProjection
+    itc_image_proj: ContrastiveProjection
+    logit_scale: nn.Parameter
+    itc_vl_text_proj: ContrastiveProjection
+    itc_vl_image_proj: ContrastiveProjection
+    logit_vl_scale: nn.Parameter
+    vqa_classifier: nn.Sequential
+    nlvr2_classifier: nn.Sequential
 
     def __init__(self, config: ModelConfig, sharing: Sharing | str, heads: Heads = Heads()) -> None:
         super().__init__()
@@ -59,47 +84,54 @@ class VLModel(nn.Module):
 
     # ----------------------------------------------------------------- encoders
     @overload
-    def encode_image(self, images: torch.Tensor, token_type: int = 1, *,
-                     return_fusion_input: Literal[False] = False) -> torch.Tensor: ...
+    def encode_image(
+        self, images: torch.Tensor, token_type: int = 1, *, return_fusion_input: Literal[False] = False
+    ) -> torch.Tensor: ...
     @overload
-    def encode_image(self, images: torch.Tensor, token_type: int = 1, *,
-                     return_fusion_input: Literal[True]) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def encode_image(
+        self, images: torch.Tensor, token_type: int = 1, *, return_fusion_input: Literal[True]
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
-    def encode_image(self, images: torch.Tensor, token_type: int = 1, *,
-                     return_fusion_input: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def encode_image(
+        self, images: torch.Tensor, token_type: int = 1, *, return_fusion_input: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """images: [B, 3, S, S] → [B, 1+G², D] through the v experts.
 
         With ``return_fusion_input`` also the un-normalised layer-(F−1) state [B, 1+G², D], the
         input of :meth:`fuse_unimodal` (ITC term (b)).
         """
-        return self._encode_unimodal(self._embed_image(images, token_type), None, Modality.V,
-                                     return_fusion_input)
+        return self._encode_unimodal(self._embed_image(images, token_type), None, Modality.V, return_fusion_input)
 
     @overload
-    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor, *,
-                    return_fusion_input: Literal[False] = False) -> torch.Tensor: ...
+    def encode_text(
+        self, ids: torch.Tensor, mask: torch.Tensor, *, return_fusion_input: Literal[False] = False
+    ) -> torch.Tensor: ...
     @overload
-    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor, *,
-                    return_fusion_input: Literal[True]) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def encode_text(
+        self, ids: torch.Tensor, mask: torch.Tensor, *, return_fusion_input: Literal[True]
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
-    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor, *,
-                    return_fusion_input: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def encode_text(
+        self, ids: torch.Tensor, mask: torch.Tensor, *, return_fusion_input: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """ids, mask: [B, T] (mask 1 = real token, 0 = padding) → [B, T, D] through the l experts.
 
         With ``return_fusion_input`` also the layer-(F−1) state [B, T, D] (see :meth:`encode_image`).
         """
         return self._encode_unimodal(self._embed_text(ids), mask, Modality.L, return_fusion_input)
 
-    def encode_pair(self, ids: torch.Tensor, mask: torch.Tensor, images: torch.Tensor,
-                    image_token_type: int = 1) -> torch.Tensor:
+    def encode_pair(
+        self, ids: torch.Tensor, mask: torch.Tensor, images: torch.Tensor, image_token_type: int = 1
+    ) -> torch.Tensor:
         """Text [B, T] (+ mask) and images [B, 3, S, S] → [B, T+1+G², D], text first.
 
         Token 0 (the text [CLS]) feeds the pooler. ``image_token_type`` 2 marks NLVR2's second image.
         """
         fusion = self.config.fusion_start
         text = self._run(self._embed_text(ids), Modality.L, range(fusion), self._index(Modality.L, ids), mask)
-        image = self._run(self._embed_image(images, image_token_type), Modality.V, range(fusion),
-                          self.image_index, None)
+        image = self._run(
+            self._embed_image(images, image_token_type), Modality.V, range(fusion), self.image_index, None
+        )
         index = joint_index(self._index(Modality.L, ids), self.image_index, self._relpos_layout())
         keep = torch.cat([mask.bool(), mask.new_ones(image.shape[:2], dtype=torch.bool)], dim=1)
         joint = torch.cat([text, image], dim=1)
@@ -117,8 +149,9 @@ class VLModel(nn.Module):
         return self.transformer.norm(hidden)
 
     # ----------------------------------------------------------------- internals
-    def _encode_unimodal(self, x: torch.Tensor, mask: torch.Tensor | None, modality: Modality,
-                         return_fusion_input: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def _encode_unimodal(
+        self, x: torch.Tensor, mask: torch.Tensor | None, modality: Modality, return_fusion_input: bool
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         fusion, index = self.config.fusion_start, self._index(modality, x)
         fusion_input = self._run(x, modality, range(fusion), index, mask)
         out = self._run(fusion_input, modality, range(fusion, self.config.num_layers), index, mask)
@@ -133,8 +166,10 @@ class VLModel(nn.Module):
     def _embed_image(self, images: torch.Tensor, token_type: int) -> torch.Tensor:
         size = self.config.image_size
         if tuple(images.shape[-2:]) != (size, size):
-            raise ModelConfigError(f"images of {tuple(images.shape[-2:])} pixels do not match the model's "
-                                   f"image_size {size}; call resize_image_relpos for another resolution")
+            raise ModelConfigError(
+                f"images of {tuple(images.shape[-2:])} pixels do not match the model's "
+                f"image_size {size}; call resize_image_relpos for another resolution"
+            )
         return self.transformer.embed_image(images) + self.token_type_embeddings.weight[token_type]
 
     def _index(self, modality: Modality, tokens: torch.Tensor) -> torch.Tensor:
@@ -144,8 +179,9 @@ class VLModel(nn.Module):
         n = tokens.shape[1]
         return self.text_index[:n, :n]
 
-    def _run(self, x: torch.Tensor, modality: Modality, layers: range, index: torch.Tensor,
-             keep: torch.Tensor | None) -> torch.Tensor:
+    def _run(
+        self, x: torch.Tensor, modality: Modality, layers: range, index: torch.Tensor, keep: torch.Tensor | None
+    ) -> torch.Tensor:
         """Blocks ``layers`` on x [B, N, D]; index [N, N] table rows; keep [B, N] (False = padding) or None."""
         for i in layers:
             x = self.transformer.blocks[i](x, modality, self._attn_mask(index, i, keep))
@@ -154,7 +190,7 @@ class VLModel(nn.Module):
     def _attn_mask(self, index: torch.Tensor, layer: int, keep: torch.Tensor | None) -> torch.Tensor:
         """Additive attention mask [1 or B, H, N, N]: layer's relative position bias, padded keys at -max."""
         heads = self.config.num_heads
-        table = self.relative_position_bias_table[:, layer * heads:(layer + 1) * heads]
+        table = self.relative_position_bias_table[:, layer * heads : (layer + 1) * heads]
         bias = F.embedding(index, table).permute(2, 0, 1).unsqueeze(0)
         if keep is None:
             return bias
@@ -188,7 +224,7 @@ class VLModel(nn.Module):
         grown = nn.Embedding(count, old.shape[1]).to(old)
         with torch.no_grad():
             grown.weight[: old.shape[0]] = old
-            grown.weight[old.shape[0]:] = old[1]
+            grown.weight[old.shape[0] :] = old[1]
         self.token_type_embeddings = grown
 
     @property

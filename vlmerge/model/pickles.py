@@ -41,8 +41,10 @@ def load_pickled_weights(path: str | os.PathLike[str]) -> Any:
         foreign = []
     refused = sorted(name for name in foreign if name not in _STAND_INS)
     if refused:
-        raise CheckpointError(f"refusing to unpickle {path}: it references {refused}, which could run code "
-                              "(only tensors and known metadata are read)")
+        raise CheckpointError(
+            f"refusing to unpickle {path}: it references {refused}, which could run code "
+            "(only tensors and known metadata are read)"
+        )
     try:
         with torch.serialization.safe_globals([(stand_in, name) for name, stand_in in _STAND_INS.items()]):
             return torch.load(path, map_location="cpu", weights_only=True)

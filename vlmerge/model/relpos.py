@@ -82,7 +82,7 @@ def resize_image_table(table: torch.Tensor, old_grid: int, new_grid: int) -> tor
     if old_grid == new_grid:
         return table.clone()
     old, new = 2 * old_grid - 1, 2 * new_grid - 1
-    image, rest = table[: old * old], table[old * old:]
+    image, rest = table[: old * old], table[old * old :]
     grid = image.T.reshape(1, -1, old, old).float()  # one channel per (layer, head) column
     grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
     return torch.cat([grid[0].reshape(-1, new * new).T.to(table.dtype), rest], dim=0)

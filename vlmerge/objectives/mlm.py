@@ -19,7 +19,9 @@ IGNORE_INDEX = -100  # the label of unmasked tokens (PyTorch's and Hugging Face'
 class MLMOutput(NamedTuple):
     loss: torch.Tensor  # scalar: mean cross-entropy over masked tokens (0 if none)
     accuracy: torch.Tensor  # scalar float: argmax hits / masked tokens (0 if none)
-    count: torch.Tensor  # scalar int64: number of masked tokens
+    # scalar int64: number of masked tokens. The field shadows tuple.count (a method), which mypy
+    # reports; NamedTuple allows it and callers read ``.count``.
+    count: torch.Tensor  # type: ignore[assignment]
 
 
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> MLMOutput:

@@ -51,8 +51,13 @@ def run(config: PrepareConfig) -> None:
     """Convert, then write the manifest last: its presence means every table is complete."""
     result = convert(config.dataset, config.raw, config.out, ConvertOptions(**config.settings.model_dump()))
     manifest = write_manifest(result, provenance("prepare", config.resolved()))
-    log.info("%s: %s rows, %d skipped; manifest %s", config.dataset,
-             {split: counts["rows"] for split, counts in result.splits.items()}, len(result.skipped), manifest)
+    log.info(
+        "%s: %s rows, %d skipped; manifest %s",
+        config.dataset,
+        {split: counts["rows"] for split, counts in result.splits.items()},
+        len(result.skipped),
+        manifest,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

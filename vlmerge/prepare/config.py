@@ -12,7 +12,11 @@ class PrepareSettings(Settings):
 
     strict: bool = Field(False, description="an unusable image is an error instead of a skipped, reported item")
     shard_size: int = Field(100_000, ge=1, description="rows per file of the sharded tables (SBU, GCC)")
-    min_answer_count: int = Field(9, ge=1, description="VQA answer vocabulary: answers seen at least this often "
-                                                       "in train+val (3,129 answers on the real VQAv2)")
+    min_answer_count: int = Field(
+        9,
+        ge=1,
+        description="VQA answer vocabulary: answers seen at least this often "
+        "in train+val (3,129 answers on the real VQAv2)",
+    )
     rest_val_images: int = Field(1000, ge=0, description="VQA: last images of val held out as rest_val")
     batch_rows: int = Field(256, ge=1, description="rows per Arrow record batch (bounds memory)")

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from vlmerge.data.tokenizer import vocabulary_file
-from vlmerge.errors import IncompleteRun, InputError
 from vlmerge.model import Heads
 from vlmerge.model.checkpoint import checkpoint_meta, save_checkpoint
 from vlmerge.pretrain.config import PretrainSettings
@@ -34,7 +32,7 @@ from vlmerge.pretrain.data import PretrainData
 from vlmerge.pretrain.init_weights import initial_model
 from vlmerge.pretrain.module import PretrainModule
 from vlmerge.pretrain.run import PretrainRun, RunPaths, resolve_run
-from vlmerge.runtime import provenance, setup_logging, sha256_file
+from vlmerge.runtime import provenance, sha256_file
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
 from vlmerge.runtime.stage import run_stage
 from vlmerge.train.errors import require_finished
@@ -55,24 +53,44 @@ def train(config: PretrainRun) -> Path | None:
     record = provenance("pretrain", config.resolved())
     data = PretrainData(config.data)  # checks the tables and the tokenizer before any model is built
     torch.manual_seed(config.module.seed)
-    model = initial_model(config.init, config.preset, config.sharing, Heads.pretraining(),
-                          **config.model_overrides, vocab_size=len(data.tokenizer))
+    model = initial_model(
+        config.init,
+        config.preset,
+        config.sharing,
+        Heads.pretraining(),
+        **config.model_overrides,
+        vocab_size=len(data.tokenizer),
+    )
     trainer = build_trainer(config.trainer)
-    log.info("world size %d = %d node(s) x %d device(s); global rank %d on node rank %d", trainer.world_size,
-             trainer.num_nodes, trainer.num_devices, trainer.global_rank, trainer.node_rank)
+    log.info(
+        "world size %d = %d node(s) x %d device(s); global rank %d on node rank %d",
+        trainer.world_size,
+        trainer.num_nodes,
+        trainer.num_devices,
+        trainer.global_rank,
+        trainer.node_rank,
+    )
     inputs = _inputs(config)  # claimed once everything above is known to be valid
-    identity = config.identity({k: sha256_file(p) for k, p in inputs.items()},
-                               {p.name: p.stat().st_size for p in data.train_files})
-    claim_work_dir(config.trainer.work_dir, identity, writer=rank_zero_only.rank == 0,
-                   restart_stale=config.restart_stale)
-    trainer.fit(PretrainModule(model, config.module), datamodule=data,
-                ckpt_path=resume_checkpoint(config.trainer.work_dir))
+    identity = config.identity(
+        {k: sha256_file(p) for k, p in inputs.items()}, {p.name: p.stat().st_size for p in data.train_files}
+    )
+    # ``rank`` is set on the decorator function at runtime; its type does not declare it.
+    writer = rank_zero_only.rank == 0  # type: ignore[attr-defined]
+    claim_work_dir(config.trainer.work_dir, identity, writer=writer, restart_stale=config.restart_stale)
+    trainer.fit(
+        PretrainModule(model, config.module), datamodule=data, ckpt_path=resume_checkpoint(config.trainer.work_dir)
+    )
     require_finished(trainer.global_step, config.trainer.max_steps, config.trainer.work_dir)
     state = trainer.strategy.lightning_module_state_dict()  # a collective under FSDP: every rank calls it
     if not trainer.is_global_zero:
         return None
-    extra = {"stage": "pretrain", "init": config.init.describe(), "datasets": list(config.data.datasets),
-             "train_files": [p.name for p in data.train_files], "provenance": record}
+    extra = {
+        "stage": "pretrain",
+        "init": config.init.describe(),
+        "datasets": list(config.data.datasets),
+        "train_files": [p.name for p in data.train_files],
+        "provenance": record,
+    }
     weights = {k.removeprefix("model."): v for k, v in state.items()}
     save_checkpoint(config.out, weights, checkpoint_meta(model, steps=trainer.global_step, inputs=inputs, extra=extra))
     log.info("wrote %s after %d steps", config.out, trainer.global_step)
@@ -81,15 +99,23 @@ def train(config: PretrainRun) -> Path | None:
 
 def _parser() -> argparse.ArgumentParser:
     """Paths and switches of this invocation, then every field of :class:`PretrainSettings` as ``--config`` + flags."""
-    p = argparse.ArgumentParser(prog="python -m vlmerge.pretrain",
-                                description="Pre-train a vision-language model with MLM + ITC + ITM.")
+    p = argparse.ArgumentParser(
+        prog="python -m vlmerge.pretrain", description="Pre-train a vision-language model with MLM + ITC + ITM."
+    )
     p.add_argument("--arrow", required=True, type=Path, help="folder of the ViLT arrow tables")
     p.add_argument("--tokenizer", required=True, type=Path, help="tokenizer folder (or vocab.txt)")
     p.add_argument("--out", required=True, type=Path, help="final weights, PATH.safetensors (+ PATH.json)")
-    p.add_argument("--work-dir", required=True, type=Path,
-                   help="Lightning checkpoints and logs; reruns resume from here (not a Snakemake output)")
-    p.add_argument("--restart-stale-work-dir", action="store_true",
-                   help="move a work directory of another run aside and start afresh (default: an error)")
+    p.add_argument(
+        "--work-dir",
+        required=True,
+        type=Path,
+        help="Lightning checkpoints and logs; reruns resume from here (not a Snakemake output)",
+    )
+    p.add_argument(
+        "--restart-stale-work-dir",
+        action="store_true",
+        help="move a work directory of another run aside and start afresh (default: an error)",
+    )
     p.add_argument("--verbose", action="store_true")
     add_settings_arguments(p, PretrainSettings)
     return p

@@ -20,15 +20,24 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from vlmerge.catalog.names import PRETRAIN_DATASETS, Sharing
 from vlmerge.errors import ConfigError
-from vlmerge.train.launch import LaunchSettings
 from vlmerge.runtime.settings import Settings, build
+from vlmerge.train.launch import LaunchSettings
 
 # The rows of vlmerge.model.config.PRESETS and the ModelConfig fields a run may override with their types
 # (tests keep both equal to the model's; ``preset`` and ``vocab_size`` are not overrides).
 Preset = Literal["tiny", "base", "large"]
 MODEL_KEYS: dict[str, type] = {
-    "num_layers": int, "dim": int, "num_heads": int, "mlp_dim": int, "image_size": int, "patch_size": int,
-    "max_text_len": int, "drop_path": float, "embed_dropout": float, "init_std": float, "layer_scale": float,
+    "num_layers": int,
+    "dim": int,
+    "num_heads": int,
+    "mlp_dim": int,
+    "image_size": int,
+    "patch_size": int,
+    "max_text_len": int,
+    "drop_path": float,
+    "embed_dropout": float,
+    "init_std": float,
+    "layer_scale": float,
 }
 # Warm-up steps per optimizer step of the paper (1,250 of 100k): the default of a run without ``warmup``.
 WARMUP_FRACTION = 0.0125
@@ -49,14 +58,19 @@ def _checked_init(text: str, kinds: tuple[str, ...]) -> str:
 class PretrainRecipe(Settings):
     """The hyper-parameters every pre-training run of an experiment shares (defaults: the stage's own)."""
 
-    datasets: tuple[str, ...] = Field(PRETRAIN_DATASETS, min_length=1,
-                                      description=f"caption corpora to train on, of {', '.join(PRETRAIN_DATASETS)}")
+    datasets: tuple[str, ...] = Field(
+        PRETRAIN_DATASETS, min_length=1, description=f"caption corpora to train on, of {', '.join(PRETRAIN_DATASETS)}"
+    )
     image_size: int | None = Field(None, gt=0, description="training resolution in pixels (null: the preset's)")
-    augment: bool = Field(True, description="random crop, flip and RandAugment of training images "
-                                            "(false: plain resize, for captions a crop or flip would falsify)")
+    augment: bool = Field(
+        True,
+        description="random crop, flip and RandAugment of training images "
+        "(false: plain resize, for captions a crop or flip would falsify)",
+    )
     batch_size: int = Field(32, ge=1, description="samples per device and micro-batch")
-    global_batch: int | None = Field(None, ge=1, description="samples per optimizer step, reached by gradient "
-                                                             "accumulation (null: no accumulation)")
+    global_batch: int | None = Field(
+        None, ge=1, description="samples per optimizer step, reached by gradient accumulation (null: no accumulation)"
+    )
     lr: float = Field(2e-4, gt=0, description="peak learning rate of AdamW")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay of the weight matrices")
     grad_clip: float | None = Field(None, ge=0, description="clip the gradient norm to this value (null: no clipping)")
@@ -71,8 +85,8 @@ class PretrainRecipe(Settings):
     val_batches: int = Field(0, ge=0, description="batches per validation (0: all of COCO val)")
     log_every: int = Field(50, ge=1, description="steps between logged training metrics")
     loss_weights: dict[LossTerm, NonNegative] = Field(
-        UNIT_WEIGHTS,
-        description="weights of the loss terms mlm, itc, itm (>= 0, not all 0; a term not given weighs 1)")
+        UNIT_WEIGHTS, description="weights of the loss terms mlm, itc, itm (>= 0, not all 0; a term not given weighs 1)"
+    )
 
     @field_validator("datasets")
     @classmethod
@@ -97,15 +111,24 @@ class PretrainSettings(PretrainRecipe):
     """One pre-training run: the recipe plus the model, its start, its length and the process geometry."""
 
     preset: Preset = Field("tiny", description="model size")
-    sharing: Sharing = Field("shared", validate_default=True,  # the enum, shown in --help by its value
-                             description="expert layout: " + ", ".join(s.value for s in Sharing))
-    init: str = Field("scratch", description="start: scratch, beit:PATH (BEiT weights) or seed:PATH (an MA "
-                                             "checkpoint, copied into every expert)")
-    model: dict[str, int | float] = Field({}, description="ModelConfig overrides, e.g. num_layers=4,dim=64,"
-                                          "drop_path=0 (vocab_size comes from the tokenizer)")
+    sharing: Sharing = Field(
+        "shared",
+        validate_default=True,  # the enum, shown in --help by its value
+        description="expert layout: " + ", ".join(s.value for s in Sharing),
+    )
+    init: str = Field(
+        "scratch",
+        description="start: scratch, beit:PATH (BEiT weights) or seed:PATH (an MA "
+        "checkpoint, copied into every expert)",
+    )
+    model: dict[str, int | float] = Field(
+        {},
+        description="ModelConfig overrides, e.g. num_layers=4,dim=64,drop_path=0 (vocab_size comes from the tokenizer)",
+    )
     steps: int = Field(1000, ge=1, description="optimizer steps")
-    warmup: int | None = Field(None, ge=0, description=f"warm-up steps (null: {WARMUP_FRACTION} x steps, "
-                                                       "the paper's ratio)")
+    warmup: int | None = Field(
+        None, ge=0, description=f"warm-up steps (null: {WARMUP_FRACTION} x steps, the paper's ratio)"
+    )
     devices: int = Field(1, ge=1, description="devices (processes) per node")
     nodes: int = Field(1, ge=1, description="nodes, each running devices processes")
 
@@ -200,8 +223,9 @@ class PretrainSection(PretrainRecipe):
         steps, seed = int(match[1]), self.runs.seed
         return RunLength(steps=steps, warmup=round(seed.warmup * steps / seed.steps))
 
-    def settings_for(self, run: str, preset: str, model: Mapping[str, Any],
-                     seed_checkpoint: str | None) -> PretrainSettings:
+    def settings_for(
+        self, run: str, preset: str, model: Mapping[str, Any], seed_checkpoint: str | None
+    ) -> PretrainSettings:
         """The settings of ``run``: ``seed[<N>]`` and ``ma`` start from ``init``, ``ms_<sharing>[@seed<N>]``
         from ``seed_checkpoint``; ``preset`` and ``model`` (ModelConfig overrides) come from the model section.
         """
@@ -213,9 +237,19 @@ class PretrainSection(PretrainRecipe):
         else:
             length, sharing, init = self.run_length(run), Sharing.SHARED.value, self.init
         recipe = self.model_dump(include=set(PretrainRecipe.model_fields))
-        return build(PretrainSettings, recipe | {
-            "preset": preset, "sharing": sharing, "init": init, "model": dict(model),
-            "steps": length.steps, "warmup": length.warmup}, where="pretrain")
+        return build(
+            PretrainSettings,
+            recipe
+            | {
+                "preset": preset,
+                "sharing": sharing,
+                "init": init,
+                "model": dict(model),
+                "steps": length.steps,
+                "warmup": length.warmup,
+            },
+            where="pretrain",
+        )
 
 
 __all__ = ["MODEL_KEYS", "PretrainRecipe", "PretrainSection", "PretrainSettings", "RunLength"]

@@ -104,18 +104,29 @@ class PretrainData(pl.LightningDataModule):
         self.val = CaptionPairs(self.val_files, eval_transform(size)) if self.val_files else None
 
     def _loader(self, dataset: CaptionPairs, sampler: object) -> DataLoader:
-        return DataLoader(KeyedSamples(dataset), batch_size=self.config.batch_size,
-                          sampler=sampler,  # type: ignore[arg-type]  # keys, not ints
-                          collate_fn=self.collate, num_workers=self.config.num_workers, drop_last=True,
-                          pin_memory=torch.cuda.is_available(),
-                          generator=torch.Generator().manual_seed(self.config.seed))
+        return DataLoader(
+            KeyedSamples(dataset),
+            batch_size=self.config.batch_size,
+            sampler=sampler,  # type: ignore[arg-type]  # keys, not ints
+            collate_fn=self.collate,
+            num_workers=self.config.num_workers,
+            drop_last=True,
+            pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator().manual_seed(self.config.seed),
+        )
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         assert trainer is not None, "the train loader is built by a Trainer"
         start = trainer.global_step * trainer.accumulate_grad_batches
-        sampler = ResumableSampler(len(self.train), self.config.batch_size, self.config.seed,
-                                   trainer.global_rank, trainer.world_size, start_batch=start)
+        sampler = ResumableSampler(
+            len(self.train),
+            self.config.batch_size,
+            self.config.seed,
+            trainer.global_rank,
+            trainer.world_size,
+            start_batch=start,
+        )
         return self._loader(self.train, sampler)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -123,6 +134,7 @@ class PretrainData(pl.LightningDataModule):
             return []
         trainer = self.trainer
         assert trainer is not None, "the validation loader is built by a Trainer"
-        keys = evaluation_keys(len(self.val), self.config.batch_size, self.config.seed,
-                               trainer.global_rank, trainer.world_size)
+        keys = evaluation_keys(
+            len(self.val), self.config.batch_size, self.config.seed, trainer.global_rank, trainer.world_size
+        )
         return self._loader(self.val, keys)

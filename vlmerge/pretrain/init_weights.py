@@ -52,11 +52,15 @@ def _from_seed(path: Path, config: ModelConfig, sharing: Sharing, heads: Heads) 
     if meta.sharing is not Sharing.SHARED:
         raise TrainConfigError(f"seed checkpoint {path} is {meta.sharing.value}, not a shared (MA) model")
     seed_config = meta.config
-    differs = {f: (getattr(seed_config, f), getattr(config, f)) for f in _STRUCTURAL
-               if getattr(seed_config, f) != getattr(config, f)}
+    differs = {
+        f: (getattr(seed_config, f), getattr(config, f))
+        for f in _STRUCTURAL
+        if getattr(seed_config, f) != getattr(config, f)
+    }
     if differs:
-        raise TrainConfigError(f"seed checkpoint {path} does not match the requested model "
-                               f"(seed, requested): {differs}")
+        raise TrainConfigError(
+            f"seed checkpoint {path} does not match the requested model (seed, requested): {differs}"
+        )
     if meta.token_types != 2:
         raise TrainConfigError(f"seed checkpoint {path} has {meta.token_types} token types, expected 2")
     model = VLModel(dataclasses.replace(config, image_size=seed_config.image_size), sharing, meta.heads)
@@ -66,8 +70,12 @@ def _from_seed(path: Path, config: ModelConfig, sharing: Sharing, heads: Heads) 
     model.add_heads(heads)  # heads the seed lacks start fresh
     if config.grid != seed_config.grid:
         model.resize_image_relpos(config.grid)
-    log.info("%s model from the shared seed %s (%d steps), every expert a copy of its shared weights",
-             sharing.value, path, meta.steps)
+    log.info(
+        "%s model from the shared seed %s (%d steps), every expert a copy of its shared weights",
+        sharing.value,
+        path,
+        meta.steps,
+    )
     return model
 
 

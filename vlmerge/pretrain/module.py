@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 from vlmerge.model import VLModel
 from vlmerge.pretrain.step import itc_terms, itm_term, mlm_term
@@ -69,9 +70,14 @@ class PretrainModule(pl.LightningModule):
             itc = itc_terms(model, images, ids, mask)
             itc_loss = (itc.unimodal.loss + itc.fused.loss) / 2
             total = total + w.itc * itc_loss
-            out |= {"itc_loss": itc_loss, "itc_i2t_r1": itc.unimodal.i2t_acc, "itc_t2i_r1": itc.unimodal.t2i_acc,
-                    "itc_vl_i2t_r1": itc.fused.i2t_acc, "itc_vl_t2i_r1": itc.fused.t2i_acc,
-                    "itc_scale": model.logit_scale.detach().exp()}
+            out |= {
+                "itc_loss": itc_loss,
+                "itc_i2t_r1": itc.unimodal.i2t_acc,
+                "itc_t2i_r1": itc.unimodal.t2i_acc,
+                "itc_vl_i2t_r1": itc.fused.i2t_acc,
+                "itc_vl_t2i_r1": itc.fused.t2i_acc,
+                "itc_scale": model.logit_scale.detach().exp(),
+            }
         if w.itm > 0:
             itm = itm_term(model, images, ids, mask, itc.unimodal, generator)
             total = total + w.itm * itm.result.loss
@@ -95,7 +101,7 @@ class PretrainModule(pl.LightningModule):
         for name, value in out.items():
             self.log(f"val/{name}", value, batch_size=batch_size, on_epoch=True, sync_dist=True)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = build_optimizer(self.model, self.config.optim)
         schedule = warmup_linear_schedule(optimizer, self.config.warmup_steps, self.config.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

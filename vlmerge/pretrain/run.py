@@ -42,10 +42,16 @@ class PretrainRun:
 
     def resolved(self) -> dict[str, Any]:
         """Everything that determines the run, JSON-ready."""
-        return {"out": str(self.out), "preset": self.preset, "sharing": self.sharing.value,
-                "init": self.init.describe(), "model_overrides": dict(sorted(self.model_overrides.items())),
-                "data": jsonable(dataclasses.asdict(self.data)), "module": jsonable(dataclasses.asdict(self.module)),
-                "trainer": jsonable(dataclasses.asdict(self.trainer))}
+        return {
+            "out": str(self.out),
+            "preset": self.preset,
+            "sharing": self.sharing.value,
+            "init": self.init.describe(),
+            "model_overrides": dict(sorted(self.model_overrides.items())),
+            "data": jsonable(dataclasses.asdict(self.data)),
+            "module": jsonable(dataclasses.asdict(self.module)),
+            "trainer": jsonable(dataclasses.asdict(self.trainer)),
+        }
 
     def identity(self, inputs: dict[str, str], train_files: dict[str, int]) -> dict[str, Any]:
         """What defines the computation (for ``work_dir.claim_work_dir``): not paths, workers or cadences.
@@ -53,13 +59,25 @@ class PretrainRun:
         ``inputs``: name → sha256 of the init checkpoint and tokenizer; ``train_files``: name → bytes.
         """
         resolved = self.resolved()
-        data = {k: resolved["data"][k] for k in ("datasets", "image_size", "batch_size", "seed", "mlm_prob",
-                                                 "max_text_len", "augment")}
-        return {"preset": self.preset, "sharing": self.sharing.value, "init": self.init.kind,
-                "model_overrides": resolved["model_overrides"], "inputs": inputs, "train_files": train_files,
-                "data": data, "module": resolved["module"],
-                "trainer": {"max_steps": self.trainer.max_steps, "accumulate": self.trainer.accumulate,
-                            "world_size": self.trainer.world_size}}
+        data = {
+            k: resolved["data"][k]
+            for k in ("datasets", "image_size", "batch_size", "seed", "mlm_prob", "max_text_len", "augment")
+        }
+        return {
+            "preset": self.preset,
+            "sharing": self.sharing.value,
+            "init": self.init.kind,
+            "model_overrides": resolved["model_overrides"],
+            "inputs": inputs,
+            "train_files": train_files,
+            "data": data,
+            "module": resolved["module"],
+            "trainer": {
+                "max_steps": self.trainer.max_steps,
+                "accumulate": self.trainer.accumulate,
+                "world_size": self.trainer.world_size,
+            },
+        }
 
 
 def model_overrides(settings: PretrainSettings) -> dict[str, Any]:
@@ -71,16 +89,29 @@ def model_overrides(settings: PretrainSettings) -> dict[str, Any]:
 def trainer_config(settings: PretrainSettings, work_dir: Path, weights: LossWeights) -> TrainerConfig:
     """The Trainer of ``settings``; accumulation fills the gap to ``global_batch`` (which must divide evenly)."""
     world = settings.batch_size * settings.devices * settings.nodes
-    accumulate = accumulation_steps(global_batch=settings.global_batch or world, per_device=settings.batch_size,
-                                    devices=settings.devices, num_nodes=settings.nodes)
+    accumulate = accumulation_steps(
+        global_batch=settings.global_batch or world,
+        per_device=settings.batch_size,
+        devices=settings.devices,
+        num_nodes=settings.nodes,
+    )
     return TrainerConfig(
-        work_dir=work_dir, max_steps=settings.steps, accumulate=accumulate, devices=settings.devices,
-        num_nodes=settings.nodes, strategy=settings.strategy, precision=settings.precision,
-        ckpt_every=settings.ckpt_every, val_every=settings.val_every, val_batches=settings.val_batches,
-        log_every=settings.log_every, grad_clip=settings.grad_clip,
+        work_dir=work_dir,
+        max_steps=settings.steps,
+        accumulate=accumulate,
+        devices=settings.devices,
+        num_nodes=settings.nodes,
+        strategy=settings.strategy,
+        precision=settings.precision,
+        ckpt_every=settings.ckpt_every,
+        val_every=settings.val_every,
+        val_batches=settings.val_batches,
+        log_every=settings.log_every,
+        grad_clip=settings.grad_clip,
         # a zero weight leaves a head without a gradient, which DDP must then look for
         find_unused_parameters=not weights.uses_every_head,
-        activation_checkpointing=settings.activation_checkpointing)
+        activation_checkpointing=settings.activation_checkpointing,
+    )
 
 
 def resolve_run(settings: PretrainSettings, paths: RunPaths, restart_stale: bool = False) -> PretrainRun:
@@ -95,14 +126,34 @@ def resolve_run(settings: PretrainSettings, paths: RunPaths, restart_stale: bool
     overrides = model_overrides(settings)
     config = model_config(settings.preset, **overrides)  # ModelConfigError on sizes that do not fit together
     data = PretrainDataConfig(
-        arrow=paths.arrow.resolve(), tokenizer=paths.tokenizer.resolve(), datasets=settings.datasets,
-        image_size=config.image_size, batch_size=settings.batch_size, num_workers=settings.num_workers,
-        seed=settings.seed, mlm_prob=settings.mlm_prob, max_text_len=config.max_text_len,
-        validate=settings.val_every > 0, augment=settings.augment)
+        arrow=paths.arrow.resolve(),
+        tokenizer=paths.tokenizer.resolve(),
+        datasets=settings.datasets,
+        image_size=config.image_size,
+        batch_size=settings.batch_size,
+        num_workers=settings.num_workers,
+        seed=settings.seed,
+        mlm_prob=settings.mlm_prob,
+        max_text_len=config.max_text_len,
+        validate=settings.val_every > 0,
+        augment=settings.augment,
+    )
     weights = LossWeights(**settings.loss_weights)
-    module = PretrainConfig(max_steps=settings.steps, warmup_steps=settings.warmup_steps, weights=weights,
-                            optim=OptimConfig(lr=settings.lr, weight_decay=settings.weight_decay), seed=settings.seed)
-    return PretrainRun(out=out, preset=settings.preset, sharing=settings.sharing, init=init,
-                       model_overrides=overrides, data=data, module=module,
-                       trainer=trainer_config(settings, paths.work_dir.resolve(), weights),
-                       restart_stale=restart_stale)
+    module = PretrainConfig(
+        max_steps=settings.steps,
+        warmup_steps=settings.warmup_steps,
+        weights=weights,
+        optim=OptimConfig(lr=settings.lr, weight_decay=settings.weight_decay),
+        seed=settings.seed,
+    )
+    return PretrainRun(
+        out=out,
+        preset=settings.preset,
+        sharing=settings.sharing,
+        init=init,
+        model_overrides=overrides,
+        data=data,
+        module=module,
+        trainer=trainer_config(settings, paths.work_dir.resolve(), weights),
+        restart_stale=restart_stale,
+    )

@@ -12,9 +12,18 @@ import torch
 import torch.nn.functional as F
 
 from vlmerge.model import Modality, VLModel
-from vlmerge.objectives import (ClassificationOutput, ContrastiveOutput, HardNegatives, MLMOutput,
-                                all_gather_no_grad, contrastive_loss, itm_labels, itm_loss, mlm_loss,
-                                sample_hard_negatives)
+from vlmerge.objectives import (
+    ClassificationOutput,
+    ContrastiveOutput,
+    HardNegatives,
+    MLMOutput,
+    all_gather_no_grad,
+    contrastive_loss,
+    itm_labels,
+    itm_loss,
+    mlm_loss,
+    sample_hard_negatives,
+)
 
 
 class ITCTerms(NamedTuple):
@@ -27,8 +36,9 @@ class ITMOutput(NamedTuple):
     negatives: HardNegatives
 
 
-def mlm_term(model: VLModel, images: torch.Tensor, masked_ids: torch.Tensor, mask: torch.Tensor,
-             labels: torch.Tensor) -> MLMOutput:
+def mlm_term(
+    model: VLModel, images: torch.Tensor, masked_ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+) -> MLMOutput:
     """MLM on image+text: the text positions of the fused sequence → MLM head → CE over masked tokens."""
     hidden = model.encode_pair(masked_ids, mask, images)
     return mlm_loss(model.mlm_score(hidden[:, : masked_ids.shape[1]]), labels)
@@ -38,12 +48,12 @@ def itc_terms(model: VLModel, images: torch.Tensor, ids: torch.Tensor, mask: tor
     """Both contrastive terms; negatives come from every data-parallel rank."""
     image, image_mid = model.encode_image(images, return_fusion_input=True)
     text, text_mid = model.encode_text(ids, mask, return_fusion_input=True)
-    unimodal = contrastive_loss(model.itc_image_proj(image[:, 0]), model.itc_text_proj(text[:, 0]),
-                                model.logit_scale)
+    unimodal = contrastive_loss(model.itc_image_proj(image[:, 0]), model.itc_text_proj(text[:, 0]), model.logit_scale)
     vl_image = model.fuse_unimodal(image_mid, None, Modality.V)
     vl_text = model.fuse_unimodal(text_mid, mask, Modality.L)
-    fused = contrastive_loss(model.itc_vl_image_proj(vl_image[:, 0]), model.itc_vl_text_proj(vl_text[:, 0]),
-                             model.logit_vl_scale)
+    fused = contrastive_loss(
+        model.itc_vl_image_proj(vl_image[:, 0]), model.itc_vl_text_proj(vl_text[:, 0]), model.logit_vl_scale
+    )
     return ITCTerms(unimodal, fused)
 
 
@@ -52,7 +62,9 @@ def _pad(x: torch.Tensor, length: int) -> torch.Tensor:
     return F.pad(x, (0, length - x.shape[1]))
 
 
-def gather_texts(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gather_texts(
+    ids: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Local ids/mask padded to the longest text of any rank, and the gathered ids/mask [world·B, T']."""
     # Ranks pad their batches to different lengths; a gather needs one shape.
     lengths = all_gather_no_grad(torch.tensor([ids.shape[1]], device=ids.device))
@@ -61,15 +73,20 @@ def gather_texts(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, t
     return ids, mask, all_gather_no_grad(ids), all_gather_no_grad(mask)
 
 
-def itm_term(model: VLModel, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
-             unimodal: ContrastiveOutput, generator: torch.Generator | None) -> ITMOutput:
+def itm_term(
+    model: VLModel,
+    images: torch.Tensor,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    unimodal: ContrastiveOutput,
+    generator: torch.Generator | None,
+) -> ITMOutput:
     """ITM with hard negatives drawn from term (a)'s similarities over the gathered batch.
 
     One image+text forward of 3B pairs, in :func:`itm_labels` order: the positives, each text with
     its negative image, each image with its negative text.
     """
-    negatives = sample_hard_negatives(unimodal.logits_per_image, unimodal.logits_per_text, unimodal.targets,
-                                      generator)
+    negatives = sample_hard_negatives(unimodal.logits_per_image, unimodal.logits_per_text, unimodal.targets, generator)
     all_images = all_gather_no_grad(images)
     ids, mask, all_ids, all_mask = gather_texts(ids, mask)
     neg_text, neg_image = negatives.neg_text_for_image, negatives.neg_image_for_text

@@ -27,16 +27,24 @@ def lineages(results: Results, defaults: Defaults) -> dict[str, list[Lineage]]:
         base, variant = split_method(method)
         if variant is not None:
             variants.setdefault(base, set()).add(variant)
-    return {base: [resolve(None, defaults), *(resolve(v, defaults) for v in sorted(found))]
-            for base, found in sorted(variants.items())}
+    return {
+        base: [resolve(None, defaults), *(resolve(v, defaults) for v in sorted(found))]
+        for base, found in sorted(variants.items())
+    }
 
 
 def _name(base: str, lineage: Lineage) -> str:
     return base if lineage.variant is None else f"{base}@{lineage.variant}"
 
 
-def _frame(results: Results, defaults: Defaults, label: str, keep: Callable[[Lineage], bool],
-           value: Callable[[Lineage], Any], order: Callable[[Lineage], Any]) -> pd.DataFrame | None:
+def _frame(
+    results: Results,
+    defaults: Defaults,
+    label: str,
+    keep: Callable[[Lineage], bool],
+    value: Callable[[Lineage], Any],
+    order: Callable[[Lineage], Any],
+) -> pd.DataFrame | None:
     rows, names = [], []
     for base, found in lineages(results, defaults).items():
         chosen = [lin for lin in found if keep(lin)]
@@ -47,14 +55,22 @@ def _frame(results: Results, defaults: Defaults, label: str, keep: Callable[[Lin
         return None
     # The tasks the ablation ran on (the main lineage may have more).
     cols = columns(tasks_of(results, names))
-    return pd.DataFrame([[base, v, *score_row(results, name, cols)] for base, v, name in rows],
-                        columns=["method", label, *[c.label for c in cols]])
+    return pd.DataFrame(
+        [[base, v, *score_row(results, name, cols)] for base, v, name in rows],
+        columns=["method", label, *[c.label for c in cols]],
+    )
 
 
 def sharing_frame(results: Results, defaults: Defaults) -> pd.DataFrame | None:
     """Rows: each ablated method under the configured sharing layout and each ablation layout."""
-    return _frame(results, defaults, "sharing", lambda lin: lin.seed_steps == defaults.seed_steps,
-                  lambda lin: lin.sharing, lambda lin: SHARINGS.index(lin.sharing))
+    return _frame(
+        results,
+        defaults,
+        "sharing",
+        lambda lin: lin.seed_steps == defaults.seed_steps,
+        lambda lin: lin.sharing,
+        lambda lin: SHARINGS.index(lin.sharing),
+    )
 
 
 def seed_frame(results: Results, defaults: Defaults) -> pd.DataFrame | None:
@@ -63,21 +79,26 @@ def seed_frame(results: Results, defaults: Defaults) -> pd.DataFrame | None:
     return _frame(results, defaults, "seed steps", lambda lin: lin.sharing == defaults.sharing, steps, steps)
 
 
-def distance_points(results: Results, distances: dict[str | None, dict[str, float]], defaults: Defaults,
-                    metric: str) -> list[Series]:
+def distance_points(
+    results: Results, distances: dict[str | None, dict[str, float]], defaults: Defaults, metric: str
+) -> list[Series]:
     """Per ablated method and headline column: (distance, score in percent) of every lineage with both."""
     series = []
     for base, found in lineages(results, defaults).items():
         for column in columns(tasks_of(results, [_name(base, lin) for lin in found if lin.variant])):
-            points = [(distances[lin.variant][metric], 100 * results[(column.task, _name(base, lin))].score(column))
-                      for lin in found if lin.variant in distances and (column.task, _name(base, lin)) in results]
+            points = [
+                (distances[lin.variant][metric], 100 * results[(column.task, _name(base, lin))].score(column))
+                for lin in found
+                if lin.variant in distances and (column.task, _name(base, lin)) in results
+            ]
             if points:
                 series.append(Series(f"{base}: {column.label}", *map(tuple, zip(*points))))
     return series
 
 
-def distance_frame(results: Results, distances: dict[str | None, dict[str, float]],
-                   defaults: Defaults) -> pd.DataFrame | None:
+def distance_frame(
+    results: Results, distances: dict[str | None, dict[str, float]], defaults: Defaults
+) -> pd.DataFrame | None:
     """Spearman's ρ between each distance metric and each (method, headline) score across lineages
     (NaN where undefined: :mod:`vlmerge.report.spearman`)."""
     rows = []
@@ -89,4 +110,3 @@ def distance_frame(results: Results, distances: dict[str | None, dict[str, float
     if not rows:
         return None
     return pd.DataFrame(rows, columns=["distance", "score", "n", "spearman"])
-

@@ -48,8 +48,10 @@ def _ablations(results: Results, config: ReportConfig) -> list[Path]:
     distances = read_distances(config.distances, config.defaults)
     correlations = distance_frame(results, distances, config.defaults)
     if correlations is None:
-        raise ReportError(f"ablation results of {sorted(lineages(results, config.defaults))} but no distance "
-                          f"file of their MS runs among {[str(p) for p in config.distances]}")
+        raise ReportError(
+            f"ablation results of {sorted(lineages(results, config.defaults))} but no distance "
+            f"file of their MS runs among {[str(p) for p in config.distances]}"
+        )
     written += _table(correlations, config, outputs.DISTANCE)
     for metric in METRICS:
         points = distance_points(results, distances, config.defaults, metric)

@@ -42,8 +42,13 @@ def parse_args(argv: list[str] | None) -> ReportConfig:
     parser = argparse.ArgumentParser(prog="python -m vlmerge.report", description=__doc__.split("\n")[0])
     parser.add_argument("--results", type=Path, nargs="+", required=True, help="result JSONs (results/<task>/*.json)")
     parser.add_argument("--distances", type=Path, nargs="*", default=[], help="distance JSONs (results/distance/)")
-    parser.add_argument("--sweep", type=parse_sweep, action="append", default=[],
-                        help="NAME:METHOD:PARAM=entry,entry,... (merge entries ordered by PARAM)")
+    parser.add_argument(
+        "--sweep",
+        type=parse_sweep,
+        action="append",
+        default=[],
+        help="NAME:METHOD:PARAM=entry,entry,... (merge entries ordered by PARAM)",
+    )
     parser.add_argument("--sharing", choices=SHARINGS, required=True, help="the configured MS sharing layout")
     parser.add_argument("--seed-steps", type=int, required=True, help="the configured seed run length")
     parser.add_argument("--tables", type=Path, required=True, help="folder of the .csv/.md/.tex tables")
@@ -52,8 +57,14 @@ def parse_args(argv: list[str] | None) -> ReportConfig:
     names = [s.name for s in args.sweep]
     if len(set(names)) != len(names):
         parser.error(f"--sweep names repeat: {names}")
-    return ReportConfig(tuple(args.results), tuple(args.distances), tuple(args.sweep),
-                        Defaults(args.sharing, args.seed_steps), args.tables, args.plots)
+    return ReportConfig(
+        tuple(args.results),
+        tuple(args.distances),
+        tuple(args.sweep),
+        Defaults(args.sharing, args.seed_steps),
+        args.tables,
+        args.plots,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,7 @@ class Result:
         node: Any = self.data
         for depth, key in enumerate(keys):
             if not isinstance(node, dict) or key not in node:
-                raise ReportError(f"{self.path}: missing key {'.'.join(keys[:depth + 1])}")
+                raise ReportError(f"{self.path}: missing key {'.'.join(keys[: depth + 1])}")
             node = node[key]
         return node
 

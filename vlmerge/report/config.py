@@ -20,6 +20,12 @@ class ReportConfig:
     plots: Path
 
     def resolved(self) -> dict[str, Any]:
-        return {"results": [str(p) for p in self.results], "distances": [str(p) for p in self.distances],
-                "sweeps": [s.arg() for s in self.sweeps], "sharing": self.defaults.sharing,
-                "seed_steps": self.defaults.seed_steps, "tables": str(self.tables), "plots": str(self.plots)}
+        return {
+            "results": [str(p) for p in self.results],
+            "distances": [str(p) for p in self.distances],
+            "sweeps": [s.arg() for s in self.sweeps],
+            "sharing": self.defaults.sharing,
+            "seed_steps": self.defaults.seed_steps,
+            "tables": str(self.tables),
+            "plots": str(self.plots),
+        }

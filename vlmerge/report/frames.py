@@ -52,8 +52,10 @@ def main_frame(results: Results, methods: Sequence[str]) -> pd.DataFrame:
     if not methods:
         raise ReportError("no result files of the main comparison (method names without '@')")
     cols = columns(tasks_of(results, methods))
-    frame = pd.DataFrame([score_row(results, m, cols) for m in methods] + [baseline_row(results, methods, cols)],
-                         columns=[c.label for c in cols])
+    frame = pd.DataFrame(
+        [score_row(results, m, cols) for m in methods] + [baseline_row(results, methods, cols)],
+        columns=[c.label for c in cols],
+    )
     frame[MEAN] = frame.mean(axis=1, skipna=False)
     if "ma" in methods:
         frame[GAP] = frame[MEAN] - frame[MEAN].iloc[list(methods).index("ma")]

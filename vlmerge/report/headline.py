@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from vlmerge.catalog.names import TASKS
+
 
 @dataclass(frozen=True)
 class Column:
@@ -26,7 +28,6 @@ HEADLINES: dict[str, tuple[Column, ...]] = {
     "f30k": (Column("f30k", "test", "ir_r1", "F30K IR@1"), Column("f30k", "test", "tr_r1", "F30K TR@1")),
     "nlvr2": (Column("nlvr2", "dev", "accuracy", "NLVR2 dev"), Column("nlvr2", "test1", "accuracy", "NLVR2 test-P")),
 }
-TASKS = tuple(HEADLINES)
 
 
 def columns(tasks: Sequence[str]) -> list[Column]:

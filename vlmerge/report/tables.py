@@ -34,8 +34,10 @@ def _compact(value: float) -> str:
 def formatters(frame: pd.DataFrame, percent: Collection[str]) -> dict[str, Formatter]:
     """How each column's (non-missing) cells print: scores as percentages, other floats compactly,
     anything else (integers, text) as it is."""
-    return {column: _percent if column in percent else _compact if is_float_dtype(frame[column]) else str
-            for column in frame.columns}
+    return {
+        column: _percent if column in percent else _compact if is_float_dtype(frame[column]) else str
+        for column in frame.columns
+    }
 
 
 def right_aligned(frame: pd.DataFrame) -> list[bool]:
@@ -50,24 +52,33 @@ def _markdown_escape(text: str) -> str:
 def _markdown_cells(frame: pd.DataFrame, percent: Collection[str]) -> pd.DataFrame:
     """``frame`` as the strings the Markdown table shows, header included."""
     fmt = formatters(frame, percent)
-    return pd.DataFrame({_markdown_escape(str(column)): [_markdown_escape("–" if pd.isna(v) else fmt[column](v))
-                                                          for v in frame[column]]
-                         for column in frame.columns})
+    return pd.DataFrame(
+        {
+            _markdown_escape(str(column)): [
+                _markdown_escape("–" if pd.isna(v) else fmt[column](v)) for v in frame[column]
+            ]
+            for column in frame.columns
+        }
+    )
 
 
 def to_markdown(frame: pd.DataFrame, percent: Collection[str]) -> str:
     """A pipe table; the cells are formatted here, so tabulate's own number parsing is off."""
     align = ["right" if right else "left" for right in right_aligned(frame)]
-    return _markdown_cells(frame, percent).to_markdown(index=False, tablefmt="pipe", colalign=align,
-                                                       disable_numparse=True) + "\n"
+    return (
+        _markdown_cells(frame, percent).to_markdown(index=False, tablefmt="pipe", colalign=align, disable_numparse=True)
+        + "\n"
+    )
 
 
 def to_latex(frame: pd.DataFrame, percent: Collection[str]) -> str:
     """A booktabs ``tabular`` (include it in a ``table`` float of your own)."""
     spec = "".join("r" if right else "l" for right in right_aligned(frame))
-    styler = (frame.style.hide(axis="index")
-              .format(formatters(frame, percent), na_rep="--", escape="latex")
-              .format_index(escape="latex", axis=1))
+    styler = (
+        frame.style.hide(axis="index")
+        .format(formatters(frame, percent), na_rep="--", escape="latex")
+        .format_index(escape="latex", axis=1)
+    )
     return styler.to_latex(column_format=spec, hrules=True)
 
 

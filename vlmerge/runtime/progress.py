@@ -14,8 +14,14 @@ from tqdm import tqdm
 
 
 class Progress:
-    def __init__(self, total: int | None, desc: str, unit: str = "it", interval: float = 10.0,
-                 logger: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        total: int | None,
+        desc: str,
+        unit: str = "it",
+        interval: float = 10.0,
+        logger: logging.Logger | None = None,
+    ) -> None:
         self.total, self.desc, self.unit, self.interval = total, desc, unit, interval
         self.count = 0
         self._log = logger or logging.getLogger("vlmerge.progress")
@@ -50,7 +56,7 @@ class Progress:
             self._bar.close()
         self._log.info("%s done in %.1fs", self.status(), time.perf_counter() - self._start)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:

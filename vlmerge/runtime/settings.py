@@ -44,8 +44,9 @@ def validation_message(err: ValidationError, where: str = "") -> str:
         key = ".".join(str(x) for x in e["loc"])
         path = f"{where}.{key}" if where and key else (where or key)
         msg = e["msg"].removeprefix("Value error, ")
-        parts.append(f"{path}: {msg}" + (f" (got {e['input']!r})" if "input" in e and
-                                               not isinstance(e["input"], dict) else ""))
+        parts.append(
+            f"{path}: {msg}" + (f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else "")
+        )
     return "; ".join(parts)
 
 
@@ -83,17 +84,28 @@ def _pairs(text: str) -> dict[str, str]:
 class _MergePairs(argparse.Action):
     """A repeated ``--flag a=1 --flag b=2`` adds up to ``{"a": "1", "b": "2"}``."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         setattr(namespace, self.dest, {**getattr(namespace, self.dest, {}), **values})
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser, model: type[Settings]) -> None:
     """``--config JSON`` plus one flag per field of ``model`` (absent flags keep ``--config``'s or the default)."""
-    group = parser.add_argument_group("settings", f"fields of {model.__name__}; --config gives them as one "
-                                      "JSON object, a flag overrides its key")
-    group.add_argument("--config", type=json.loads, default={}, metavar="JSON",
-                       help="the settings as a JSON object (what the workflow passes)")
+    group = parser.add_argument_group(
+        "settings", f"fields of {model.__name__}; --config gives them as one JSON object, a flag overrides its key"
+    )
+    group.add_argument(
+        "--config",
+        type=json.loads,
+        default={},
+        metavar="JSON",
+        help="the settings as a JSON object (what the workflow passes)",
+    )
     for name, field in model.model_fields.items():
         flag = "--" + name.replace("_", "-")
         kind = _plain(field.annotation)

@@ -36,8 +36,14 @@ def nested_counts(count: Mapping[str, int]) -> dict[str, dict[str, int]]:
 def run(out: Path, settings: SynthSettings) -> None:
     """Generate the datasets and say how many images were written (the record is ``<out>/synth.json``)."""
     provenance("synth", {"out": str(out), **settings.model_dump()})
-    summary = generate(out, seed=settings.seed, size=settings.size, datasets=settings.datasets,
-                       counts=nested_counts(settings.count) or None, image_size=settings.image_size)
+    summary = generate(
+        out,
+        seed=settings.seed,
+        size=settings.size,
+        datasets=settings.datasets,
+        counts=nested_counts(settings.count) or None,
+        image_size=settings.image_size,
+    )
     images = sum(c.get("images", 0) for splits in summary["written"].values() for c in splits.values())
     print(f"wrote {images} images of {', '.join(summary['datasets'])} to {out}")
 

@@ -14,13 +14,17 @@ class SynthSettings(Settings):
     """What the generator writes: which datasets, how many items, from which seed, at which image size."""
 
     seed: int = Field(0, ge=0, description="seed of every scene, caption, question and image")
-    size: Literal["tiny", "small"] = Field("tiny", description="count preset: tiny (tests, seconds) | small (the "
-                                                               "embedded demo)")
+    size: Literal["tiny", "small"] = Field(
+        "tiny", description="count preset: tiny (tests, seconds) | small (the embedded demo)"
+    )
     image_size: int = Field(48, ge=16, description="image side in pixels; one 3x3-grid cell per 16-pixel patch")
-    datasets: tuple[str, ...] | None = Field(None, description=f"subset of {list(DATASETS)} to write (None: all); "
-                                                               "the workflow passes those without a real root")
-    count: dict[str, int] = Field({}, description="per-split counts replacing the preset's, DATASET.SPLIT → N, "
-                                                  "e.g. sbu.train=20000")
+    datasets: tuple[str, ...] | None = Field(
+        None,
+        description=f"subset of {list(DATASETS)} to write (None: all); the workflow passes those without a real root",
+    )
+    count: dict[str, int] = Field(
+        {}, description="per-split counts replacing the preset's, DATASET.SPLIT → N, e.g. sbu.train=20000"
+    )
 
     @field_validator("datasets")
     @classmethod

@@ -27,8 +27,16 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluation_rows(task: Task, model: VLModel, sides: Sequence[Dataset], collate: BatchCollator,
-                    batch_size: int, num_workers: int = 0, rank: int = 0, world: int = 1) -> list[Rows]:
+def evaluation_rows(
+    task: Task,
+    model: VLModel,
+    sides: Sequence[Dataset],
+    collate: BatchCollator,
+    batch_size: int,
+    num_workers: int = 0,
+    rank: int = 0,
+    world: int = 1,
+) -> list[Rows]:
     """Merged rows (CPU) of every side of one split, computed on the model's device in eval mode."""
     device = next(model.parameters()).device
     was_training = model.training

@@ -33,9 +33,14 @@ def stage_of(meta: CheckpointMeta) -> str:
 def lineage(path: Path, meta: CheckpointMeta) -> dict[str, Any]:
     """The lineage node of checkpoint ``path`` (whose sidecar is ``meta``), parents included."""
     extra = meta.extra
-    node: dict[str, Any] = {"checkpoint": Path(path).name, "checkpoint_sha256": weights_sha256(path),
-                            "stage": stage_of(meta), "sharing": meta.sharing.value, "steps": meta.steps,
-                            "inputs": dict(meta.inputs)}
+    node: dict[str, Any] = {
+        "checkpoint": Path(path).name,
+        "checkpoint_sha256": weights_sha256(path),
+        "stage": stage_of(meta),
+        "sharing": meta.sharing.value,
+        "steps": meta.steps,
+        "inputs": dict(meta.inputs),
+    }
     if "init" in extra:
         node["init"] = extra["init"]
     if "merge" in extra:

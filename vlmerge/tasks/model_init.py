@@ -22,13 +22,19 @@ log = logging.getLogger(__name__)
 def common_heads(have: Heads, want: Heads) -> Heads:
     """The heads of ``have`` that ``want`` also asks for (a VQA head is kept whatever its size:
     ``add_heads`` then refuses one of another size)."""
-    return Heads(mlm=have.mlm and want.mlm, itm=have.itm and want.itm, itc=have.itc and want.itc,
-                 itc_vl=have.itc_vl and want.itc_vl, vqa_answers=have.vqa_answers if want.vqa_answers else 0,
-                 nlvr2=have.nlvr2 and want.nlvr2)
+    return Heads(
+        mlm=have.mlm and want.mlm,
+        itm=have.itm and want.itm,
+        itc=have.itc and want.itc,
+        itc_vl=have.itc_vl and want.itc_vl,
+        vqa_answers=have.vqa_answers if want.vqa_answers else 0,
+        nlvr2=have.nlvr2 and want.nlvr2,
+    )
 
 
-def task_model(init: Path, heads: Heads, image_size: int | None = None,
-               drop_path: float | None = None) -> tuple[VLModel, CheckpointMeta]:
+def task_model(
+    init: Path, heads: Heads, image_size: int | None = None, drop_path: float | None = None
+) -> tuple[VLModel, CheckpointMeta]:
     """Load ``init`` strictly, keep only ``heads`` (adding missing ones), then set the resolution.
 
     ``image_size`` None keeps the checkpoint's; another size resamples the image part of the
@@ -62,5 +68,7 @@ def resize(model: VLModel, image_size: int) -> None:
 def require_heads(have: Heads, want: Heads, source: Path, task: str) -> None:
     """Refuse to evaluate a checkpoint that lacks a head the task reads (a fresh head would score noise)."""
     if common_heads(have, want) != want:
-        raise TaskError(f"{source} lacks the {task} head(s) {want} (it has {have}); "
-                        f"fine-tune it with python -m vlmerge.finetune --task {task} first")
+        raise TaskError(
+            f"{source} lacks the {task} head(s) {want} (it has {have}); "
+            f"fine-tune it with python -m vlmerge.finetune --task {task} first"
+        )

@@ -72,5 +72,6 @@ class NLVR2Task(Task):
         majority = majority_class(self._dataset(arrow, train_splits, eval_transform(32)).label.tolist())
         labels = sides[0].label.tolist()  # type: ignore[attr-defined]
         name = "True" if majority else "False"
-        return Baseline({"accuracy": accuracy([majority] * len(labels), labels)},
-                        f"always {name!r}, the majority class in training")
+        return Baseline(
+            {"accuracy": accuracy([majority] * len(labels), labels)}, f"always {name!r}, the majority class in training"
+        )

@@ -39,8 +39,10 @@ def text_features(model: VLModel, ids: torch.Tensor, mask: torch.Tensor) -> torc
 
 def _complete(rows: Rows, size: int, what: str) -> None:
     if not torch.equal(rows["index"].cpu(), torch.arange(size)):
-        raise TaskError(f"retrieval needs every {what} of the split ({len(rows['index'])} of {size} evaluated); "
-                        "evaluate whole splits (no --val-batches limit)")
+        raise TaskError(
+            f"retrieval needs every {what} of the split ({len(rows['index'])} of {size} evaluated); "
+            "evaluate whole splits (no --val-batches limit)"
+        )
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,12 @@ class RetrievalTask(Task):
     def loss(self, model: VLModel, batch: Batch) -> dict[str, torch.Tensor]:
         images, texts = self.encode(model, batch)
         out = retrieval_loss(model.itc_image_proj(images[:, 0]), model.itc_text_proj(texts[:, 0]), model.logit_scale)
-        return {"loss": out.loss, "i2t_acc": out.i2t_acc, "t2i_acc": out.t2i_acc,
-                "logit_scale": model.logit_scale.detach().exp()}
+        return {
+            "loss": out.loss,
+            "i2t_acc": out.i2t_acc,
+            "t2i_acc": out.t2i_acc,
+            "logit_scale": model.logit_scale.detach().exp(),
+        }
 
     def eval_rows(self, model: VLModel, batch: Batch, side: int) -> Rows:
         """``feat`` [B, D]: L2-normalised features of the images (side 0) or the texts (side 1)."""

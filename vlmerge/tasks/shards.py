@@ -64,9 +64,16 @@ def gather_rows(local: Rows) -> Rows:
     return merge_rows({key: all_gather_no_grad(value.contiguous()) for key, value in local.items()})
 
 
-def eval_loader(dataset: Dataset, batch_size: int, collate: BatchCollator, num_workers: int = 0,
-                rank: int = 0, world: int = 1) -> DataLoader:
+def eval_loader(
+    dataset: Dataset, batch_size: int, collate: BatchCollator, num_workers: int = 0, rank: int = 0, world: int = 1
+) -> DataLoader:
     """This rank's padded shard of ``dataset`` in order, samples carrying ``"index"``."""
     indices = shard_indices(len(dataset), rank, world)  # type: ignore[arg-type]
-    return DataLoader(Indexed(dataset), batch_size=batch_size, sampler=indices,  # type: ignore[arg-type]
-                      collate_fn=collate, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        Indexed(dataset),
+        batch_size=batch_size,
+        sampler=indices,
+        collate_fn=collate,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )

@@ -41,8 +41,9 @@ def answer_vocabulary(arrow: Path) -> list[str]:
 
 def question_targets(dataset: VQADataset) -> tuple[list[list[int]], list[list[float]]]:
     """Each question's answer labels and soft scores, in dataset order, without decoding images."""
-    labels, scores = (pc.list_flatten(dataset.tables.column(name)).to_pylist()
-                      for name in ("answer_labels", "answer_scores"))
+    labels, scores = (
+        pc.list_flatten(dataset.tables.column(name)).to_pylist() for name in ("answer_labels", "answer_scores")
+    )
     if len(labels) != len(dataset):
         raise TaskError(f"{[str(p) for p in dataset.tables.paths]}: the questions carry no answers (a test split?)")
     return labels, scores
@@ -115,5 +116,7 @@ class VQATask(Task):
         label = self.constant_answer(arrow, train_splits)
         labels, scores = question_targets(sides[0])  # type: ignore[arg-type]
         answer = answer_vocabulary(arrow)[label]
-        return Baseline({"vqa_score": vqa_score([label] * len(labels), labels, scores)},
-                        f"always {answer!r}, the answer with the largest total soft score in training")
+        return Baseline(
+            {"vqa_score": vqa_score([label] * len(labels), labels, scores)},
+            f"always {answer!r}, the answer with the largest total soft score in training",
+        )

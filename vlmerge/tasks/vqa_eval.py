@@ -37,8 +37,9 @@ def question_ids(rows: Rows, dataset: VQADataset) -> list[int]:
     return [int(dataset.question_id[int(i)]) for i in rows["index"]]
 
 
-def _accuracy(answers: Sequence[str], soft_scores: Sequence[float], ids: Sequence[int],
-              humans: Mapping[int, list[str]] | None) -> float:
+def _accuracy(
+    answers: Sequence[str], soft_scores: Sequence[float], ids: Sequence[int], humans: Mapping[int, list[str]] | None
+) -> float:
     """Mean official accuracy of ``answers`` to questions ``ids``; without ``humans``, from the answers'
     soft scores (the humans who gave each answer, by :func:`humans_agreeing`)."""
     if humans is None:
@@ -49,14 +50,16 @@ def _accuracy(answers: Sequence[str], soft_scores: Sequence[float], ids: Sequenc
     return vqa_accuracy(answers, [humans[q] for q in ids])
 
 
-def official_accuracy(rows: Rows, dataset: VQADataset, vocabulary: Sequence[str],
-                      humans: Mapping[int, list[str]] | None) -> float:
+def official_accuracy(
+    rows: Rows, dataset: VQADataset, vocabulary: Sequence[str], humans: Mapping[int, list[str]] | None
+) -> float:
     """Mean official accuracy of the rows' predictions."""
     return _accuracy(predicted_answers(rows, vocabulary), rows["score"].tolist(), question_ids(rows, dataset), humans)
 
 
-def constant_accuracy(label: int, vocabulary: Sequence[str], dataset: VQADataset,
-                      humans: Mapping[int, list[str]] | None) -> float:
+def constant_accuracy(
+    label: int, vocabulary: Sequence[str], dataset: VQADataset, humans: Mapping[int, list[str]] | None
+) -> float:
     """Mean official accuracy of answering ``vocabulary[label]`` to every question of ``dataset``."""
     labels, scores = question_targets(dataset)
     soft = [dict(zip(row_labels, row_scores)).get(label, 0.0) for row_labels, row_scores in zip(labels, scores)]
@@ -72,6 +75,8 @@ def submission(rows: Rows, dataset: VQADataset, vocabulary: Sequence[str]) -> li
     answers = predicted_answers(rows, vocabulary)
     entries = dict(zip(ids, answers))
     if len(entries) != len(ids) or len(ids) != len(dataset):
-        raise TaskError(f"VQA submission: {len(entries)} distinct question ids among {len(ids)} rows, "
-                        f"expected each of the {len(dataset)} questions exactly once")
+        raise TaskError(
+            f"VQA submission: {len(entries)} distinct question ids among {len(ids)} rows, "
+            f"expected each of the {len(dataset)} questions exactly once"
+        )
     return [{"question_id": q, "answer": entries[q]} for q in sorted(entries)]

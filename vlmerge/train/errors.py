@@ -16,5 +16,6 @@ class TrainingIncomplete(IncompleteRun):
 def require_finished(global_step: int, max_steps: int, work_dir: object) -> None:
     """Raise TrainingIncomplete unless the run reached ``max_steps``."""
     if global_step < max_steps:
-        raise TrainingIncomplete(f"training stopped at step {global_step} of {max_steps}; "
-                                 f"rerun to resume from {work_dir}")
+        raise TrainingIncomplete(
+            f"training stopped at step {global_step} of {max_steps}; rerun to resume from {work_dir}"
+        )

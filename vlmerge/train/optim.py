@@ -65,10 +65,16 @@ def parameter_groups(model: nn.Module, config: OptimConfig) -> list[dict]:
             decay = isinstance(module, DECAYED_MODULES) and param_name == "weight"
             prefix, factor = _multiplier(name, multipliers)
             used_prefixes.add(prefix)
-            group = groups.setdefault((decay, prefix), {
-                "params": [], "names": [], "lr": config.lr * factor,
-                "weight_decay": config.weight_decay if decay else 0.0,
-                "name": ("decay" if decay else "no_decay") + (f"/{prefix}" if prefix else "")})
+            group = groups.setdefault(
+                (decay, prefix),
+                {
+                    "params": [],
+                    "names": [],
+                    "lr": config.lr * factor,
+                    "weight_decay": config.weight_decay if decay else 0.0,
+                    "name": ("decay" if decay else "no_decay") + (f"/{prefix}" if prefix else ""),
+                },
+            )
             group["params"].append(param)
             group["names"].append(name)
     unused = sorted(set(multipliers) - used_prefixes)
@@ -83,8 +89,9 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
     ``foreach=True``: PyTorch picks the multi-tensor implementation by default only on CUDA; on CPU
     the per-parameter loop cost 0.18 s against 0.009 s per step for the tiny preset.
     """
-    return torch.optim.AdamW(parameter_groups(model, config), lr=config.lr, betas=config.betas, eps=config.eps,
-                             foreach=True)
+    return torch.optim.AdamW(
+        parameter_groups(model, config), lr=config.lr, betas=config.betas, eps=config.eps, foreach=True
+    )
 
 
 def warmup_linear_factor(step: int, warmup_steps: int, total_steps: int) -> float:

@@ -26,11 +26,17 @@ class StepProgress(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             self._last_step = trainer.global_step
-            self._progress = Progress(trainer.max_steps - trainer.global_step, type(pl_module).__name__, unit="step",
-                                      interval=self.interval, logger=log)
+            self._progress = Progress(
+                trainer.max_steps - trainer.global_step,
+                type(pl_module).__name__,
+                unit="step",
+                interval=self.interval,
+                logger=log,
+            )
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._progress is not None and trainer.global_step > self._last_step:
             self._progress.update(trainer.global_step - self._last_step)
             self._last_step = trainer.global_step

@@ -29,8 +29,11 @@ HPC_PREFIX = "hpc_ckpt_"
 
 def hpc_checkpoint_path(work_dir: Path) -> Path:
     """``work_dir/hpc_ckpt_<n>.ckpt`` with n one above the highest already there (Lightning's naming)."""
-    numbers = [int(p.stem.removeprefix(HPC_PREFIX)) for p in work_dir.glob(f"{HPC_PREFIX}*.ckpt")
-               if p.stem.removeprefix(HPC_PREFIX).isdigit()]
+    numbers = [
+        int(p.stem.removeprefix(HPC_PREFIX))
+        for p in work_dir.glob(f"{HPC_PREFIX}*.ckpt")
+        if p.stem.removeprefix(HPC_PREFIX).isdigit()
+    ]
     return work_dir / f"{HPC_PREFIX}{max(numbers, default=0) + 1}.ckpt"
 
 
@@ -61,8 +64,9 @@ class SlurmRequeue(pl.Callback):
             signal.signal(self.signum, self._previous)
             self._previous = None
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if (batch_idx + 1) % trainer.accumulate_grad_batches:
             return  # mid-accumulation: wait for the optimizer step (every rank skips the same batches)
         if not trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
@@ -74,7 +78,8 @@ class SlurmRequeue(pl.Callback):
             job = slurm_job_id()
             done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
             if done.returncode == 0:
-                log.info("signal %d at step %d: saved %s, requeued SLURM job %s", self.signum,
-                         trainer.global_step, path, job)
+                log.info(
+                    "signal %d at step %d: saved %s, requeued SLURM job %s", self.signum, trainer.global_step, path, job
+                )
             else:
                 log.warning("saved %s but `scontrol requeue %s` failed: %s", path, job, done.stderr.strip())

@@ -37,15 +37,17 @@ class ResumableSampler(Sampler[Key]):
     an epoch and all ranks step through epochs together.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                 start_batch: int = 0) -> None:
+    def __init__(
+        self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, start_batch: int = 0
+    ) -> None:
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.rank, self.world, self.start_batch = rank, world, start_batch
         if not 0 <= rank < world or start_batch < 0:
             raise TrainConfigError(f"sampler: rank {rank} of {world}, start batch {start_batch}")
         if self.batches_per_epoch == 0:
-            raise TrainConfigError(f"{size} training pairs cannot fill one batch of {batch_size} on each of "
-                                   f"{world} ranks")
+            raise TrainConfigError(
+                f"{size} training pairs cannot fill one batch of {batch_size} on each of {world} ranks"
+            )
 
     @property
     def batches_per_epoch(self) -> int:
@@ -54,7 +56,7 @@ class ResumableSampler(Sampler[Key]):
     def epoch_keys(self, epoch: int, start: int = 0) -> Iterator[Key]:
         """This rank's keys of ``epoch`` in order, from its ``start``-th key on."""
         order, draws = _epoch_draws(self.size, self.seed, epoch, shuffle=True)
-        mine = order[: self.batches_per_epoch * self.batch_size * self.world][self.rank::self.world][start:]
+        mine = order[: self.batches_per_epoch * self.batch_size * self.world][self.rank :: self.world][start:]
         # In chunks: a Python list of every key of a 10M-pair corpus would hold ~1 GB.
         for chunk in mine.split(_CHUNK):
             yield from zip(chunk.tolist(), draws[chunk].tolist())
@@ -71,8 +73,9 @@ def evaluation_keys(size: int, batch_size: int, seed: int, rank: int = 0, world:
     _, draws = _epoch_draws(size, seed, 0, shuffle=False)
     usable = size // (world * batch_size) * world * batch_size
     if usable == 0:
-        raise TrainConfigError(f"{size} validation pairs cannot fill one batch of {batch_size} on each of "
-                               f"{world} ranks")
+        raise TrainConfigError(
+            f"{size} validation pairs cannot fill one batch of {batch_size} on each of {world} ranks"
+        )
     # Contiguous blocks per rank keep each rank's batches made of neighbouring rows.
     per_rank = usable // world
     indices = range(rank * per_rank, (rank + 1) * per_rank)

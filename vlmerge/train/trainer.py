@@ -18,6 +18,7 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
@@ -56,10 +57,17 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES or self.precision not in PRECISIONS:
-            raise TrainConfigError(f"strategy {self.strategy!r} / precision {self.precision!r}: "
-                                   f"choose from {STRATEGIES} / {PRECISIONS}")
-        counts = {"max_steps": self.max_steps, "accumulate": self.accumulate, "devices": self.devices,
-                  "num_nodes": self.num_nodes, "ckpt_every": self.ckpt_every, "log_every": self.log_every}
+            raise TrainConfigError(
+                f"strategy {self.strategy!r} / precision {self.precision!r}: choose from {STRATEGIES} / {PRECISIONS}"
+            )
+        counts = {
+            "max_steps": self.max_steps,
+            "accumulate": self.accumulate,
+            "devices": self.devices,
+            "num_nodes": self.num_nodes,
+            "ckpt_every": self.ckpt_every,
+            "log_every": self.log_every,
+        }
         if bad := {k: v for k, v in counts.items() if v < 1}:
             raise TrainConfigError(f"must be at least 1: {bad}")
         if self.val_every < 0 or self.val_batches < 0:
@@ -74,19 +82,25 @@ def accumulation_steps(global_batch: int, per_device: int, devices: int, num_nod
     """Gradient accumulation so that per_device × devices × nodes × accumulation = global_batch."""
     per_step = per_device * devices * num_nodes
     if global_batch % per_step:
-        raise TrainConfigError(f"global batch {global_batch} is not a multiple of per-device batch {per_device} × "
-                               f"{devices} device(s) × {num_nodes} node(s) = {per_step}")
+        raise TrainConfigError(
+            f"global batch {global_batch} is not a multiple of per-device batch {per_device} × "
+            f"{devices} device(s) × {num_nodes} node(s) = {per_step}"
+        )
     return global_batch // per_step
 
 
 def _strategy(config: TrainerConfig) -> Strategy | str:
     if config.strategy == "fsdp":
         if not torch.cuda.is_available():
-            raise TrainConfigError("--strategy fsdp needs CUDA GPUs: Lightning's FSDPStrategy refuses "
-                                   "accelerator='cpu'; use --strategy ddp on CPU")
-        return FSDPStrategy(auto_wrap_policy={MultiwayBlock}, state_dict_type="full",
-                            activation_checkpointing_policy={MultiwayBlock} if config.activation_checkpointing
-                            else None)
+            raise TrainConfigError(
+                "--strategy fsdp needs CUDA GPUs: Lightning's FSDPStrategy refuses "
+                "accelerator='cpu'; use --strategy ddp on CPU"
+            )
+        return FSDPStrategy(
+            auto_wrap_policy={MultiwayBlock},
+            state_dict_type="full",
+            activation_checkpointing_policy={MultiwayBlock} if config.activation_checkpointing else None,
+        )
     if config.world_size == 1:
         return "auto"
     # Every parameter gets a gradient each pre-training step (image-only, text-only and pair
@@ -95,10 +109,14 @@ def _strategy(config: TrainerConfig) -> Strategy | str:
     return DDPStrategy(find_unused_parameters=config.find_unused_parameters, broadcast_buffers=False)
 
 
-def _precision(config: TrainerConfig) -> str:
+PrecisionFlag = Literal["32-true", "bf16-mixed"]  # the Trainer(precision=...) values used here
+_PRECISION_FLAGS: dict[str, PrecisionFlag] = {"32": "32-true", "bf16": "bf16-mixed"}
+
+
+def _precision(config: TrainerConfig) -> PrecisionFlag:
     if config.precision == "auto":
         return "bf16-mixed" if torch.cuda.is_available() else "32-true"
-    return {"32": "32-true", "bf16": "bf16-mixed"}[config.precision]
+    return _PRECISION_FLAGS[config.precision]
 
 
 def _loggers(work_dir: Path) -> list[Logger]:
@@ -111,22 +129,36 @@ def _loggers(work_dir: Path) -> list[Logger]:
 def build_trainer(config: TrainerConfig) -> pl.Trainer:
     """A Trainer for ``config``; resume with ``fit(..., ckpt_path=resume_checkpoint(config.work_dir))``."""
     slurm = SLURMEnvironment.detect()
-    plugins = [SLURMEnvironment(auto_requeue=False)] if slurm else []
     requeue = [SlurmRequeue(config.work_dir)] if slurm else []
-    checkpoints = ModelCheckpoint(dirpath=config.work_dir / "checkpoints", filename="step{step}",
-                                  auto_insert_metric_name=False, every_n_train_steps=config.ckpt_every,
-                                  save_top_k=1, save_last=True)
+    checkpoints = ModelCheckpoint(
+        dirpath=config.work_dir / "checkpoints",
+        filename="step{step}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=config.ckpt_every,
+        save_top_k=1,
+        save_last=True,
+    )
     validate = config.val_every > 0
     return pl.Trainer(
         accelerator="cuda" if config.strategy == "fsdp" else "auto",
-        devices=config.devices, num_nodes=config.num_nodes, strategy=_strategy(config),
-        precision=_precision(config), plugins=plugins, max_steps=config.max_steps,
-        accumulate_grad_batches=config.accumulate, gradient_clip_val=config.grad_clip,
-        default_root_dir=config.work_dir, logger=_loggers(config.work_dir),
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=_strategy(config),
+        precision=_precision(config),
+        # Built in place so that the list takes Lightning's plugin type (a list[SLURMEnvironment] would not).
+        plugins=[SLURMEnvironment(auto_requeue=False)] if slurm else [],
+        max_steps=config.max_steps,
+        accumulate_grad_batches=config.accumulate,
+        gradient_clip_val=config.grad_clip,
+        default_root_dir=config.work_dir,
+        logger=_loggers(config.work_dir),
         callbacks=[checkpoints, StepProgress(), LearningRateMonitor(logging_interval="step"), *requeue],
-        log_every_n_steps=config.log_every, enable_progress_bar=False, enable_model_summary=False,
+        log_every_n_steps=config.log_every,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         use_distributed_sampler=False,  # the data module shards and resumes its own sampler
-        num_sanity_val_steps=0, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=None,
         # The training loader is endless (one Lightning epoch), so validation is counted in batches.
         val_check_interval=config.val_every * config.accumulate if validate else None,
         limit_val_batches=(config.val_batches or 1.0) if validate else 0,

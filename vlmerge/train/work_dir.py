@@ -46,8 +46,9 @@ def _mismatch(path: Path, identity: dict[str, Any]) -> list[str] | None:
     return _differences(json.loads(path.read_text()), json.loads(json.dumps(identity)))
 
 
-def claim_work_dir(work_dir: Path, identity: dict[str, Any], writer: bool, restart_stale: bool = False,
-                   wait_seconds: float = 600.0) -> None:
+def claim_work_dir(
+    work_dir: Path, identity: dict[str, Any], writer: bool, restart_stale: bool = False, wait_seconds: float = 600.0
+) -> None:
     """Check ``identity`` (JSON-ready) against ``work_dir/run.json``; the ``writer`` creates it if absent.
 
     Raises TrainConfigError listing every differing setting, unless ``restart_stale``: then the
@@ -62,12 +63,18 @@ def claim_work_dir(work_dir: Path, identity: dict[str, Any], writer: bool, resta
     if differences and restart_stale and writer:
         stale = work_dir.with_name(f"{work_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
         work_dir.rename(stale)
-        log.warning("work directory %s held another run (%s): moved to %s, starting afresh",
-                    work_dir, "; ".join(differences), stale)
+        log.warning(
+            "work directory %s held another run (%s): moved to %s, starting afresh",
+            work_dir,
+            "; ".join(differences),
+            stale,
+        )
         differences = None
     if differences:
-        raise TrainConfigError(f"work directory {work_dir} belongs to another run ({'; '.join(differences)}); "
-                               "use a fresh --work-dir or remove it")
+        raise TrainConfigError(
+            f"work directory {work_dir} belongs to another run ({'; '.join(differences)}); "
+            "use a fresh --work-dir or remove it"
+        )
     if differences == []:
         return
     if writer:

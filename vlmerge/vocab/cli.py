@@ -47,8 +47,13 @@ class VocabConfig:
 
     def resolved(self) -> dict[str, Any]:
         """What the record's provenance holds: the paths (absolute) and every setting."""
-        return {"out": str(self.out), "arrow": _text(self.arrow), "bert_vocab": _text(self.bert_vocab),
-                "vocab_size": self.settings.vocab_size, "min_frequency": self.settings.min_frequency}
+        return {
+            "out": str(self.out),
+            "arrow": _text(self.arrow),
+            "bert_vocab": _text(self.bert_vocab),
+            "vocab_size": self.settings.vocab_size,
+            "min_frequency": self.settings.min_frequency,
+        }
 
 
 def _text(path: Path | None) -> str | None:
@@ -96,8 +101,9 @@ def _check_uncased(tokens: list[str], path: Path) -> None:
     # A lower-casing tokenizer never produces upper-case tokens: their presence means a cased vocabulary.
     cased = [t for t in tokens if t != t.lower() and not (t.startswith("[") and t.endswith("]"))]
     if cased:
-        raise TokenizerError(f"{path}: {len(cased)} upper-case tokens (e.g. {cased[:3]}); "
-                             "expected an uncased vocabulary")
+        raise TokenizerError(
+            f"{path}: {len(cased)} upper-case tokens (e.g. {cased[:3]}); expected an uncased vocabulary"
+        )
 
 
 def build(config: VocabConfig, tmp: Path) -> str:
@@ -110,6 +116,8 @@ def build(config: VocabConfig, tmp: Path) -> str:
         _check_uncased(tokens, config.bert_vocab)
         write_tokenizer(tokens, tmp)
         return f"bert-vocab {config.bert_vocab}"
+    if config.arrow is None:
+        raise ConfigError("give --arrow (to train a vocabulary) or --bert-vocab")
     train_wordpiece(arrow_texts(config.arrow), tmp, config.settings.vocab_size, config.settings.min_frequency)
     return f"wordpiece trained on {config.arrow}"
 
@@ -129,8 +137,12 @@ def run(config: VocabConfig) -> Path:
     try:
         source = build(config, tmp)
         tokenizer = load_tokenizer(tmp)  # what later stages will see
-        record = {"source": source, "vocab_size": tokenizer.vocab_size,
-                  "vocab_sha256": sha256_file(tmp / "vocab.txt"), "provenance": provenance("vocab", config.resolved())}
+        record = {
+            "source": source,
+            "vocab_size": tokenizer.vocab_size,
+            "vocab_sha256": sha256_file(tmp / "vocab.txt"),
+            "provenance": provenance("vocab", config.resolved()),
+        }
         atomic_write_json(tmp / RECORD_FILE, record)
         os.chmod(tmp, 0o755)
         _publish(tmp, config.out)

@@ -13,7 +13,8 @@ class TokenizerSettings(Settings):
     ``bert_vocab`` is a path, yet a setting: config.yaml keeps it in this block, and it lies outside the DAG.
     """
 
-    bert_vocab: str | None = Field(None, description="local bert-base-uncased vocab.txt (or its folder) used "
-                                                      "as is; None or empty: train WordPiece")
+    bert_vocab: str | None = Field(
+        None, description="local bert-base-uncased vocab.txt (or its folder) used as is; None or empty: train WordPiece"
+    )
     vocab_size: int = Field(4096, ge=64, description="size of a trained WordPiece vocabulary")
     min_frequency: int = Field(2, ge=1, description="least count of a merged sub-word pair when training")

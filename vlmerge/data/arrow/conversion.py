@@ -27,11 +27,11 @@ log = logging.getLogger(__name__)
 class ConvertOptions:
     """Converter settings (defaults are ViLT's)."""
 
-    strict: bool = False            # an unusable image is an error instead of a skipped item
-    shard_size: int = 100_000       # rows per file of the sharded tables (SBU, GCC)
-    min_answer_count: int = 9       # VQA vocabulary: answers seen at least this often in train+val
-    rest_val_images: int = 1000     # images of vqav2_val held out as vqav2_rest_val
-    batch_rows: int = 256           # rows per Arrow record batch (bounds memory)
+    strict: bool = False  # an unusable image is an error instead of a skipped item
+    shard_size: int = 100_000  # rows per file of the sharded tables (SBU, GCC)
+    min_answer_count: int = 9  # VQA vocabulary: answers seen at least this often in train+val
+    rest_val_images: int = 1000  # images of vqav2_val held out as vqav2_rest_val
+    batch_rows: int = 256  # rows per Arrow record batch (bounds memory)
 
 
 class Conversion:

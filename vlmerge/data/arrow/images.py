@@ -43,6 +43,6 @@ def read_image(path: Path) -> bytes:
             img.load()
     # PIL signals malformed data with many types (OSError, SyntaxError, ValueError, EOFError,
     # struct.error, DecompressionBombError); whichever it is, the image is unusable.
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise ImageError(f"corrupt image ({type(err).__name__}: {err})") from None
     return data

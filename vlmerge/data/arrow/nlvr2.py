@@ -9,7 +9,8 @@ otherwise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 from vlmerge.data.arrow.annotations import field, integer, load_json_lines, require_dir, require_file
@@ -73,7 +74,14 @@ def convert_nlvr2(run: Conversion) -> None:
                 image_1 = run.image(pair.folder / f"{pair_id}-img1.png", split)
                 if image_0 is None or image_1 is None:
                     continue
-                table.write({"image_0": image_0, "image_1": image_1, "questions": pair.sentences,
-                             "answers": pair.labels, "identifier": pair_id})
+                table.write(
+                    {
+                        "image_0": image_0,
+                        "image_1": image_1,
+                        "questions": pair.sentences,
+                        "answers": pair.labels,
+                        "identifier": pair_id,
+                    }
+                )
                 statements += len(pair.sentences)
         run.count(split, statements=statements)

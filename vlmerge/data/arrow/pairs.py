@@ -52,7 +52,8 @@ def convert_pairs(run: Conversion) -> None:
     layout = _LAYOUT[run.dataset]
     # Check every input before writing anything.
     sources = {
-        split: (require_file(run.raw / annot), require_dir(run.raw / images)) for split, (annot, images) in layout.items()
+        split: (require_file(run.raw / annot), require_dir(run.raw / images))
+        for split, (annot, images) in layout.items()
     }
     for split, (annotation, images) in sources.items():
         captions = first_caption_per_name(read_pairs(annotation), run, split)

@@ -8,7 +8,8 @@ Images are looked up in ``images/VG_100K`` and ``images/VG_100K_2``; rows are so
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 from vlmerge.data.arrow.annotations import field, integer, json_list, load_json

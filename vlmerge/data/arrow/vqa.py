@@ -53,8 +53,9 @@ def read_human_answers(path: Path) -> tuple[dict[int, list[str]], list[str]]:
     return human, majority
 
 
-def read_questions(path: Path, human: dict[int, list[str]] | None, label_of: dict[str, int],
-                   annotations: Path | None = None) -> tuple[dict[int, list[Question]], int]:
+def read_questions(
+    path: Path, human: dict[int, list[str]] | None, label_of: dict[str, int], annotations: Path | None = None
+) -> tuple[dict[int, list[Question]], int]:
     """Questions grouped by image id, and how many were dropped for having no labelled answer.
 
     ``human`` is None for the test splits, whose questions keep empty answers.
@@ -99,14 +100,19 @@ def write_split(run: Conversion, split: str, by_image: dict[int, list[Question]]
             if image is None:
                 continue
             group = by_image[image_id]
-            table.write({
-                "image": image, "image_id": image_id, "split": split,
-                "questions": [q.text for q in group], "question_id": [q.question_id for q in group],
-                # ViLT leaves the answer columns empty (not one empty list per question) in test rows.
-                "answers": [q.answers for q in group] if labelled else [],
-                "answer_labels": [q.labels for q in group] if labelled else [],
-                "answer_scores": [q.scores for q in group] if labelled else [],
-            })
+            table.write(
+                {
+                    "image": image,
+                    "image_id": image_id,
+                    "split": split,
+                    "questions": [q.text for q in group],
+                    "question_id": [q.question_id for q in group],
+                    # ViLT leaves the answer columns empty (not one empty list per question) in test rows.
+                    "answers": [q.answers for q in group] if labelled else [],
+                    "answer_labels": [q.labels for q in group] if labelled else [],
+                    "answer_scores": [q.scores for q in group] if labelled else [],
+                }
+            )
             questions += len(group)
     run.count(split, questions=questions)
 

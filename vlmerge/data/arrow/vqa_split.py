@@ -24,9 +24,12 @@ def split_val(run: Conversion) -> None:
     if rest < run.options.rest_val_images:
         log.warning("vqav2_val has only %d images: all go to rest_val, none to trainable_val", total)
     questions = {"trainable_val": 0, "rest_val": 0}
-    with pa.memory_map(str(run.out / FILES["vqa"]["val"])) as source, \
-            run.table("trainable_val") as head, run.table("rest_val") as tail, \
-            run.progress("val split", total) as bar:
+    with (
+        pa.memory_map(str(run.out / FILES["vqa"]["val"])) as source,
+        run.table("trainable_val") as head,
+        run.table("rest_val") as tail,
+        run.progress("val split", total) as bar,
+    ):
         reader = pa.ipc.open_file(source)
         row = 0
         for i in range(reader.num_record_batches):

@@ -61,20 +61,21 @@ class TableWriter:
     def _path(self, shard: int) -> Path:
         return self.pattern.with_name(self.pattern.name.replace(SHARD_FIELD, str(shard)))
 
-    def _open(self) -> None:
+    def _open(self) -> pa.ipc.RecordBatchFileWriter:
+        """Start the next file; returns its writer (also kept as ``_file``)."""
         path = self._path(len(self.files))
         self._stack = contextlib.ExitStack()
         tmp = self._stack.enter_context(atomic_path(path))
         sink = self._stack.enter_context(pa.OSFile(str(tmp), "wb"))
-        self._file = self._stack.enter_context(pa.ipc.new_file(sink, self.schema))
+        file = self._file = self._stack.enter_context(pa.ipc.new_file(sink, self.schema))
         self.files.append(path)
+        return file
 
     def _flush(self) -> None:
         if not self._pending:
             return
-        if self._file is None:
-            self._open()
-        self._file.write_batch(pa.RecordBatch.from_pydict(self._columns, schema=self.schema))
+        file = self._file if self._file is not None else self._open()
+        file.write_batch(pa.RecordBatch.from_pydict(self._columns, schema=self.schema))
         self.rows += self._pending
         self._shard_rows += self._pending
         self._pending = 0
@@ -96,7 +97,7 @@ class TableWriter:
             stale.unlink()
             shard += 1
 
-    def __enter__(self) -> "TableWriter":
+    def __enter__(self) -> TableWriter:
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:

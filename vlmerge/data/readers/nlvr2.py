@@ -38,14 +38,16 @@ class NLVR2Dataset(Dataset):
         self.label = self._labels()
 
     def _labels(self) -> np.ndarray:
-        """"True"/"False" strings → int64 [statements] of 1/0; anything else is an error."""
+        """ "True"/"False" strings → int64 [statements] of 1/0; anything else is an error."""
         flat = pc.list_flatten(self.tables.column("answers"))
         is_true, is_false = pc.equal(flat, "True"), pc.equal(flat, "False")
         valid = pc.fill_null(pc.or_(is_true, is_false), False).to_numpy(zero_copy_only=False)
         if not valid.all():
             index = int(np.flatnonzero(~valid)[0])
-            raise ReaderError(f"{self.tables.where(int(self.row[index]))}: answer {flat[index].as_py()!r} "
-                              "is neither 'True' nor 'False'")
+            raise ReaderError(
+                f"{self.tables.where(int(self.row[index]))}: answer {flat[index].as_py()!r} "
+                "is neither 'True' nor 'False'"
+            )
         return is_true.to_numpy(zero_copy_only=False).astype(np.int64)
 
     def __len__(self) -> int:

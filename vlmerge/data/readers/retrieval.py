@@ -28,8 +28,7 @@ class RetrievalDataset(CaptionPairs):
     few images have 6 or 7); None keeps all, as ViLT does.
     """
 
-    def __init__(self, paths: Sequence[Path], transform: ImageTransform,
-                 captions_per_image: int | None = None) -> None:
+    def __init__(self, paths: Sequence[Path], transform: ImageTransform, captions_per_image: int | None = None) -> None:
         super().__init__(paths, transform)
         if captions_per_image is not None:
             keep = self.pair_caption < captions_per_image
@@ -54,11 +53,11 @@ class RetrievalDataset(CaptionPairs):
         return np.split(np.arange(self.num_texts), np.searchsorted(self.pair_row, np.arange(1, self.num_images)))
 
     @property
-    def image_side(self) -> "ImageSide":
+    def image_side(self) -> ImageSide:
         return ImageSide(self)
 
     @property
-    def text_side(self) -> "TextSide":
+    def text_side(self) -> TextSide:
         return TextSide(self)
 
 

@@ -47,10 +47,12 @@ class ArrowTables:
             raise ReaderError("no arrow files given")
         self.paths, self.schema, self.columns = tuple(Path(p) for p in paths), schema, tuple(columns)
         per_file = [_read_columns(p, schema, self.columns) for p in self.paths]
-        self.table = pa.table({
-            name: pa.chunked_array([c for cols in per_file for c in cols[i].chunks], type=schema.field(name).type)
-            for i, name in enumerate(self.columns)
-        })
+        self.table = pa.table(
+            {
+                name: pa.chunked_array([c for cols in per_file for c in cols[i].chunks], type=schema.field(name).type)
+                for i, name in enumerate(self.columns)
+            }
+        )
         # First global row of each file, for error messages that name the file.
         self.starts = np.cumsum([0] + [len(cols[0]) for cols in per_file])
 

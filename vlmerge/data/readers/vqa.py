@@ -48,8 +48,10 @@ class VQADataset(Dataset):
             bad |= lengths != answers["answer_labels"]
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise ReaderError(f"{self.tables.where(row)}: {questions[row]} questions but "
-                              f"{ids[row]} ids / {[int(a[row]) for a in answers.values()]} answer lists")
+            raise ReaderError(
+                f"{self.tables.where(row)}: {questions[row]} questions but "
+                f"{ids[row]} ids / {[int(a[row]) for a in answers.values()]} answer lists"
+            )
 
     def _check_labels(self) -> None:
         """Every question has as many scores as labels, and labels index the answer vocabulary."""
@@ -62,8 +64,10 @@ class VQADataset(Dataset):
             return
         low, high = pc.min_max(labels).values()
         if low.as_py() < 0 or high.as_py() >= self.num_answers:
-            raise ReaderError(f"{[str(p) for p in self.tables.paths]}: answer labels span "
-                              f"[{low.as_py()}, {high.as_py()}], outside [0, {self.num_answers})")
+            raise ReaderError(
+                f"{[str(p) for p in self.tables.paths]}: answer labels span "
+                f"[{low.as_py()}, {high.as_py()}], outside [0, {self.num_answers})"
+            )
 
     def __len__(self) -> int:
         return len(self.row)

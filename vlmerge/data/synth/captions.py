@@ -36,7 +36,12 @@ def _grid(objs: list[Obj], rng: random.Random) -> str:
 
 
 TEMPLATES: tuple[Callable[[list[Obj], random.Random], str], ...] = (
-    _full, _counted, _picture, _background, _located, _grid,
+    _full,
+    _counted,
+    _picture,
+    _background,
+    _located,
+    _grid,
 )
 
 

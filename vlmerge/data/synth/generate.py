@@ -29,8 +29,13 @@ SUMMARY = "synth.json"
 MARKER = ".vlmerge-synth.json"  # in each dataset folder: what was generated there
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 12, 1024
 WRITERS: dict[str, Callable[[Job], Written]] = {
-    "coco": write_coco, "f30k": write_f30k, "vqa": write_vqa, "nlvr2": write_nlvr2,
-    "vg": write_vg, "sbu": write_sbu, "gcc": write_gcc,
+    "coco": write_coco,
+    "f30k": write_f30k,
+    "vqa": write_vqa,
+    "nlvr2": write_nlvr2,
+    "vg": write_vg,
+    "sbu": write_sbu,
+    "gcc": write_gcc,
 }
 
 
@@ -45,12 +50,20 @@ class Request:
     counts: dict[str, dict[str, int]]
 
 
-def _request(seed: int, size: str, datasets: Sequence[str] | None,
-             counts: Mapping[str, Mapping[str, int]] | None, image_size: int) -> Request:
+def _request(
+    seed: int,
+    size: str,
+    datasets: Sequence[str] | None,
+    counts: Mapping[str, Mapping[str, int]] | None,
+    image_size: int,
+) -> Request:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise SynthError(f"seed {seed!r}: must be a non-negative integer")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) \
-            or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+    if (
+        isinstance(image_size, bool)
+        or not isinstance(image_size, int)
+        or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE
+    ):
         raise SynthError(f"image size {image_size!r}: must be an integer in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}]")
     if isinstance(datasets, str):
         raise SynthError(f"datasets {datasets!r}: give a sequence of names, not one string")
@@ -77,12 +90,27 @@ def _write_dataset(out: Path, request: Request, dataset: str) -> Written:
     counts, preset = request.counts[dataset], SIZES[request.size]
     images = sum(counts.values()) * (2 if dataset == "nlvr2" else 1) - counts.get("test-dev", 0)
     with Progress(images, f"synth {dataset}", unit="img", logger=log) as progress:
-        job = Job(request.seed, dataset, tmp, counts, ImageSink(request.image_size, progress),
-                  preset.questions_per_image, preset.captions_per_image)
+        job = Job(
+            request.seed,
+            dataset,
+            tmp,
+            counts,
+            ImageSink(request.image_size, progress),
+            preset.questions_per_image,
+            preset.captions_per_image,
+        )
         written = WRITERS[dataset](job)
-    write_json(tmp / MARKER, {"dataset": dataset, "seed": request.seed, "size": request.size,
-                              "image_size": request.image_size, "counts": written.counts,
-                              "missing": written.missing})
+    write_json(
+        tmp / MARKER,
+        {
+            "dataset": dataset,
+            "seed": request.seed,
+            "size": request.size,
+            "image_size": request.image_size,
+            "counts": written.counts,
+            "missing": written.missing,
+        },
+    )
     if final.exists():
         final.rename(old)
     tmp.rename(final)
@@ -90,8 +118,15 @@ def _write_dataset(out: Path, request: Request, dataset: str) -> Written:
     return written
 
 
-def generate(out: Path, *, seed: int = 0, size: str = "tiny", datasets: Sequence[str] | None = None,
-             counts: Mapping[str, Mapping[str, int]] | None = None, image_size: int = 48) -> dict:
+def generate(
+    out: Path,
+    *,
+    seed: int = 0,
+    size: str = "tiny",
+    datasets: Sequence[str] | None = None,
+    counts: Mapping[str, Mapping[str, int]] | None = None,
+    image_size: int = 48,
+) -> dict:
     """Write synthetic ``out/<dataset>/`` folders in the published raw layouts (docs/raw-formats.md).
 
     Same arguments → byte-identical files. Returns the record also written to ``out/synth.json``:
@@ -106,8 +141,12 @@ def generate(out: Path, *, seed: int = 0, size: str = "tiny", datasets: Sequence
     out.mkdir(parents=True, exist_ok=True)
     written = {name: _write_dataset(out, request, name) for name in request.datasets}
     summary = {
-        "generator": "vlmerge.synth", "seed": seed, "size": size, "image_size": image_size,
-        "datasets": list(request.datasets), "requested": request.counts,
+        "generator": "vlmerge.synth",
+        "seed": seed,
+        "size": size,
+        "image_size": image_size,
+        "datasets": list(request.datasets),
+        "requested": request.counts,
         "written": {name: w.counts for name, w in written.items()},
         "missing": {name: w.missing for name, w in written.items() if w.missing},
     }

@@ -72,7 +72,8 @@ class BalancedCoin:
     """A coin that gives exactly as many heads as tails over every block of ``block`` tosses."""
 
     def __init__(self, rng: random.Random, block: int = 16) -> None:
-        self._rng, self._block, self._left = rng, block, []
+        self._rng, self._block = rng, block
+        self._left: list[bool] = []
 
     def __call__(self) -> bool:
         if not self._left:

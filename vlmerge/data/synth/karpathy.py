@@ -19,8 +19,9 @@ def coco_filename(subset: str, image_id: int) -> str:
     return f"COCO_{subset}_{image_id:012d}.jpg"
 
 
-def _images(job: Job, splits: tuple[str, ...], first_id: int,
-            place: Callable[[str, int], tuple[str, dict]]) -> tuple[list[dict], Written]:
+def _images(
+    job: Job, splits: tuple[str, ...], first_id: int, place: Callable[[str, int], tuple[str, dict]]
+) -> tuple[list[dict], Written]:
     """Render every split's images; ``place(split, id)`` gives the image's path and its entry's file fields."""
     entries, written = [], Written()
     for index, split in enumerate(splits):
@@ -42,14 +43,16 @@ def _finish(entries: list[dict], job: Job, dataset: str) -> None:
         raws = entry.pop("sentences")
         entry["sentids"] = list(range(sentid, sentid + len(raws)))
         entry["imgid"] = imgid
-        entry["sentences"] = [{"tokens": tokens(raw), "raw": raw, "imgid": imgid, "sentid": sentid + k}
-                              for k, raw in enumerate(raws)]
+        entry["sentences"] = [
+            {"tokens": tokens(raw), "raw": raw, "imgid": imgid, "sentid": sentid + k} for k, raw in enumerate(raws)
+        ]
         sentid += len(raws)
     write_json(job.root / "karpathy" / f"dataset_{dataset}.json", {"images": entries, "dataset": dataset})
 
 
 def write_coco(job: Job) -> Written:
     """``train2014/``, ``val2014/`` (restval/val/test all come from val2014, as in Karpathy's split)."""
+
     def place(split: str, image_id: int) -> tuple[str, dict]:
         subset = "train2014" if split == "train" else "val2014"
         name = coco_filename(subset, image_id)
@@ -62,6 +65,7 @@ def write_coco(job: Job) -> Written:
 
 def write_f30k(job: Job) -> Written:
     """``flickr30k-images/<id>.jpg``; entries have no ``filepath``/``cocoid``, as in the published file."""
+
     def place(split: str, image_id: int) -> tuple[str, dict]:
         return f"flickr30k-images/{image_id}.jpg", {"filename": f"{image_id}.jpg", "split": split}
 

@@ -16,7 +16,8 @@ _HOST = "https://nlvr2.synthetic.invalid"
 
 def _plan(rng: random.Random, pairs: int) -> list[tuple[int, int, int]]:
     """(set, pair, sentences) for ``pairs`` image pairs: sets of 1-4 pairs, 1-2 sentences per pair."""
-    plan, set_id = [], rng.randrange(10)
+    plan: list[tuple[int, int, int]] = []
+    set_id = rng.randrange(10)
     while len(plan) < pairs:
         for pair in range(min(rng.randint(1, 4), pairs - len(plan))):
             plan.append((set_id, pair, rng.randint(1, 2)))
@@ -30,9 +31,14 @@ def _line(prefix: str, k: int, text: str, label: bool, left: Scene, rng: random.
     label_text = "True" if label else "False"
     return {
         "validation": {f"r{rng.randrange(1000)}": label_text for _ in range(rng.randint(1, 3))},
-        "sentence": text, "left_url": f"{_HOST}/{prefix}-img0.png", "writer": f"w{rng.randrange(200)}",
-        "label": label_text, "right_url": f"{_HOST}/{prefix}-img1.png", "synset": f"{obj.shape}.n.01",
-        "query": f"{obj.color} {obj.shape}s {rng.randint(1, 9)}", "identifier": f"{prefix}-{k}",
+        "sentence": text,
+        "left_url": f"{_HOST}/{prefix}-img0.png",
+        "writer": f"w{rng.randrange(200)}",
+        "label": label_text,
+        "right_url": f"{_HOST}/{prefix}-img1.png",
+        "synset": f"{obj.shape}.n.01",
+        "query": f"{obj.color} {obj.shape}s {rng.randint(1, 9)}",
+        "identifier": f"{prefix}-{k}",
     }
 
 

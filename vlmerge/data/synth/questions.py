@@ -16,7 +16,11 @@ from vlmerge.data.synth.vocab import CELL_PHRASES, COLORS, GRID, SHAPES, article
 
 KINDS: tuple[str, ...] = ("color", "shape", "count", "exist", "position")
 ANSWER_TYPES: dict[str, str] = {
-    "color": "other", "shape": "other", "count": "number", "exist": "yes/no", "position": "other",
+    "color": "other",
+    "shape": "other",
+    "count": "number",
+    "exist": "yes/no",
+    "position": "other",
 }
 
 
@@ -107,7 +111,11 @@ def _position(scene: Scene, rng: random.Random, yes: bool) -> tuple[str, str, Qu
 
 
 _ASK: dict[str, Callable[[Scene, random.Random, bool], tuple[str, str, Query] | None]] = {
-    "color": _color, "shape": _shape, "count": _count, "exist": _exist, "position": _position,
+    "color": _color,
+    "shape": _shape,
+    "count": _count,
+    "exist": _exist,
+    "position": _position,
 }
 
 

@@ -41,13 +41,15 @@ class Scene:
     def at(self, cell: int) -> Obj | None:
         return next((o for o in self.objects if o.cell == cell), None)
 
-    def matching(self, shape: str | None = None, color: str | None = None,
-                 cell: int | None = None) -> list[Obj]:
+    def matching(self, shape: str | None = None, color: str | None = None, cell: int | None = None) -> list[Obj]:
         """Objects agreeing with every given attribute (None = any)."""
-        return [o for o in self.objects
-                if (shape is None or o.shape == shape)
-                and (color is None or o.color == color)
-                and (cell is None or o.cell == cell)]
+        return [
+            o
+            for o in self.objects
+            if (shape is None or o.shape == shape)
+            and (color is None or o.color == color)
+            and (cell is None or o.cell == cell)
+        ]
 
 
 def sample_scene(rng: random.Random, min_objects: int = MIN_OBJECTS, max_objects: int = MAX_OBJECTS) -> Scene:

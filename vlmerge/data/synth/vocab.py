@@ -28,21 +28,43 @@ GRID = 3  # the image is a GRID x GRID board, one object per cell at most
 
 # Cells in reading order (row-major): the short name answers "where" questions, the phrase goes into sentences.
 CELL_NAMES: tuple[str, ...] = (
-    "top left", "top", "top right",
-    "left", "center", "right",
-    "bottom left", "bottom", "bottom right",
+    "top left",
+    "top",
+    "top right",
+    "left",
+    "center",
+    "right",
+    "bottom left",
+    "bottom",
+    "bottom right",
 )
 CELL_PHRASES: tuple[str, ...] = (
-    "at the top left", "at the top", "at the top right",
-    "on the left", "in the center", "on the right",
-    "at the bottom left", "at the bottom", "at the bottom right",
+    "at the top left",
+    "at the top",
+    "at the top right",
+    "on the left",
+    "in the center",
+    "on the right",
+    "at the bottom left",
+    "at the bottom",
+    "at the bottom right",
 )
 
 ROW_NAMES: tuple[str, ...] = ("top", "middle", "bottom")
 COL_NAMES: tuple[str, ...] = ("left", "middle", "right")
 
 NUMBER_WORDS: tuple[str, ...] = (
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
 )
 
 # Near-synonyms a human annotator might type instead of the canonical answer (VQA disagreement).

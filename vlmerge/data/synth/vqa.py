@@ -11,10 +11,17 @@ from vlmerge.data.synth.scenes import sample_scene
 VQA_SPLITS = ("train", "val", "test", "test-dev")
 SUBSETS = {"train": "train2014", "val": "val2014", "test": "test2015", "test-dev": "test-dev2015"}
 _ID_SPAN = 1_000_000
-_INFO = {"description": "Synthetic VQA-style questions about rendered shape scenes", "version": "2.0",
-         "year": 2017, "contributor": "vlmerge.synth", "date_created": "2017-04-26"}
-_LICENSE = {"name": "Creative Commons Attribution 4.0 International License",
-            "url": "http://creativecommons.org/licenses/by/4.0/"}
+_INFO = {
+    "description": "Synthetic VQA-style questions about rendered shape scenes",
+    "version": "2.0",
+    "year": 2017,
+    "contributor": "vlmerge.synth",
+    "date_created": "2017-04-26",
+}
+_LICENSE = {
+    "name": "Creative Commons Attribution 4.0 International License",
+    "url": "http://creativecommons.org/licenses/by/4.0/",
+}
 
 
 def _header(split: str) -> dict:
@@ -35,11 +42,16 @@ def _split(job: Job, split: str, index: int) -> tuple[list[dict], list[dict]]:
             qid = image_id * 1000 + k
             questions.append({"image_id": image_id, "question": q.text, "question_id": qid})
             if split != "test":
-                annotations.append({
-                    "question_type": q.question_type, "multiple_choice_answer": q.answer,
-                    "answers": human_answers(q, rng), "image_id": image_id, "answer_type": q.answer_type,
-                    "question_id": qid,
-                })
+                annotations.append(
+                    {
+                        "question_type": q.question_type,
+                        "multiple_choice_answer": q.answer,
+                        "answers": human_answers(q, rng),
+                        "image_id": image_id,
+                        "answer_type": q.answer_type,
+                        "question_id": qid,
+                    }
+                )
     return questions, annotations
 
 
@@ -54,13 +66,17 @@ def write_vqa(job: Job) -> Written:
         if split == "test":
             test_questions = questions
         else:
-            write_json(job.root / f"v2_mscoco_{SUBSETS[split]}_annotations.json",
-                       {**_header(split), "annotations": annotations})
+            write_json(
+                job.root / f"v2_mscoco_{SUBSETS[split]}_annotations.json",
+                {**_header(split), "annotations": annotations},
+            )
         written.counts[split] = {"images": job.counts[split], "questions": len(questions)}
     test_ids = sorted({q["image_id"] for q in test_questions})
     dev_ids = set(job.rng("test-dev").sample(test_ids, job.counts["test-dev"]))
     dev = [q for q in test_questions if q["image_id"] in dev_ids]
-    write_json(job.root / "v2_OpenEnded_mscoco_test-dev2015_questions.json",
-               {**_header("test-dev"), "task_type": "Open-Ended", "questions": dev})
+    write_json(
+        job.root / "v2_OpenEnded_mscoco_test-dev2015_questions.json",
+        {**_header("test-dev"), "task_type": "Open-Ended", "questions": dev},
+    )
     written.counts["test-dev"] = {"images": len(dev_ids), "questions": len(dev)}
     return written

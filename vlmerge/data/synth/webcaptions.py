@@ -16,7 +16,8 @@ MISSING_EVERY = 30  # GCC: about one entry in thirty has no image (at least one 
 
 def _names(job: Job, split: str) -> list[str]:
     """Distinct 16-hex-digit names; their first four characters (the folder) vary."""
-    rng, names = job.rng(split, "names"), {}
+    rng = job.rng(split, "names")
+    names: dict[str, None] = {}
     while len(names) < job.counts[split]:
         names[f"{rng.getrandbits(64):016x}"] = None
     return list(names)
