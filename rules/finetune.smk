@@ -1,4 +1,4 @@
-# Fine-tuning and evaluation (SPEC §6): every method (ma, ms, each configured merge) on every task.
+# Fine-tuning and evaluation (docs/tasks.md): every method (ma, ms, each configured merge) on every task.
 # results/<task>/<method>.json is the unit users ask for; it pulls in exactly its lineage.
 
 

@@ -1,4 +1,4 @@
-# Pre-training (SPEC §2, §4): `seed` (MA, the seed run), `ms_<sharing>` (initialised from the seed by
+# Pre-training (docs/overview.md, docs/objectives.md): `seed` (MA, the seed run), `ms_<sharing>` (initialised from the seed by
 # copying its weights into every expert, the paper's W0) and `ma` (the MA baseline). Lightning
 # checkpoints live under work/ (not outputs), so a killed or requeued job resumes where it stopped.
 # params.args is `--config <the run's settings as JSON>` plus the input folders, already shell-quoted.

@@ -1,4 +1,4 @@
-"""Stage ``evaluate``: score one checkpoint on a task's report splits, against a trivial baseline (SPEC §6).
+"""Stage ``evaluate``: score one checkpoint on a task's report splits, against a trivial baseline (docs/tasks.md).
 
     python -m vlmerge.evaluate --task vqa --ckpt vqa.safetensors --arrow data/arrow \\
         --tokenizer data/arrow/tokenizer --out results/vqa/regmean.json [--method regmean] [--config JSON]

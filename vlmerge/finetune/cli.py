@@ -1,4 +1,4 @@
-"""Stage ``finetune``: fine-tune a checkpoint on one downstream task, select it on validation (SPEC §6).
+"""Stage ``finetune``: fine-tune a checkpoint on one downstream task, select it on validation (docs/tasks.md).
 
     python -m vlmerge.finetune --init merged.safetensors --arrow data/arrow --tokenizer data/arrow/tokenizer \\
         --out vqa.safetensors --work-dir work/vqa [--config JSON] --task vqa [--epochs N | --steps N] …

@@ -22,6 +22,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from vlmerge.catalog.names import TASKS
 from vlmerge.runtime.settings import Settings, build
 from vlmerge.train.launch import LaunchSettings
+from vlmerge.train.settings import Geometry, TrainingRecipe
 
 TaskName = Literal[TASKS]  # type: ignore[valid-type]
 
@@ -55,22 +56,11 @@ class TaskOverrides(Settings):
         return epochs
 
 
-class FinetuneRecipe(Settings):
+class FinetuneRecipe(TrainingRecipe):
     """The keys every task of a fine-tuning run shares (the stage's defaults)."""
 
-    seed: int = Field(0, ge=0, description="seed of the task heads, the data order and the dropout masks")
-    augment: bool = Field(
-        True, description="random crop, flip and RandAugment of training images (false: plain resize)"
-    )
-    num_workers: int = Field(2, ge=0, description="data loading processes per device")
-    precision: Literal["auto", "32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, 32 on CPU")
-    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="data parallel, or sharded data parallel")
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="fraction of the steps spent warming up")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
-    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value; None: no clipping")
-    val_batches: int = Field(0, ge=0, description="batches per validation and side (0: the whole split)")
     ckpt_every: int | None = Field(None, ge=1, description="steps between Lightning checkpoints; None: val_every")
-    log_every: int = Field(50, ge=1, description="steps between logged training metrics")
     select_on: Literal["val", "test"] = Field(
         "val", description="split that selects the checkpoint; 'test' reproduces an upstream quirk"
     )
@@ -79,12 +69,10 @@ class FinetuneRecipe(Settings):
     vqa_trainable_val: bool = Field(False, description="VQA: also train on trainable_val")
 
 
-class FinetuneSettings(FinetuneRecipe, TaskOverrides):
+class FinetuneSettings(FinetuneRecipe, TaskOverrides, Geometry):
     """Everything one fine-tuning run is asked to do, except its paths (flags of their own)."""
 
     task: TaskName = Field(description="downstream task")
-    devices: int = Field(1, ge=1, description="devices (processes) per node")
-    nodes: int = Field(1, ge=1, description="nodes")
 
 
 class FinetuneSection(FinetuneRecipe):

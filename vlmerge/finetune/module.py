@@ -1,4 +1,4 @@
-"""The fine-tuning LightningModule: composes a built model, a task and the optimiser (SPEC §6).
+"""The fine-tuning LightningModule: composes a built model, a task and the optimiser (docs/tasks.md).
 
 It receives the model with its weights and task head already in place. Each validation runs the
 task's evaluation over the selection split on every rank, gathers and de-duplicates the rows

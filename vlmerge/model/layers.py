@@ -1,10 +1,15 @@
-"""Block sub-modules: BEiT attention, GELU MLP, LayerNorm, stochastic depth, and an expert set.
+"""Block sub-modules and input embeddings: BEiT attention, GELU MLP, LayerNorm, stochastic depth, an
+expert set, BERT-style text embeddings and image patches; and the from-scratch initialisation.
 
-Every sub-module answers ``expert(modality)``: a shared one returns itself, an :class:`Experts`
+Every block sub-module answers ``expert(modality)``: a shared one returns itself, an :class:`Experts`
 set returns the modality's copy, so a block's forward reads the same for every sharing layout.
+Neither embedding adds an absolute position: positions enter only through the relative position
+bias (VLMo). Module and parameter names follow BERT/vl-merging so upstream weights import as is.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -78,3 +83,59 @@ class DropPath(nn.Module):
             return x
         keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
         return x * keep / (1 - self.p)
+
+
+class TextEmbeddings(nn.Module):
+    """word + token-type embedding → LayerNorm(1e-12) → dropout (BERT, arXiv 1810.04805)."""
+
+    def __init__(self, vocab_size: int, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab_size, dim)
+        self.token_type_embeddings = nn.Embedding(2, dim)
+        self.LayerNorm = nn.LayerNorm(dim, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids: [B, T] token ids → [B, T, D] (every token is BERT segment 0)."""
+        x = self.word_embeddings(ids) + self.token_type_embeddings.weight[0]
+        return self.dropout(self.LayerNorm(x))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch × patch convolution (ViT, arXiv 2010.11929)."""
+
+    def __init__(self, patch_size: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: [B, 3, H, W] → [B, (H/p)·(W/p), D], patches in row-major order."""
+        return self.proj(images).flatten(2).transpose(1, 2)
+
+
+def init_module(module: nn.Module, std: float = 0.02) -> None:
+    """Linear: truncated normal (``std``, 0.02 upstream), zero bias; Embedding: normal (``std``);
+    LayerNorm: 1 and 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=std)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+@torch.no_grad()
+def rescale_residual_branches(blocks: nn.ModuleList) -> None:
+    """Divide block i's output projections by sqrt(2(i+1)) so deep residual sums start small.
+
+    BEiT rescales ``attn.proj`` and ``mlp.fc2``; vl-merging's ``_rescale`` also matches ``mlp.fc1``,
+    and we reproduce vl-merging.
+    """
+    for i, block in enumerate(blocks):
+        for name, param in block.named_parameters():
+            if name.endswith(("proj.weight", "fc1.weight", "fc2.weight")):
+                param.div_(math.sqrt(2 * (i + 1)))

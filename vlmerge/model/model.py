@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmerge.model.config import ModelConfig, model_config
-from vlmerge.model.embeddings import TextEmbeddings
 from vlmerge.model.errors import ModelConfigError
 from vlmerge.model.heads import (
     ContrastiveProjection,
@@ -31,7 +30,7 @@ from vlmerge.model.heads import (
     missing_heads,
     present_heads,
 )
-from vlmerge.model.initialization import init_module, rescale_residual_branches
+from vlmerge.model.layers import TextEmbeddings, init_module, rescale_residual_branches
 from vlmerge.model.layout import ExpertLayout, Modality, Sharing, expert_layout
 from vlmerge.model.relpos import RelPosLayout, image_index, joint_index, resize_image_table, text_index
 from vlmerge.model.transformer import MultiwayTransformer

@@ -1,4 +1,4 @@
-"""Stage ``pretrain``: pre-train a shared (MA) or modality-specific model with MLM + ITC + ITM (SPEC §4).
+"""Stage ``pretrain``: pre-train a shared (MA) or modality-specific model with MLM + ITC + ITM (docs/objectives.md).
 
     python -m vlmerge.pretrain --arrow data/arrow --tokenizer data/arrow/tokenizer --out seed.safetensors \\
         --work-dir work/seed [--config JSON] [--preset tiny] [--sharing shared] [--init scratch|beit:PATH|seed:PATH] …

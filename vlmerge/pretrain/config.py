@@ -22,6 +22,7 @@ from vlmerge.catalog.names import PRETRAIN_DATASETS, Sharing
 from vlmerge.errors import ConfigError
 from vlmerge.runtime.settings import Settings, build
 from vlmerge.train.launch import LaunchSettings
+from vlmerge.train.settings import Geometry, TrainingRecipe
 
 # The rows of vlmerge.model.config.PRESETS and the ModelConfig fields a run may override with their types
 # (tests keep both equal to the model's; ``preset`` and ``vocab_size`` are not overrides).
@@ -55,35 +56,22 @@ def _checked_init(text: str, kinds: tuple[str, ...]) -> str:
     return text
 
 
-class PretrainRecipe(Settings):
+class PretrainRecipe(TrainingRecipe):
     """The hyper-parameters every pre-training run of an experiment shares (defaults: the stage's own)."""
 
     datasets: tuple[str, ...] = Field(
         PRETRAIN_DATASETS, min_length=1, description=f"caption corpora to train on, of {', '.join(PRETRAIN_DATASETS)}"
     )
     image_size: int | None = Field(None, gt=0, description="training resolution in pixels (null: the preset's)")
-    augment: bool = Field(
-        True,
-        description="random crop, flip and RandAugment of training images "
-        "(false: plain resize, for captions a crop or flip would falsify)",
-    )
     batch_size: int = Field(32, ge=1, description="samples per device and micro-batch")
     global_batch: int | None = Field(
         None, ge=1, description="samples per optimizer step, reached by gradient accumulation (null: no accumulation)"
     )
     lr: float = Field(2e-4, gt=0, description="peak learning rate of AdamW")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay of the weight matrices")
-    grad_clip: float | None = Field(None, ge=0, description="clip the gradient norm to this value (null: no clipping)")
     mlm_prob: float = Field(0.25, gt=0, le=1, description="share of the words masked for MLM")
-    seed: int = Field(0, ge=0, description="seed of the fresh weights, the sampler, masks and dropout")
-    precision: Literal["auto", "32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, 32 on CPU")
-    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="data parallel, or sharded data parallel (CUDA)")
     activation_checkpointing: bool = Field(False, description="fsdp: recompute block activations")
-    num_workers: int = Field(2, ge=0, description="data loading processes per device")
     ckpt_every: int = Field(1000, ge=1, description="steps between resumable Lightning checkpoints")
     val_every: int = Field(1000, ge=0, description="steps between COCO-val validations (0: none)")
-    val_batches: int = Field(0, ge=0, description="batches per validation (0: all of COCO val)")
-    log_every: int = Field(50, ge=1, description="steps between logged training metrics")
     loss_weights: dict[LossTerm, NonNegative] = Field(
         UNIT_WEIGHTS, description="weights of the loss terms mlm, itc, itm (>= 0, not all 0; a term not given weighs 1)"
     )
@@ -107,7 +95,7 @@ class PretrainRecipe(Settings):
         return full
 
 
-class PretrainSettings(PretrainRecipe):
+class PretrainSettings(PretrainRecipe, Geometry):
     """One pre-training run: the recipe plus the model, its start, its length and the process geometry."""
 
     preset: Preset = Field("tiny", description="model size")
@@ -129,8 +117,6 @@ class PretrainSettings(PretrainRecipe):
     warmup: int | None = Field(
         None, ge=0, description=f"warm-up steps (null: {WARMUP_FRACTION} x steps, the paper's ratio)"
     )
-    devices: int = Field(1, ge=1, description="devices (processes) per node")
-    nodes: int = Field(1, ge=1, description="nodes, each running devices processes")
 
     @field_validator("init")
     @classmethod
@@ -192,7 +178,7 @@ class MSRunLength(RunLength):
 
 
 class PretrainRuns(Settings):
-    """The paper's three runs (SPEC §2): the MA seed, MS from the seed, and the MA baseline."""
+    """The paper's three runs (docs/overview.md): the MA seed, MS from the seed, and the MA baseline."""
 
     seed: RunLength
     ms: MSRunLength

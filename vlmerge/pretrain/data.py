@@ -1,4 +1,4 @@
-"""Pre-training data: image-caption pairs of the configured corpora, keyed, sharded and resumable (SPEC §4).
+"""Pre-training data: image-caption pairs of the configured corpora, keyed, sharded and resumable (docs/objectives.md).
 
 Training pairs come from COCO Karpathy train + restval, VG, every SBU shard and every GCC train
 shard (whichever of them are configured), with the training transform (random-resized-crop

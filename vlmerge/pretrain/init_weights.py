@@ -1,6 +1,6 @@
 """The model a training stage starts from: from scratch, from BEiT, or from a seed (MA) checkpoint.
 
-``seed:PATH`` is the paper's recipe (SPEC §1, §3): an MA checkpoint whose shared block weights
+``seed:PATH`` is the paper's recipe (docs/overview.md, docs/model.md): an MA checkpoint whose shared block weights
 are copied into every expert (``expand_experts``), so that all experts start identical (W⁰).
 Weights are loaded strictly, before any Trainer exists.
 """

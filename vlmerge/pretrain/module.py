@@ -1,4 +1,4 @@
-"""The pre-training LightningModule: composes a built model, the objectives and the optimiser (SPEC §4).
+"""The pre-training LightningModule: composes a built model, the objectives and the optimiser (docs/objectives.md).
 
 It receives a model whose weights are already initialised (scratch, BEiT or an expanded seed);
 it never loads or creates weights. loss = w_mlm·MLM + w_itc·ITC + w_itm·ITM.

@@ -1,4 +1,4 @@
-"""The three pre-training objectives computed on a model and a batch (SPEC §4).
+"""The three pre-training objectives computed on a model and a batch (docs/objectives.md).
 
 Functions of (model, tensors): the LightningModule only weights, sums and logs what they return.
 Shapes: images [B, 3, S, S]; ids, mask [B, T] int64 (mask 1 = real token).

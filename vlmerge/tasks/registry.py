@@ -1,4 +1,4 @@
-"""The four downstream tasks with the paper's fine-tuning settings (SPEC §6)."""
+"""The four downstream tasks with the paper's fine-tuning settings (docs/tasks.md)."""
 
 from __future__ import annotations
 

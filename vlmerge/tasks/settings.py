@@ -1,4 +1,4 @@
-"""Per-task fine-tuning settings (SPEC §6) and the options that choose a task's splits.
+"""Per-task fine-tuning settings (docs/tasks.md) and the options that choose a task's splits.
 
 The defaults are the paper's settings; the upstream quirks are options, off by default. Both are
 keyword-only: eight numbers in a row are easy to misorder, and a misordered learning rate runs silently.

@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
 
-from vlmerge.model.block import MultiwayBlock
+from vlmerge.model.transformer import MultiwayBlock
 from vlmerge.train.errors import TrainConfigError
 from vlmerge.train.progress import StepProgress
 from vlmerge.train.requeue import SlurmRequeue

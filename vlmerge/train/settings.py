@@ -1,0 +1,39 @@
+"""Settings every training stage shares (pre-training and fine-tuning): one definition, one default each.
+
+Pydantic only, no torch: the workflow validates them when the DAG is built. The stages' own settings
+(:mod:`vlmerge.pretrain.config`, :mod:`vlmerge.finetune.config`) extend :class:`TrainingRecipe`, and their
+one-run settings add :class:`Geometry`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from vlmerge.runtime.settings import Settings
+
+
+class TrainingRecipe(Settings):
+    """Optimiser, precision, data loading and logging of a training run."""
+
+    seed: int = Field(0, ge=0, description="seed of fresh weights, the data order, masks and dropout")
+    augment: bool = Field(
+        True,
+        description="random crop, flip and RandAugment of training images "
+        "(false: plain resize, for captions a crop or flip would falsify)",
+    )
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay of the weight matrices")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value (null: no clipping)")
+    precision: Literal["auto", "32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, 32 on CPU")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="data parallel, or sharded data parallel (CUDA)")
+    num_workers: int = Field(2, ge=0, description="data loading processes per device")
+    val_batches: int = Field(0, ge=0, description="batches per validation (and side) (0: the whole split)")
+    log_every: int = Field(50, ge=1, description="steps between logged training metrics")
+
+
+class Geometry(Settings):
+    """Processes of one run (the rule passes them from its resources, which a profile may set)."""
+
+    devices: int = Field(1, ge=1, description="devices (processes) per node")
+    nodes: int = Field(1, ge=1, description="nodes, each running `devices` processes")
