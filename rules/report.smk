@@ -1,4 +1,4 @@
-# Tables and plots (docs/overview.md): every result JSON -> results/tables/*.{csv,md,tex} + results/plots/*.svg.
+# Tables and plots (docs/overview.md): every result JSON -> results/tables/*.{csv,md,tex} + results/plots/*.{svg,png}.
 # `snakemake tables` builds them; `snakemake --report report.html` collects them with the captions
 # of workflow/report/.
 

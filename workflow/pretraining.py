@@ -11,7 +11,7 @@ import hashlib
 import shlex
 from typing import Any
 
-from vlmerge.catalog.names import MS_SHARINGS
+from vlmerge.catalog.names import MS_SHARINGS, PRETRAIN_DATASETS
 from vlmerge.pretrain.config import PretrainSection, PretrainSettings
 from vlmerge.runtime.settings import build
 from workflow.launch import Launch
@@ -28,7 +28,7 @@ class Pretraining:
 
     def inputs(self, wildcards: Any) -> dict[str, Any]:
         inputs: dict[str, Any] = {
-            "manifests": [self.paths.manifest(d) for d in ("coco", "vg", "sbu", "gcc") if d in self.section.datasets],
+            "manifests": [self.paths.manifest(d) for d in PRETRAIN_DATASETS if d in self.section.datasets],
             "tokenizer": self.paths.tokenizer_dir,
             "code": stage_code("pretrain"),
         }
@@ -60,12 +60,9 @@ class Pretraining:
         params for its params trigger, while a function asking for ``input`` or ``resources`` is "derived"
         and never compared, hiding every hyper-parameter.
         """
-        paths = {"--arrow": self.paths.arrow_dir, "--tokenizer": self.paths.tokenizer_dir}
-        return " ".join(
-            [
-                f"--config {shlex.quote(self.settings(wildcards.run).as_json())}",
-                *(f"{flag} {shlex.quote(path)}" for flag, path in paths.items()),
-            ]
+        settings = self.settings(wildcards.run).as_json()
+        return shlex.join(
+            ["--config", settings, "--arrow", self.paths.arrow_dir, "--tokenizer", self.paths.tokenizer_dir]
         )
 
 
