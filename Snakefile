@@ -7,14 +7,18 @@ from snakemake.utils import min_version
 min_version("8.0")
 sys.path.insert(0, workflow.basedir)
 
+from vlmerge.errors import ConfigError
 from workflow.config import validated
 
 
 configfile: "config.yaml"
 
 
-# Typed once (workflow/config.py): a bad value or unknown key stops here, naming the key; defaults filled in.
-config.update(validated(config))
+# Typed once (workflow/config.py): a bad value or unknown key stops here with one line naming the key.
+try:
+    config.update(validated(config))
+except ConfigError as err:
+    sys.exit(f"vlmerge: bad configuration: {err}")
 
 
 include: "rules/common.smk"
