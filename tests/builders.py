@@ -26,6 +26,20 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
 
+# --- model sizes ------------------------------------------------------------------------------------------
+# Width 32 (the `pico` preset of conftest.py is width 16): the model, checkpoint and expansion tests.
+SMALL = dict(
+    num_layers=3,
+    dim=32,
+    num_heads=2,
+    mlp_dim=64,
+    image_size=32,
+    max_text_len=8,
+    vocab_size=50,
+    drop_path=0.0,
+    embed_dropout=0.0,
+)
+
 # --- fine-tuning tasks -----------------------------------------------------------------------------------
 TASK_DATASETS = ("coco", "f30k", "vqa", "nlvr2")
 TASK_MODEL = dict(num_layers=3, dim=64, num_heads=2, mlp_dim=128, image_size=32, drop_path=0.0)

@@ -12,24 +12,13 @@ import types
 import pytest
 import torch
 
+from tests.builders import SMALL
 from vlmerge.model import CheckpointError, Heads, VLModel, create_model
 from vlmerge.model.checkpoint import load_model, read_meta, save_checkpoint, save_model, sidecar_path
 from vlmerge.model.import_beit import init_from_beit
 from vlmerge.model.import_vlmerging import import_vlmerging
 from vlmerge.model.pickles import load_pickled_weights
 from vlmerge.model.relpos import RelPosLayout, resize_image_table
-
-SMALL = dict(
-    num_layers=3,
-    dim=32,
-    num_heads=2,
-    mlp_dim=64,
-    image_size=32,
-    max_text_len=8,
-    vocab_size=50,
-    drop_path=0.0,
-    embed_dropout=0.0,
-)
 
 
 def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

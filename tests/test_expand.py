@@ -5,20 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.builders import SMALL
 from vlmerge.model import CheckpointError, Modality, Sharing, VLModel, expand_experts, model_config
 
-CONFIG = model_config(
-    "tiny",
-    num_layers=3,
-    dim=32,
-    num_heads=2,
-    mlp_dim=64,
-    image_size=32,
-    max_text_len=8,
-    vocab_size=50,
-    drop_path=0.0,
-    embed_dropout=0.0,
-)
+CONFIG = model_config("tiny", **SMALL)
 
 
 def random_ma() -> VLModel:

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.builders import SMALL
 from vlmerge.errors import ConfigError
 from vlmerge.model import (
     Heads,
@@ -37,17 +38,6 @@ PARAMS = {
     "mlp": ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"],
     "attn": ["qkv.weight", "q_bias", "v_bias", "proj.weight", "proj.bias"],
 }
-SMALL = dict(
-    num_layers=3,
-    dim=32,
-    num_heads=2,
-    mlp_dim=64,
-    image_size=32,
-    max_text_len=8,
-    vocab_size=50,
-    drop_path=0.0,
-    embed_dropout=0.0,
-)
 
 
 def randomised(sharing: str, seed: int = 0, **overrides) -> torch.nn.Module:

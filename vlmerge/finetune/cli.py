@@ -41,6 +41,7 @@ from vlmerge.tasks.lineage import lineage, weights_sha256
 from vlmerge.tasks.model_init import task_model
 from vlmerge.tasks.registry import get_task
 from vlmerge.train.errors import require_finished
+from vlmerge.train.settings import add_run_arguments
 from vlmerge.train.trainer import build_trainer, resume_checkpoint
 from vlmerge.train.work_dir import claim_work_dir
 
@@ -120,21 +121,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m vlmerge.finetune", description="Fine-tune a checkpoint on VQAv2, COCO, Flickr30k or NLVR2."
     )
     p.add_argument("--init", required=True, type=Path, help="checkpoint to start from, PATH.safetensors (+ PATH.json)")
-    p.add_argument("--arrow", required=True, type=Path, help="folder of the ViLT arrow tables")
-    p.add_argument("--tokenizer", required=True, type=Path, help="tokenizer folder (or vocab.txt)")
-    p.add_argument("--out", required=True, type=Path, help="selected weights, PATH.safetensors (+ PATH.json)")
-    p.add_argument(
-        "--work-dir",
-        required=True,
-        type=Path,
-        help="Lightning checkpoints, logs and candidate best weights; reruns resume from here (not a Snakemake output)",
+    add_run_arguments(
+        p,
+        out="selected weights, PATH.safetensors (+ PATH.json)",
+        work_dir="Lightning checkpoints, logs and candidate best weights; reruns resume from here "
+        "(not a Snakemake output)",
     )
-    p.add_argument(
-        "--restart-stale-work-dir",
-        action="store_true",
-        help="move a work directory of another run aside and start afresh (default: an error)",
-    )
-    p.add_argument("--verbose", action="store_true")
     add_settings_arguments(p, FinetuneSettings)
     return p
 

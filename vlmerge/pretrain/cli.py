@@ -36,6 +36,7 @@ from vlmerge.runtime import provenance, sha256_file
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
 from vlmerge.runtime.stage import run_stage
 from vlmerge.train.errors import require_finished
+from vlmerge.train.settings import add_run_arguments
 from vlmerge.train.trainer import build_trainer, resume_checkpoint
 from vlmerge.train.work_dir import claim_work_dir
 
@@ -102,21 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m vlmerge.pretrain", description="Pre-train a vision-language model with MLM + ITC + ITM."
     )
-    p.add_argument("--arrow", required=True, type=Path, help="folder of the ViLT arrow tables")
-    p.add_argument("--tokenizer", required=True, type=Path, help="tokenizer folder (or vocab.txt)")
-    p.add_argument("--out", required=True, type=Path, help="final weights, PATH.safetensors (+ PATH.json)")
-    p.add_argument(
-        "--work-dir",
-        required=True,
-        type=Path,
-        help="Lightning checkpoints and logs; reruns resume from here (not a Snakemake output)",
+    add_run_arguments(
+        p,
+        out="final weights, PATH.safetensors (+ PATH.json)",
+        work_dir="Lightning checkpoints and logs; reruns resume from here (not a Snakemake output)",
     )
-    p.add_argument(
-        "--restart-stale-work-dir",
-        action="store_true",
-        help="move a work directory of another run aside and start afresh (default: an error)",
-    )
-    p.add_argument("--verbose", action="store_true")
     add_settings_arguments(p, PretrainSettings)
     return p
 

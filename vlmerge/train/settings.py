@@ -7,6 +7,8 @@ one-run settings add :class:`Geometry`.
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -37,3 +39,18 @@ class Geometry(Settings):
 
     devices: int = Field(1, ge=1, description="devices (processes) per node")
     nodes: int = Field(1, ge=1, description="nodes, each running `devices` processes")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, out: str, work_dir: str) -> None:
+    """The paths and switches every training stage takes besides its settings: the tables and tokenizer it
+    reads, the weights it writes (``out``) and where it keeps resumable state (``work_dir``)."""
+    parser.add_argument("--arrow", required=True, type=Path, help="folder of the ViLT arrow tables")
+    parser.add_argument("--tokenizer", required=True, type=Path, help="tokenizer folder (or vocab.txt)")
+    parser.add_argument("--out", required=True, type=Path, help=out)
+    parser.add_argument("--work-dir", required=True, type=Path, help=work_dir)
+    parser.add_argument(
+        "--restart-stale-work-dir",
+        action="store_true",
+        help="move a work directory of another run aside and start afresh (default: an error)",
+    )
+    parser.add_argument("--verbose", action="store_true")
