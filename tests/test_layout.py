@@ -17,22 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from workflow.imports import ROOT, closure, module_name, project_imports, stage_code, third_party
+from workflow.imports import LIBRARIES, ROOT, STAGES, closure, module_name, project_imports, stage_code, third_party
 
-STAGES = ("synth", "prepare", "vocab", "pretrain", "grams", "merge", "distance", "finetune", "evaluate", "report")
-LIBRARIES = (
-    "catalog",
-    "data",
-    "errors",
-    "files",
-    "merging",
-    "metrics",
-    "model",
-    "objectives",
-    "runtime",
-    "tasks",
-    "train",
-)
 NO_LIGHTNING = ("model", "merging", "objectives", "metrics", "tasks")
 SOURCES = sorted((ROOT / "vlmerge").rglob("*.py"))
 

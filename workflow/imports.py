@@ -16,6 +16,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "vlmerge"
+# The package's rooms: stages (``python -m vlmerge.<stage>``) on top, libraries below that never import a
+# stage (tests/test_layout.py checks both from the import graph).
+STAGES = ("synth", "prepare", "vocab", "pretrain", "grams", "merge", "distance", "finetune", "evaluate", "report")
+LIBRARIES = (
+    "catalog",
+    "data",
+    "errors",
+    "files",
+    "merging",
+    "metrics",
+    "model",
+    "objectives",
+    "runtime",
+    "tasks",
+    "train",
+)
 
 
 def module_file(name: str, root: Path = ROOT) -> Path | None:
@@ -105,7 +121,7 @@ def closure(entry: Path, root: Path = ROOT) -> list[Path]:
 def stage_code(stage: str, root: Path = ROOT) -> list[str]:
     """The source files ``python -m vlmerge.<stage>`` may run (absolute paths, sorted)."""
     entry = module_file(f"{PACKAGE}.{stage}.__main__", root)
-    if entry is None:
+    if stage not in STAGES or entry is None:
         raise ValueError(f"{PACKAGE}.{stage} has no __main__ module: not a stage")
     return [str(p) for p in closure(entry, root)]
 
