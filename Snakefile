@@ -8,15 +8,17 @@ min_version("8.0")
 sys.path.insert(0, workflow.basedir)
 
 from vlmerge.errors import ConfigError
-from workflow.config import validated
+from workflow.config import check_external, validated
 
 
 configfile: "config.yaml"
 
 
-# Typed once (workflow/config.py): a bad value or unknown key stops here with one line naming the key.
+# Typed once (workflow/config.py): a bad value or unknown key, or a missing file or folder the config names
+# outside the workflow, stops here with one line naming the key.
 try:
     config.update(validated(config))
+    check_external(config)
 except ConfigError as err:
     sys.exit(f"vlmerge: bad configuration: {err}")
 

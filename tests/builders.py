@@ -126,3 +126,21 @@ def planned_jobs(tmp_path: Path, config: Path, *targets: str) -> dict[str, int]:
         if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
             counts[parts[0]] = int(parts[1])
     return counts
+
+
+def paper_site(tmp_path: Path) -> Path:
+    """A site overlay for the paper profile whose external paths exist: empty raw-data roots, a BERT
+    vocabulary file and a BEiT weights file under ``tmp_path`` (enough for dry runs)."""
+    site = tmp_path / "site"
+    raw = {name: str(site / "datasets" / name) for name in ("coco", "f30k", "vqa", "nlvr2", "vg", "sbu", "gcc")}
+    for root in raw.values():
+        Path(root).mkdir(parents=True, exist_ok=True)
+    (site / "vocab.txt").write_text("[PAD]\n")
+    (site / "beit.pth").write_bytes(b"")
+    overlay = {
+        "data": {"raw": raw, "tokenizer": {"bert_vocab": str(site / "vocab.txt")}},
+        "pretrain": {"init": f"beit:{site / 'beit.pth'}"},
+    }
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    return path

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.builders import paper_site
 from workflow.imports import LIBRARIES, ROOT, STAGES, closure, module_name, project_imports, stage_code, third_party
 
 NO_LIGHTNING = ("model", "merging", "objectives", "metrics", "tasks")
@@ -119,8 +120,7 @@ def test_paper_dry_run_never_imports_torch(tmp_path: Path) -> None:
         "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
-    site = tmp_path / "site.yaml"  # the paper overlay names site paths (BEiT weights) that do not exist here
-    site.write_text("pretrain: {init: scratch}\n")
+    site = paper_site(tmp_path)  # the paper overlay names site paths (data, BEiT, vocabulary) absent here
     done = subprocess.run(
         [
             sys.executable,

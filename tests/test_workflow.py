@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 import yaml
 
-from tests.builders import ENV, ROOT, SNAKEMAKE, planned_jobs, snakemake, write_config
+from tests.builders import ENV, ROOT, SNAKEMAKE, paper_site, planned_jobs, snakemake, write_config
 from vlmerge.data import schema
 
 
@@ -153,30 +154,37 @@ def test_every_catalogued_method_is_registered_with_its_parameters() -> None:
     assert all(METHODS[name].info is info for name, info in METHOD_INFO.items())
 
 
-def test_slurm_profile_launches_multi_node_pretraining(tmp_path: Path) -> None:
-    """The SLURM profile selects the paper-scale config; pre-training starts 6 nodes x 8 ranks through srun."""
-    site = tmp_path / "site.yaml"
-    site.write_text(yaml.safe_dump({"pretrain": {"init": "scratch"}}))
-    out = subprocess.run(
+def paper_dry_run(tmp_path: Path, *args: str, profile: str = "profiles/slurm", **env: str):
+    """``snakemake -n -p --profile <profile> results/vqa/regmean.json`` from the repository root, the paper
+    overlay layered with a site overlay whose external paths exist (``site=False``: without it)."""
+    configs = [str(ROOT / "config.yaml"), str(ROOT / "profiles/slurm/paper.yaml")]
+    if env.pop("site", "yes") == "yes":
+        configs.append(str(paper_site(tmp_path)))
+    return subprocess.run(
         [
             *SNAKEMAKE,
             "results/vqa/regmean.json",
             "-n",
             "-p",
             "--profile",
-            str(ROOT / "profiles/slurm"),
+            profile,
             "-d",
-            str(tmp_path),
+            str(tmp_path / "w"),
+            *args,
             "--configfile",
-            str(ROOT / "config.yaml"),
-            str(ROOT / "profiles/slurm/paper.yaml"),
-            str(site),
+            *configs,
         ],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
-        env=ENV,
+        env={**ENV, **env},
     )
+
+
+def test_slurm_profile_launches_multi_node_pretraining(tmp_path: Path) -> None:
+    """The SLURM profile selects the paper-scale config; pre-training starts 6 nodes x 8 ranks through srun."""
+    out = paper_dry_run(tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     text = out.stdout + out.stderr
     pretrain = next(line for line in text.splitlines() if "python -m vlmerge.pretrain" in line)
@@ -192,6 +200,51 @@ def test_slurm_profile_launches_multi_node_pretraining(tmp_path: Path) -> None:
     settings = stage_settings(finetune)
     assert settings["task"] == "vqa" and settings["augment"] is True
     assert all(settings[key] is None for key in ("steps", "global_batch", "image_size", "lr"))
+
+
+def test_the_profile_answers_to_its_short_name_from_the_repository_root(tmp_path: Path) -> None:
+    """``snakemake --profile slurm …`` as users type it, once `make setup` linked the profiles into the user's
+    Snakemake config directory (here a temporary XDG_CONFIG_HOME); exactly the lineage of the target."""
+    config_home = tmp_path / "xdg"
+    env = {**ENV, "XDG_CONFIG_HOME": str(config_home)}
+    before = paper_dry_run(tmp_path, profile="slurm", XDG_CONFIG_HOME=str(config_home))
+    assert before.returncode != 0 and "no profile.yaml (or config.yaml) found" in before.stderr
+    linked = subprocess.run(
+        [sys.executable, "-m", "workflow.profiles"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60
+    )
+    assert linked.returncode == 0 and (config_home / "snakemake" / "slurm").resolve() == ROOT / "profiles/slurm"
+    out = paper_dry_run(tmp_path, "--quiet", "rules", profile="slurm", XDG_CONFIG_HOME=str(config_home))
+    assert out.returncode == 0, out.stderr[-2000:]
+    jobs = {
+        p[0]: int(p[1])
+        for p in (line.split() for line in out.stdout.splitlines())
+        if len(p) == 2 and p[1].isdigit() and p[0] not in ("total", "job")
+    }
+    # real raw roots: no synthetic data; seed -> MS -> VQA grams -> RegMean -> fine-tune -> evaluate
+    assert jobs == {
+        "prepare": 7,
+        "vocab": 1,
+        "pretrain": 2,
+        "grams": 1,
+        "merge_per_task": 1,
+        "finetune": 1,
+        "evaluate": 1,
+    }
+
+
+def test_missing_external_paths_stop_the_dry_run_listing_each(tmp_path: Path) -> None:
+    """The paper overlay as shipped names site paths that do not exist here: one line lists them all."""
+    out = paper_dry_run(tmp_path, site="no")
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if line.startswith("vlmerge: bad configuration")]
+    assert len(lines) == 1, out.stderr[-2000:]
+    for key in (
+        "data.raw.coco=/datasets/coco",
+        "data.raw.gcc=",
+        "data.tokenizer.bert_vocab=",
+        "pretrain.init=/models/beit_base_patch16_224_pt22k.pth",
+    ):
+        assert key in lines[0]
 
 
 def stage_settings(command: str) -> dict:

@@ -9,12 +9,14 @@ defaults, ranges and help live in one place and the stage validates the very sam
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Literal, cast
 
 from pydantic import Field, model_validator
 
 from vlmerge.catalog.names import DATASETS, MS_SHARINGS, TASKS
 from vlmerge.distance.config import DistanceSettings
+from vlmerge.errors import ConfigError
 from vlmerge.finetune.config import FinetuneSection
 from vlmerge.grams.config import GramsSettings
 from vlmerge.merge.config import MergeEntry
@@ -89,6 +91,30 @@ class Experiment(Settings):
         if unknown:
             raise ValueError(f"report.ablations.methods: {unknown} are neither merge.methods entries nor 'ms'")
         return self
+
+
+def external_paths(config: dict[str, Any]) -> dict[str, str]:
+    """Config key → path of every file or folder the experiment reads from outside the workflow: the real
+    raw-data roots, the BERT vocabulary and the BEiT weights (``pretrain.init: beit:PATH``)."""
+    data = config["data"]
+    paths = {f"data.raw.{name}": root for name, root in sorted(data["raw"].items()) if root}
+    if data["tokenizer"].get("bert_vocab"):
+        paths["data.tokenizer.bert_vocab"] = data["tokenizer"]["bert_vocab"]
+    init = config["pretrain"]["init"]
+    if init.startswith("beit:"):
+        paths["pretrain.init"] = init.removeprefix("beit:")
+    return paths
+
+
+def check_external(config: dict[str, Any]) -> None:
+    """Every external path exists, or one :class:`ConfigError` listing each missing one with its key.
+
+    Checked when the DAG is built, whatever the target: a missing input that Snakemake would treat as a
+    source file could otherwise let an old output (say a tiny embedded seed checkpoint) stand in for it.
+    """
+    missing = [f"{key}={path}" for key, path in external_paths(config).items() if not Path(path).exists()]
+    if missing:
+        raise ConfigError(f"the config names files or folders that do not exist: {', '.join(missing)}")
 
 
 def validated(config: dict[str, Any]) -> dict[str, Any]:
