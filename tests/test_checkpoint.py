@@ -16,7 +16,7 @@ from tests.builders import SMALL
 from vlmerge.model import CheckpointError, Heads, VLModel, create_model
 from vlmerge.model.checkpoint import load_model, read_meta, save_checkpoint, save_model, sidecar_path
 from vlmerge.model.import_beit import init_from_beit
-from vlmerge.model.import_vlmerging import import_vlmerging
+from vlmerge.model.import_vlmerging import read_vlmerging
 from vlmerge.model.pickles import load_pickled_weights
 from vlmerge.model.relpos import RelPosLayout, resize_image_table
 
@@ -225,18 +225,14 @@ def test_vlmerging_lightning_checkpoint_imports(tmp_path, monkeypatch, sharing):
     for name in ("vilt", "vilt.moe", "vilt.moe.config", "pytorch_lightning"):
         monkeypatch.delitem(sys.modules, name)  # the importer must not need upstream code
 
-    model = import_vlmerging(
-        tmp_path / "upstream.ckpt",
-        tmp_path / "ours.safetensors",
-        "tiny",
-        **{k: v for k, v in SMALL.items() if k != "vocab_size"},
+    loaded, found = read_vlmerging(
+        tmp_path / "upstream.ckpt", "tiny", **{k: v for k, v in SMALL.items() if k != "vocab_size"}
     )
-    loaded, meta = load_model(tmp_path / "ours.safetensors")
-    assert meta.sharing.value == sharing and meta.heads == source.heads and meta.extra["imported_from"] == "vl-merging"
+    assert found.sharing.value == sharing and found.heads == source.heads and found.text_rows_for == 11
     assert loaded.config.vocab_size == 50 and loaded.token_type_embeddings.num_embeddings == 3
     for got, want in zip(probe(loaded), probe(source)):
         torch.testing.assert_close(got, want)
-    assert torch.equal(model.relative_position_bias_table, source.relative_position_bias_table)
+    assert torch.equal(loaded.relative_position_bias_table, source.relative_position_bias_table)
 
 
 # ---------------------------------------------------------------------------------- malicious pickles
@@ -257,10 +253,10 @@ def test_code_running_pickles_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"refusing to unpickle .*evil\.ckpt.*mkdir"):
         load_pickled_weights(path)
     with pytest.raises(CheckpointError, match="mkdir"):
-        import_vlmerging(path, tmp_path / "out.safetensors", "tiny")
+        read_vlmerging(path, "tiny")
     with pytest.raises(CheckpointError, match="mkdir"):
         init_from_beit(create_model("tiny", "shared"), path)
-    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
+    assert not marker.exists()
     # Files that cannot be scanned beforehand (raw pickles, pre-1.6 torch.save) are refused while unpickling.
     plain, legacy = tmp_path / "evil.pkl", tmp_path / "evil_legacy.pth"
     plain.write_bytes(pickle.dumps({"w": Payload(str(marker))}, protocol=2))

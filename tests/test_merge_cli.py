@@ -196,7 +196,7 @@ def test_merge_cli_records_the_arithmetic_mode_and_is_deterministic(work: Path) 
     assert merged(work, "a1.safetensors", *args) == 0 and merged(work, "a2.safetensors", *args) == 0
     assert (work / "a1.safetensors").read_bytes() == (work / "a2.safetensors").read_bytes()
     meta = read_meta(work / "a1.safetensors")
-    assert meta.extra["merge"]["method_diagnostics"] == {"arithmetic_mode": "upstream_sequential"}
+    assert meta.extra["merge"]["method_diagnostics"]["arithmetic_mode"] == "upstream_sequential"
     assert meta.inputs["seed"] == sha(work / "seed.safetensors")
 
 

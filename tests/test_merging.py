@@ -182,7 +182,11 @@ def test_arithmetic_formula_lambda_zero_and_closed_form() -> None:
 def test_arithmetic_upstream_sequential_closed_form_is_recorded() -> None:
     ms, seed, _, layout = inputs_for()
     merged = merge_with_report("arithmetic", ms, seed_state=seed, lam=0.75, mode="upstream_sequential")
-    assert merged.diagnostics["method_diagnostics"] == {"arithmetic_mode": "upstream_sequential"}
+    assert merged.diagnostics["method_diagnostics"] == {
+        "arithmetic_mode": "upstream_sequential",
+        "single_expert": "formula",
+        "copied_single_expert": 0,
+    }
     key = "transformer.blocks.{}.norm2.{}weight"
     for layer in range(layout.num_layers):
         base, v, l_ = seed[key.format(layer, "")], ms[key.format(layer, "v.")], ms[key.format(layer, "l.")]
@@ -193,7 +197,27 @@ def test_arithmetic_upstream_sequential_closed_form_is_recorded() -> None:
             expected = 0.25**3 * base + 0.75 * 0.25**2 * v + 0.75 * 0.25 * l_ + 0.75 * vl
         torch.testing.assert_close(merged.state[key.format(layer, "")], expected)
     formula = merge_with_report("arithmetic", ms, seed_state=seed, lam=0.75)
-    assert formula.diagnostics["method_diagnostics"] == {"arithmetic_mode": "formula"}
+    assert formula.diagnostics["method_diagnostics"]["arithmetic_mode"] == "formula"
+
+
+@pytest.mark.parametrize("mode", ["formula", "upstream_sequential"])
+def test_arithmetic_single_expert_copy_takes_the_expert_where_one_merges(mode: str) -> None:
+    """used_experts_only=vqa leaves only vl in layers >= F: ``copy`` takes θ_vl there (the released code's
+    coefficient 1); below F both experts merge as before; ``formula`` gives θ₀ + λ(θ_vl − θ₀)."""
+    ms, seed, _, layout = inputs_for()
+    key = "transformer.blocks.{}.mlp.{}fc1.weight"
+    common = dict(seed_state=seed, lam=0.75, mode=mode, used_experts_only="vqa")
+    copied = merge_with_report("arithmetic", ms, single_expert="copy", **common)
+    formula = merge_with_report("arithmetic", ms, **common)
+    for layer in range(layout.num_layers):
+        ma = key.format(layer, "")
+        if layer < layout.fusion_start:
+            assert torch.equal(copied.state[ma], formula.state[ma])
+        else:
+            vl, base = ms[key.format(layer, "vl.")], seed[ma]
+            assert torch.equal(copied.state[ma], vl)
+            torch.testing.assert_close(formula.state[ma], base + 0.75 * (vl - base))
+    assert copied.diagnostics["method_diagnostics"]["copied_single_expert"] > 0
 
 
 # ---------------------------------------------------------------------------------------------- options

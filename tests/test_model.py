@@ -16,6 +16,7 @@ from vlmerge.model import (
     ModelConfigError,
     Part,
     Sharing,
+    config_hash,
     create_model,
     detect_sharing,
     expert_layout,
@@ -304,7 +305,9 @@ def test_base_parameter_counts(sharing, expected):
 
 
 def test_presets_and_layout():
-    assert model_config("large").fusion_start == 22 and model_config("base").fusion_start == 10
+    assert model_config("large").fusion_start == 21 and model_config("base").fusion_start == 10
+    layout = expert_layout(model_config("large"), "ffn")
+    assert layout.experts(20) == (Modality.V, Modality.L) and Modality.VL in layout.experts(21)
     tiny = model_config("tiny", vocab_size=123)
     assert (tiny.num_layers, tiny.dim, tiny.num_heads, tiny.mlp_dim, tiny.image_size) == (4, 128, 4, 512, 48)
     assert tiny.overrides() == {"vocab_size": 123}
@@ -321,6 +324,27 @@ def test_presets_and_layout():
         model_config("tiny", depth=3)
     with pytest.raises(ConfigError, match="all_moe"):
         create_model("tiny", "all_moe")
+
+
+def test_fusion_start_field_keeps_existing_hashes():
+    # Hashes written before fusion_start_layer existed: tiny/base checkpoints must keep loading.
+    assert config_hash(model_config("tiny"), "shared") == (
+        "71120dd8673d6384c0cf119a7ae6a390821c03540023e2e743abedf82a36e3e0"
+    )
+    assert config_hash(model_config("base"), "ffn") == (
+        "668b7f15517261d22317ca72034db56d49cca739c18765a82dd3bd898fdf72af"
+    )
+    # The default spelled out is the default: same config, no override, same hash.
+    assert model_config("base", fusion_start_layer=10) == model_config("base")
+    assert model_config("base", fusion_start_layer=10).overrides() == {}
+    moved = model_config("base", fusion_start_layer=8)
+    assert moved.fusion_start == 8 and moved.overrides() == {"fusion_start_layer": 8}
+    assert config_hash(moved, "ffn") != config_hash(model_config("base"), "ffn")
+    assert model_config("tiny", num_layers=6).fusion_start == 4  # the default follows num_layers
+    assert model_config("large", fusion_start_layer=22).fusion_start == 22
+    for bad in (0, 4):
+        with pytest.raises(ModelConfigError, match="fusion_start_layer"):
+            model_config("tiny", fusion_start_layer=bad)
 
 
 def test_drop_path_is_linear_over_depth_and_off_in_eval():

@@ -114,6 +114,7 @@ def test_one_dataset_target_builds_only_its_lineage(tmp_path: Path) -> None:
 
 
 def test_real_root_skips_the_generator(tmp_path: Path) -> None:
+    (tmp_path / "real_coco").mkdir()  # an external root must exist (checked when the DAG is built)
     config = write_config(tmp_path, datasets=["coco"], raw={"coco": str(tmp_path / "real_coco")})
     jobs = planned_jobs(tmp_path, config, "data")
     assert jobs == {"data": 1, "prepare": 1, "vocab": 1}
@@ -155,15 +156,17 @@ def test_every_catalogued_method_is_registered_with_its_parameters() -> None:
 
 
 def paper_dry_run(tmp_path: Path, *args: str, profile: str = "profiles/slurm", **env: str):
-    """``snakemake -n -p --profile <profile> results/vqa/regmean.json`` from the repository root, the paper
-    overlay layered with a site overlay whose external paths exist (``site=False``: without it)."""
+    """``snakemake -n -p --profile <profile> <targets>`` from the repository root, the paper overlay layered
+    with a site overlay whose external paths exist (``site="no"``: without it); targets default to
+    results/vqa/regmean.json, ``targets="a b"`` names others."""
     configs = [str(ROOT / "config.yaml"), str(ROOT / "profiles/slurm/paper.yaml")]
+    targets = env.pop("targets", "results/vqa/regmean.json").split()
     if env.pop("site", "yes") == "yes":
         configs.append(str(paper_site(tmp_path)))
     return subprocess.run(
         [
             *SNAKEMAKE,
-            "results/vqa/regmean.json",
+            *targets,
             "-n",
             "-p",
             "--profile",
@@ -242,9 +245,42 @@ def test_missing_external_paths_stop_the_dry_run_listing_each(tmp_path: Path) ->
         "data.raw.coco=/datasets/coco",
         "data.raw.gcc=",
         "data.tokenizer.bert_vocab=",
-        "pretrain.init=/models/beit_base_patch16_224_pt22k.pth",
+        "pretrain.init=/models/beit_base_patch16_224_pt22k_ft22k.pth",
     ):
         assert key in lines[0]
+
+
+def test_paper_profile_merges_with_the_released_settings(tmp_path: Path) -> None:
+    """The paper overlay's main table, as the jobs receive it: interpolation 0.5, arithmetic 0.75 (and the
+    released in-place recursion), RegMean alpha 1 on raw sums over the experts each task used upstream
+    (NLVR2: all three), grams from a val pass at 224 px with pads counted."""
+    targets = " ".join(
+        f"results/{t}/{m}.json"
+        for t in ("vqa", "nlvr2", "coco")
+        for m in ("interpolation", "arithmetic", "regmean", "arithmetic_upstream", "arithmetic_upstream_used")
+    )
+    out = paper_dry_run(tmp_path, targets=targets)
+    assert out.returncode == 0, out.stderr[-2000:]
+    merges: dict[str, dict[str, str]] = {}
+    for line in out.stdout.splitlines():
+        if "python -m vlmerge.merge " in line:
+            words = shlex.split(line.split("python -m vlmerge.merge ", 1)[1].split(">")[0])
+            params = dict(words[i + 1].split("=", 1) for i, w in enumerate(words) if w == "--param")
+            merges[words[words.index("--out") + 1]] = params
+    assert merges["results/merged/interpolation.safetensors"] == {"ratio": "0.5"}
+    assert merges["results/merged/arithmetic.safetensors"] == {"lam": "0.75"}
+    assert merges["results/merged/arithmetic_upstream.safetensors"] == {"lam": "0.75", "mode": "upstream_sequential"}
+    upstream_used = merges["results/merged/nlvr2/arithmetic_upstream_used.safetensors"]
+    assert upstream_used == {"lam": "0.75", "mode": "upstream_sequential", "single_expert": "copy"}
+    regmean = {"alpha": "1.0", "normalize": "sum", "unseen": "skip"}
+    assert merges["results/merged/nlvr2/regmean.safetensors"] == regmean  # all three experts
+    assert merges["results/merged/vqa/regmean.safetensors"] == regmean | {"used_experts_only": "vqa"}
+    assert merges["results/merged/coco/regmean.safetensors"] == regmean | {"used_experts_only": "coco"}
+    grams = [stage_settings(line) for line in out.stdout.splitlines() if "python -m vlmerge.grams " in line]
+    assert len(grams) == 3 and all(
+        g == {"split": "val", "max_samples": None, "batch_size": 160, "include_pad": True, "image_size": 224}
+        for g in grams
+    )
 
 
 def stage_settings(command: str) -> dict:

@@ -18,7 +18,20 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "vlmerge"
 # The package's rooms: stages (``python -m vlmerge.<stage>``) on top, libraries below that never import a
 # stage (tests/test_layout.py checks both from the import graph).
-STAGES = ("synth", "prepare", "vocab", "pretrain", "grams", "merge", "distance", "finetune", "evaluate", "report")
+STAGES = (
+    "synth",
+    "prepare",
+    "vocab",
+    "pretrain",
+    "grams",
+    "merge",
+    "distance",
+    "finetune",
+    "evaluate",
+    "report",
+    "import",
+    "export",
+)
 LIBRARIES = (
     "catalog",
     "data",

@@ -13,9 +13,11 @@ import shlex
 from typing import Any
 
 from vlmerge.catalog.lineages import Defaults, ms_run, resolve, seed_run, split_method
-from vlmerge.catalog.methods import check_merge, method_info, per_task
+from vlmerge.catalog.methods import check_merge, for_task, method_info, per_task
 from vlmerge.catalog.names import TASKS
 from vlmerge.errors import ConfigError
+from vlmerge.grams.config import GramsSettings
+from vlmerge.runtime.settings import build
 from workflow.ablations import Ablations
 from workflow.paths import Paths, stage_code
 
@@ -87,9 +89,9 @@ class Merging:
     # Every value is shell-quoted: config values are data, never shell code.
     def args(self, wildcards: Any) -> str:
         spec = self.methods[split_method(wildcards.name)[0]]
-        params = {k: v for k, v in (spec.get("params") or {}).items() if v is not None}
-        if params.get("used_experts_only") == "task":
-            params["used_experts_only"] = wildcards.task
+        task = getattr(wildcards, "task", None)
+        given = spec.get("params") or {}
+        params = for_task(given, task) if task else {k: v for k, v in given.items() if v is not None}
         inputs = self.inputs(wildcards)
         args = ["--method", spec["method"], "--ms", inputs["ms"]]
         for key, value in sorted(params.items()):
@@ -100,26 +102,11 @@ class Merging:
         return shlex.join(args)
 
     def grams_args(self, wildcards: Any) -> str:
-        g = self.grams
-        args = [
-            "--ckpt",
-            self.grams_ms(wildcards),
-            "--task",
-            wildcards.task,
-            "--arrow",
-            self.paths.arrow_dir,
-            "--tokenizer",
-            self.paths.tokenizer_dir,
-            "--split",
-            g["split"],
-            "--batch-size",
-            str(g["batch_size"]),
-        ]
-        if g["max_samples"]:
-            args += ["--max-samples", str(g["max_samples"])]
-        if g["include_pad"]:
-            args.append("--include-pad")
-        return shlex.join(args)
+        """The grams stage's settings (``merge.grams``) as one ``--config`` JSON, and its input paths."""
+        settings = build(GramsSettings, self.grams, "merge.grams").as_json()
+        ms = self.grams_ms(wildcards)
+        paths = ["--ckpt", ms, "--task", wildcards.task, "--arrow", self.paths.arrow_dir]
+        return shlex.join(["--config", settings, *paths, "--tokenizer", self.paths.tokenizer_dir])
 
 
 def _text(value: Any) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vlmerge.catalog.names import TASK_EXPERTS, Part
+from vlmerge.catalog.names import TASK_EXPERTS, TASKS, Part
 from vlmerge.catalog.params import (
     Param,
     choice,
@@ -112,6 +112,13 @@ METHOD_INFO: dict[str, MethodInfo] = {
                     "formula",
                     "formula: θ₀ + λΣ(θ_m − θ₀); upstream_sequential: the released in-place recursion",
                 ),
+                Param(
+                    "single_expert",
+                    choice("formula", "copy"),
+                    "formula",
+                    "a layer merging one expert (used_experts_only): the formula θ₀ + λ(θ_m − θ₀), "
+                    "or copy θ_m (coefficient 1, as the released code)",
+                ),
             ),
             needs_seed=True,
         ),
@@ -172,18 +179,35 @@ def resolve_selection(given: Mapping[str, Any]) -> dict[str, Any]:
     return {p.name: p.resolve(given[p.name]) if p.name in given else p.default for p in SELECTION_PARAMS}
 
 
+# ``used_experts_only`` values that stand for the downstream task of each result:
+# - ``task``: the experts the task's forward routes through in layers >= F (retrieval v, l; VQA and NLVR2 vl);
+# - ``task_upstream``: the released runs' choice, the same but NLVR2 merging all three experts there.
+PER_TASK_EXPERTS: dict[str, dict[str, str | None]] = {
+    "task": {task: task for task in TASKS},
+    "task_upstream": {"vqa": "vqa", "coco": "coco", "f30k": "f30k", "nlvr2": None},
+}
+
+
+def for_task(params: Mapping[str, Any], task: str) -> dict[str, Any]:
+    """``params`` with a per-task ``used_experts_only`` resolved for ``task`` (None values dropped)."""
+    resolved = dict(params)
+    choice = resolved.get("used_experts_only")
+    if isinstance(choice, str) and choice in PER_TASK_EXPERTS:
+        resolved["used_experts_only"] = PER_TASK_EXPERTS[choice][task]
+    return {k: v for k, v in resolved.items() if v is not None}
+
+
 def check_merge(method: str, params: Mapping[str, Any], *, task: str | None = None) -> dict[str, Any]:
-    """Every parameter of one merge parsed and range-checked; ``used_experts_only: task`` → ``task``.
+    """Every parameter of one merge parsed and range-checked, for ``task`` when the entry depends on it.
 
     Raises :class:`ConfigError` naming the method and the key. The workflow calls this for every
     ``merge.methods`` entry (and every task it is made for) before any job runs.
     """
     info = method_info(method)
-    params = {k: v for k, v in params.items() if v is not None}
-    if params.get("used_experts_only") == "task":
-        if task is None:
-            return check_merge(method, {**params, "used_experts_only": "vqa"}) | {"used_experts_only": "task"}
-        params["used_experts_only"] = task
+    choice = params.get("used_experts_only")
+    if isinstance(choice, str) and choice in PER_TASK_EXPERTS and task is None:
+        return check_merge(method, params, task="vqa") | {"used_experts_only": choice}
+    params = for_task(params, task) if task is not None else {k: v for k, v in params.items() if v is not None}
     own, shared = split_params(params)
     return to_json(info.resolve(own) | resolve_selection(shared))
 

@@ -4,32 +4,37 @@
 optional horizontal flip (off for tasks whose text says "left"/"right"), RandAugment(2 ops,
 magnitude 7). Normalisation mean = std = 0.5 as in ViLT/VLMo ("inception normalise").
 
-RandAugment draws from the op list vl-merging/VLMo use (BLIP's ``RandomAugment`` list, no
-colour-changing ops: Solarize would turn a saturated red black, Color/Posterize/Contrast alter
-hues and tones that captions name); ``randaug_ops=TORCHVISION_OPS`` gives torchvision's full set.
-Magnitude uses torchvision's 31-bin scale, milder than upstream's 10-level one at the same number.
+RandAugment, ``randaug_style="upstream"`` (the default): the released code's BLIP ``RandomAugment(2, 7)``
+(``vlmerge.data.randaugment``: 10-level scale, each of the 2 drawn ops applied with probability 1/2,
+translate 7 px, grey fill) over its op list, which has no colour-changing ops (Solarize would turn a
+saturated red black, Color/Posterize/Contrast alter hues and tones that captions name).
+``randaug_style="torchvision"``: torchvision's ``RandAugment(2, 7)`` instead (31-bin magnitude scale,
+ops always applied, translate 0.106·W, black fill; milder at the same number), over ``randaug_ops``
+(``TORCHVISION_OPS`` gives its full set). Both draw from torch's global generator.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-UPSTREAM_OPS = (
-    "Identity",
-    "AutoContrast",
-    "Equalize",
-    "Brightness",
-    "Sharpness",
-    "ShearX",
-    "ShearY",
-    "TranslateX",
-    "TranslateY",
-    "Rotate",
-)
+from vlmerge.data.randaugment import UPSTREAM_OPS, RandomAugment
+
+__all__ = [
+    "TORCHVISION_OPS",
+    "UPSTREAM_OPS",
+    "ImageTransform",
+    "RandAugmentStyle",
+    "build_transform",
+    "eval_transform",
+    "train_transform",
+]
+
+RandAugmentStyle = Literal["upstream", "torchvision"]
 TORCHVISION_OPS = tuple(v2.RandAugment._AUGMENTATION_SPACE)
 
 ImageTransform = Callable[[Image.Image], torch.Tensor]
@@ -66,16 +71,22 @@ def train_transform(
     randaugment: bool = True,
     randaug_ops: Sequence[str] = UPSTREAM_OPS,
     scale: tuple[float, float] = (0.5, 1.0),
+    randaug_style: RandAugmentStyle = "upstream",
 ) -> ImageTransform:
     """Random crop + flip + RandAugment(2, 7): PIL image → Tensor[3, size, size] in [-1, 1].
 
     Randomness comes from torch's global generator, which DataLoader seeds per worker.
     """
-    steps: list[v2.Transform] = [v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC)]
+    steps: list[Callable] = [v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC)]
     if horizontal_flip:
         steps.append(v2.RandomHorizontalFlip())
     if randaugment:
-        steps.append(_RandAugmentSubset(randaug_ops, num_ops=2, magnitude=7))
+        if randaug_style == "upstream":
+            steps.append(RandomAugment(num_ops=2, level=7, ops=randaug_ops))
+        elif randaug_style == "torchvision":
+            steps.append(_RandAugmentSubset(randaug_ops, num_ops=2, magnitude=7))
+        else:
+            raise ValueError(f"unknown randaug_style {randaug_style!r}; choose 'upstream' or 'torchvision'")
     return v2.Compose([*steps, *_to_normalised_tensor()])
 
 

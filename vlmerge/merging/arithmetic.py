@@ -32,12 +32,20 @@ def upstream_sequential(experts: ExpertTensors, base: BaseTensors, lam: float) -
 
 
 @register("arithmetic")
-def arithmetic(experts: ExpertTensors, base: BaseTensors = None, *, lam: float, mode: str) -> Merged:
+def arithmetic(
+    experts: ExpertTensors, base: BaseTensors = None, *, lam: float, mode: str, single_expert: str
+) -> Merged:
     """Modality arithmetic: θ₀ + λ·Σ_m (θ_m − θ₀) over the layer's experts (or the upstream recursion).
 
     Sung et al. 2023, "An Empirical Study of Multimodal Model Merging" (arXiv 2304.14933).
+    ``single_expert="copy"``: a key that merges one expert only (``used_experts_only`` in layers >= F)
+    takes that expert's weights, as the released code does (coefficient 1), instead of θ₀ + λ(θ_m − θ₀).
     """
     if mode == "upstream_sequential":
-        return Merged(upstream_sequential(experts, base, lam), {"arithmetic_mode": mode})
-    merged = generalized_task_arithmetic(experts, base, lam=lam)
-    return Merged(merged.state, {"arithmetic_mode": mode})
+        state = upstream_sequential(experts, base, lam)
+    else:
+        state = generalized_task_arithmetic(experts, base, lam=lam).state
+    copied = sorted(k for k, tensors in experts.items() if len(tensors) == 1) if single_expert == "copy" else []
+    for key in copied:
+        state[key] = next(iter(experts[key].values())).clone()
+    return Merged(state, {"arithmetic_mode": mode, "single_expert": single_expert, "copied_single_expert": len(copied)})

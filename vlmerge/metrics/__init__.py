@@ -11,10 +11,20 @@ from vlmerge.metrics.retrieval import (
     retrieval_recall,
     text_to_image_ranks,
 )
-from vlmerge.metrics.vqa import humans_agreeing, leave_one_out_accuracy, question_accuracy, vqa_accuracy, vqa_score
+from vlmerge.metrics.vqa import (
+    ACCURACY_MODES,
+    AccuracyMode,
+    humans_agreeing,
+    leave_one_out_accuracy,
+    question_accuracy,
+    vqa_accuracy,
+    vqa_score,
+)
 
 __all__ = [
+    "ACCURACY_MODES",
     "KS",
+    "AccuracyMode",
     "accuracy",
     "chance_recall",
     "chance_retrieval_recall",

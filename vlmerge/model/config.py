@@ -28,6 +28,9 @@ class ModelConfig:
     embed_dropout: float = 0.1  # text embedding dropout (BERT's hidden_dropout_prob)
     init_std: float = 0.02  # std of from-scratch Linear/Embedding weights (BEiT, BERT)
     layer_scale: float = 0.1  # initial gamma_1/gamma_2 (BEiT's init_values for the base model)
+    # F, the first fusion layer (vl-merging's ``vlffn_start_layer_index``); None: num_layers - 2. Stored as
+    # None whenever it equals that default, so configs that leave it out keep their hash (see config_hash).
+    fusion_start_layer: int | None = None
 
     def __post_init__(self) -> None:
         if self.dim % self.num_heads:
@@ -40,11 +43,19 @@ class ModelConfig:
             raise ModelConfigError(f"max_text_len {self.max_text_len} < 2")
         if self.init_std <= 0 or self.layer_scale <= 0:
             raise ModelConfigError(f"init_std {self.init_std} and layer_scale {self.layer_scale} must be > 0")
+        if self.fusion_start_layer is not None:
+            if not 1 <= self.fusion_start_layer < self.num_layers:
+                raise ModelConfigError(
+                    f"fusion_start_layer {self.fusion_start_layer} is outside [1, num_layers {self.num_layers}): "
+                    "F needs a unimodal layer before it and a fusion layer from it on"
+                )
+            if self.fusion_start_layer == self.num_layers - 2:
+                object.__setattr__(self, "fusion_start_layer", None)  # the default, spelled one way
 
     @property
     def fusion_start(self) -> int:
         """F: the first layer with a ``vl`` expert (vl-merging's ``vlffn_start_layer_index``)."""
-        return self.num_layers - 2
+        return self.num_layers - 2 if self.fusion_start_layer is None else self.fusion_start_layer
 
     @property
     def grid(self) -> int:
@@ -78,7 +89,10 @@ PRESETS: dict[str, ModelConfig] = {
         layer_scale=1.0,
     ),
     "base": ModelConfig("base", num_layers=12, dim=768, num_heads=12, mlp_dim=3072, image_size=224),
-    "large": ModelConfig("large", num_layers=24, dim=1024, num_heads=16, mlp_dim=4096, image_size=224),
+    # Upstream's large config starts fusion at layer 21 (vlffn_start_layer_index), not num_layers - 2 = 22.
+    "large": ModelConfig(
+        "large", num_layers=24, dim=1024, num_heads=16, mlp_dim=4096, image_size=224, fusion_start_layer=21
+    ),
 }
 
 
@@ -94,6 +108,13 @@ def model_config(preset: str, **overrides: Any) -> ModelConfig:
 
 
 def config_hash(config: ModelConfig, sharing: str) -> str:
-    """sha256 of every config field and the sharing layout (the identity recorded in a sidecar)."""
-    record = {"config": dataclasses.asdict(config), "sharing": sharing}
+    """sha256 of every config field and the sharing layout (the identity recorded in a sidecar).
+
+    ``fusion_start_layer`` enters only when it is not the default (None, F = num_layers - 2), so configs
+    and checkpoints from before the field existed keep their hash.
+    """
+    fields = dataclasses.asdict(config)
+    if fields["fusion_start_layer"] is None:
+        del fields["fusion_start_layer"]
+    record = {"config": fields, "sharing": sharing}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import types
 from typing import Any
 
@@ -48,7 +47,9 @@ def load_pickled_weights(path: str | os.PathLike[str]) -> Any:
     try:
         with torch.serialization.safe_globals([(stand_in, name) for name, stand_in in _STAND_INS.items()]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+    # On bytes that are no pickle the weights-only parser fails with whatever it hits first (IndexError on a
+    # text file, KeyError, UnicodeDecodeError …): every failure here means "not a weights file".
+    except Exception as err:
         raise CheckpointError(f"cannot read {path} as a weights file: {_reason(err)}") from err
 
 

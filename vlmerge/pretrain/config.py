@@ -39,6 +39,7 @@ MODEL_KEYS: dict[str, type] = {
     "embed_dropout": float,
     "init_std": float,
     "layer_scale": float,
+    "fusion_start_layer": int,
 }
 # Warm-up steps per optimizer step of the paper (1,250 of 100k): the default of a run without ``warmup``.
 WARMUP_FRACTION = 0.0125

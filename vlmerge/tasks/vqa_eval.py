@@ -2,9 +2,14 @@
 
 The official accuracy needs the ten human answers of each question, which the Arrow tables do
 not keep (they hold the in-vocabulary answers and soft scores). Given the official annotation
-file (``v2_mscoco_val2014_annotations.json``) it is computed from the humans' answers; without
-it, from the soft scores — for a prediction from the answer vocabulary that equals the soft score
-(:func:`vlmerge.metrics.humans_agreeing`), and the result records which source was used.
+file (``v2_mscoco_val2014_annotations.json``) it is computed from the humans' answers exactly as
+they are in the file — not normalised here, since the official rule (:func:`vlmerge.metrics.vqa_accuracy`,
+``mode="official"``) normalises only when they disagree. Without the file it is computed from the
+soft scores (:func:`vlmerge.metrics.humans_agreeing`), which count normalised answers: that is the
+``mode="always_normalize"`` accuracy, equal to the official one except on questions whose humans
+all gave one raw answer that the (normalised) vocabulary answer matches only after normalisation
+("Yes" ×10, "yes." ×10), where it gives 1 and the official script 0. The result records which
+source was used.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from vlmerge.tasks.vqa import question_targets
 
 
 def read_human_answers(path: Path) -> dict[int, list[str]]:
-    """question_id → the human answers of an official VQA annotation file."""
+    """question_id → the human answers of an official VQA annotation file, raw (not normalised)."""
     try:
         record = json.loads(Path(path).read_text())
         return {int(a["question_id"]): [h["answer"] for h in a["answers"]] for a in record["annotations"]}
@@ -40,14 +45,15 @@ def question_ids(rows: Rows, dataset: VQADataset) -> list[int]:
 def _accuracy(
     answers: Sequence[str], soft_scores: Sequence[float], ids: Sequence[int], humans: Mapping[int, list[str]] | None
 ) -> float:
-    """Mean official accuracy of ``answers`` to questions ``ids``; without ``humans``, from the answers'
-    soft scores (the humans who gave each answer, by :func:`humans_agreeing`)."""
+    """Mean official accuracy of ``answers`` to questions ``ids`` against the raw ``humans`` (the current
+    official rule); without ``humans``, from the answers' soft scores (the humans who gave each
+    answer, by :func:`humans_agreeing` — the always-normalising rule)."""
     if humans is None:
         return sum(leave_one_out_accuracy(humans_agreeing(s)) for s in soft_scores) / len(soft_scores)
     missing = [q for q in ids if q not in humans]
     if missing:
         raise TaskError(f"the VQA annotations lack {len(missing)} evaluated questions, e.g. question_id {missing[0]}")
-    return vqa_accuracy(answers, [humans[q] for q in ids])
+    return vqa_accuracy(answers, [humans[q] for q in ids], mode="official")
 
 
 def official_accuracy(

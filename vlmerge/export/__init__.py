@@ -1,0 +1,1 @@
+"""Stage ``python -m vlmerge.export``: a vlmerge checkpoint into a vl-merging Lightning ``.ckpt`` (see ``cli``)."""
