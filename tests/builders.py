@@ -82,7 +82,9 @@ def pretrain_cli(*args: str | Path) -> list[str]:
 
 # --- references ------------------------------------------------------------------------------------------
 def naive_question_accuracy(prediction: str, humans: list[str]) -> float:
-    """The official VQA loop: leave each human out, count the others that match, cap at 3."""
+    """Reference for ``mode="always_normalize"``, written as a plain loop: both sides always normalised,
+    leave each human out, count the others that match, cap at 3. Not the official rule, which compares
+    raw stripped strings when the ten stripped human answers are all identical."""
     pred = normalize_answer(prediction)
     total = 0.0
     for i in range(len(humans)):

@@ -20,7 +20,8 @@ from vlmerge.data.tokenizer import load_tokenizer
 from vlmerge.data.transforms import eval_transform
 from vlmerge.errors import ConfigError
 from vlmerge.finetune.cli import main
-from vlmerge.finetune.config import FinetuneSection, FinetuneSettings
+from vlmerge.finetune.config import FinetuneSection, FinetuneSettings, TaskOverrides
+from vlmerge.finetune.run import FinetunePaths, FinetuneRun, resolve_run
 from vlmerge.model import Heads
 from vlmerge.model.checkpoint import load_model, read_meta, save_model
 from vlmerge.runtime import sha256_file
@@ -147,7 +148,7 @@ def test_bad_input_is_a_one_line_error(data, inits, tmp_path: Path, capsys) -> N
         return finetune_args(data, task, init, tmp_path, *extra)
 
     assert "does not exist" in error_of(args("nlvr2", tmp_path / "missing.safetensors"), capsys)
-    assert "not public" in error_of(args("vqa", inits["shared"], "--select-on", "test"), capsys)
+    assert "cannot select on it" in error_of(args("f30k", inits["shared"], "--f30k-train-val"), capsys)
     assert "must be 0" in error_of(args("coco", inits["shared"], "--val-batches", "1"), capsys)
     assert "cannot fill one global batch" in error_of(
         args("nlvr2", inits["shared"], "--global-batch", "4000", "--batch-size", "4000"), capsys
@@ -214,12 +215,27 @@ def test_a_flag_overrides_its_key_of_config(data, inits, tmp_path: Path, capsys)
     assert "val_batches: retrieval ranks whole splits" in message
 
 
+def layered(*overlays: str) -> FinetuneSection:
+    """The ``finetune:`` block of config.yaml with ``overlays`` layered on it as Snakemake does (key by key)."""
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for overlay in overlays:
+        update_config(config, yaml.safe_load((ROOT / overlay).read_text()))
+    return build(FinetuneSection, config["finetune"], "finetune")
+
+
+PAPER, FIXED = "profiles/slurm/paper.yaml", "profiles/slurm/paper-fixed.yaml"
+SPLIT_KEYS = ("select_on", "f30k_val_is_test", "coco_train_restval", "vqa_trainable_val", "f30k_train_val")
+TODAY = ("val", False, True, False, False)  # the defaults: vlmerge's fixes
+UPSTREAM = ("test", True, False, True, True)  # the released code's choices
+
+
 def test_the_finetune_blocks_of_the_configs_are_accepted() -> None:
     """config.yaml's block and paper.yaml's over it (Snakemake merges configfiles key by key; paper.yaml names
-    every task, so its settings replace config.yaml's whole)."""
+    every task and every key of the tasks it sets, so none of config.yaml's embedded settings leaks through)."""
     embedded = yaml.safe_load((ROOT / "config.yaml").read_text())["finetune"]
-    paper = yaml.safe_load((ROOT / "profiles/slurm/paper.yaml").read_text())["finetune"]
-    section = build(FinetuneSection, embedded)
+    section = layered()
     vqa = section.task_settings("vqa")
     assert (vqa.task, vqa.steps, vqa.global_batch, vqa.lr, vqa.image_size, vqa.val_every) == (
         "vqa",
@@ -230,8 +246,7 @@ def test_the_finetune_blocks_of_the_configs_are_accepted() -> None:
         100,
     )
     assert (vqa.epochs, vqa.drop_path, vqa.augment, vqa.num_workers, vqa.devices) == (None, None, False, 1, 1)
-    at_scale = build(FinetuneSection, {**embedded, **paper})
-    assert at_scale.settings == {"vqa": None, "coco": None, "f30k": None, "nlvr2": None}
+    at_scale = layered(PAPER)
     coco = at_scale.task_settings("coco")
     paper_defaults = {k: getattr(coco, k) for k in ("steps", "epochs", "global_batch", "lr", "image_size")}
     assert paper_defaults == dict.fromkeys(paper_defaults) and coco.augment and coco.precision == "bf16"
@@ -242,6 +257,82 @@ def test_the_finetune_blocks_of_the_configs_are_accepted() -> None:
         build(FinetuneSection, {**embedded, "settings": {"vqa": {"lr_warmup": 3}}}, "finetune")
     with pytest.raises(ConfigError, match=r"^finetune\.launch: Field required"):
         build(FinetuneSection, {k: v for k, v in embedded.items() if k != "launch"}, "finetune")
+
+
+def overridden(settings: FinetuneSettings) -> dict[str, object]:
+    """The per-task keys ``settings`` set (None: the task's paper value)."""
+    return {k: getattr(settings, k) for k in TaskOverrides.model_fields if getattr(settings, k) is not None}
+
+
+def test_config_yaml_alone_keeps_todays_defaults() -> None:
+    section = layered()
+    for task in section.tasks:
+        settings = section.task_settings(task)
+        assert tuple(getattr(settings, k) for k in SPLIT_KEYS) == TODAY
+        assert settings.embed_dropout is None and settings.horizontal_flip is None
+
+
+def test_the_paper_overlay_carries_the_released_codes_choices() -> None:
+    """config.yaml then paper.yaml: upstream's splits and selection, flips and embedding dropout; the paper's
+    per-task hyper-parameters otherwise (no key of config.yaml's embedded scale)."""
+    section = layered(PAPER)
+    expected = {"vqa": {"horizontal_flip": True, "embed_dropout": 0.15}, "nlvr2": {"horizontal_flip": True}}
+    for task in ("vqa", "coco", "f30k", "nlvr2"):
+        settings = section.task_settings(task)
+        assert tuple(getattr(settings, k) for k in SPLIT_KEYS) == UPSTREAM, task
+        assert overridden(settings) == expected.get(task, {}), task
+
+
+def test_the_fixed_overlay_switches_every_fix_back_on() -> None:
+    """config.yaml, paper.yaml, then paper-fixed.yaml: today's defaults, the paper's per-task values, paper.yaml's
+    scale."""
+    paper, fixed = layered(PAPER), layered(PAPER, FIXED)
+    for task in ("vqa", "coco", "f30k", "nlvr2"):
+        settings = fixed.task_settings(task)
+        assert tuple(getattr(settings, k) for k in SPLIT_KEYS) == TODAY, task
+        assert overridden(settings) == {}, task
+        # Nothing else of paper.yaml changes.
+        others = set(FinetuneSettings.model_fields) - set(SPLIT_KEYS) - set(TaskOverrides.model_fields)
+        assert {k: getattr(settings, k) for k in others} == {k: getattr(paper.task_settings(task), k) for k in others}
+    assert not get_task("vqa").settings.horizontal_flip and not get_task("nlvr2").settings.horizontal_flip
+    assert get_task("vqa").settings.embed_dropout is None
+    assert (fixed.tasks, fixed.baselines, fixed.launch) == (paper.tasks, paper.baselines, paper.launch)
+
+
+def test_f30k_train_val_trains_on_both_splits(data, inits, tmp_path: Path) -> None:
+    """Upstream's Flickr30k training set: train + val samples (selected on test); off, train only."""
+    arrow, tokenizer, _ = data
+    paths = FinetunePaths(
+        init=inits["shared"], arrow=arrow, tokenizer=tokenizer, out=tmp_path / "o.safetensors", work_dir=tmp_path
+    )
+    task = get_task("f30k")
+
+    def samples(*splits: str) -> int:
+        return len(task.train_dataset(arrow, splits, eval_transform(32)))  # type: ignore[arg-type]
+
+    def run(**values: object) -> FinetuneRun:
+        return resolve_run(build(FinetuneSettings, {"task": "f30k", **SHORT, **values}), paths)
+
+    today, upstream = run(), run(f30k_train_val=True, f30k_val_is_test=True)
+    assert today.data.train_splits == ("train",) and today.train_samples == samples("train")
+    assert upstream.data.train_splits == ("train", "val") and upstream.data.select_split == "test"
+    assert upstream.train_samples == samples("train") + samples("val") > today.train_samples
+    # A run that leaves the new keys at their defaults keeps its hash (the runs recorded before them).
+    assert today.config_hash() == run(f30k_train_val=False, embed_dropout=None).config_hash()
+    assert "f30k_train_val" in json.dumps(today.resolved()) and upstream.config_hash() != today.config_hash()
+
+
+def test_embed_dropout_reaches_the_model(data, inits, tmp_path: Path) -> None:
+    """The task's embed_dropout (None: the checkpoint's 0.1) sets the text-embedding dropout of the fine-tuned
+    model, recorded in its sidecar; drop-path is set beside it, as upstream's drop_rate did."""
+    root = tmp_path / "run"
+    assert main(finetune_args(data, "nlvr2", inits["shared"], root, embed_dropout=0.15, drop_path=0.15)) == 0
+    model, meta = load_model(root / "out.safetensors")
+    assert model.config.embed_dropout == model.text_embeddings.dropout.p == 0.15 and model.config.drop_path == 0.15
+    assert meta.overrides["embed_dropout"] == 0.15
+    default = tmp_path / "default"
+    assert main(finetune_args(data, "nlvr2", inits["shared"], default)) == 0
+    assert load_model(default / "out.safetensors")[0].config.embed_dropout == 0.1
 
 
 def test_the_settings_modules_do_not_import_torch() -> None:

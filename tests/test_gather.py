@@ -50,6 +50,13 @@ def worker(rank_id: int, store: str, out_dir: str) -> None:
         out = contrastive_loss(local_image, local_text, scale)
         out.loss.backward()
 
+        # The released code's gather (no gradient through other ranks' rows), on fresh leaves.
+        up_image = image[rows].clone().requires_grad_()
+        up_text = text[rows].clone().requires_grad_()
+        up_scale = torch.tensor(log_scale, dtype=torch.float64, requires_grad=True)
+        upstream = contrastive_loss(up_image, up_text, up_scale, gather="upstream")
+        upstream.loss.backward()
+
         # The gather itself: rank order, and the backward sum of every rank's upstream gradient.
         x = torch.full((2, 3), float(rank_id), requires_grad=True)
         weights = torch.arange(WORLD * 2 * 3, dtype=torch.float32).reshape(WORLD * 2, 3)
@@ -76,6 +83,13 @@ def worker(rank_id: int, store: str, out_dir: str) -> None:
                 "gather_grad": x.grad,
                 "no_grad": all_gather_no_grad(torch.tensor([rank_id * 10, rank_id * 10 + 1])),
                 "negatives": torch.stack(tuple(negatives)),
+                "upstream_loss": upstream.loss.detach(),
+                "upstream_image_grad": up_image.grad,
+                "upstream_text_grad": up_text.grad,
+                "upstream_scale_grad": up_scale.grad,
+                "upstream_logits_per_image": upstream.logits_per_image.detach(),
+                "upstream_logits_per_text": upstream.logits_per_text.detach(),
+                "upstream_targets": upstream.targets,
             },
             Path(out_dir) / f"rank{rank_id}.pt",
         )
@@ -129,3 +143,22 @@ def test_gather_order_and_gradient_sum(ranks: list[dict]) -> None:
         # Every rank's loss touches every slice with the same weights: rank r's slice gets W copies.
         torch.testing.assert_close(result["gather_grad"], WORLD * weights[2 * r : 2 * r + 2])
         assert result["no_grad"].tolist() == [0, 1, 10, 11]
+
+
+def test_upstream_gather_gives_the_full_loss_and_one_world_th_of_the_gradient(ranks: list[dict]) -> None:
+    """itc_gather=upstream: each rank's loss is the full-batch loss L (= the mean of the exact mode's per-rank
+    losses), and its feature gradient is dL/d(features_r) = the exact mode's / W; so after DDP's averaging the
+    encoders get dL/dθ / W. The temperature gets dL/ds on every rank, whose average equals the exact mode's."""
+    exact_mean_loss = sum(r["loss"] for r in ranks) / WORLD
+    exact_mean_scale_grad = sum(r["scale_grad"] for r in ranks) / WORLD
+    for result in ranks:
+        torch.testing.assert_close(result["upstream_loss"], exact_mean_loss)
+        torch.testing.assert_close(result["upstream_image_grad"], result["image_grad"] / WORLD)
+        torch.testing.assert_close(result["upstream_text_grad"], result["text_grad"] / WORLD)
+        torch.testing.assert_close(result["upstream_scale_grad"], exact_mean_scale_grad)
+        torch.testing.assert_close(result["upstream_logits_per_image"], result["logits_per_image"])
+        assert torch.equal(result["upstream_targets"], result["targets"])
+    # DDP averages the per-rank gradients of a parameter fed by both ranks' features: the same ratio holds.
+    exact = sum(r["image_grad"].sum(0) for r in ranks) / WORLD
+    upstream = sum(r["upstream_image_grad"].sum(0) for r in ranks) / WORLD
+    torch.testing.assert_close(upstream, exact / WORLD)

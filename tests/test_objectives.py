@@ -98,6 +98,36 @@ def test_contrastive_scale_is_capped_at_100() -> None:
     assert log_scale.grad.item() == 0.0
 
 
+def test_contrastive_scale_cap_is_configurable_and_none_removes_it() -> None:
+    image, text = features(seed=1)
+    log_scale = torch.tensor(math.log(1000.0), dtype=torch.float64, requires_grad=True)
+    free = contrastive_loss(image, text, log_scale, max_logit_scale=None)  # upstream: the clamp commented out
+    unclamped = contrastive_loss(image, text, torch.tensor(math.log(1000.0), dtype=torch.float64), max_logit_scale=1e9)
+    torch.testing.assert_close(free.loss, unclamped.loss)
+    assert not torch.allclose(free.loss, contrastive_loss(image, text, log_scale).loss)
+    free.loss.backward()
+    assert log_scale.grad.item() != 0.0
+    capped = contrastive_loss(image, text, log_scale, max_logit_scale=10.0)
+    torch.testing.assert_close(capped.loss, contrastive_loss(image, text, torch.tensor(math.log(10.0)).double()).loss)
+
+
+def test_upstream_gather_is_the_exact_loss_on_one_process() -> None:
+    image, text = features(seed=3)
+    for gather in ("exact", "upstream"):
+        leaves = image.clone().requires_grad_(), text.clone().requires_grad_()
+        out = contrastive_loss(*leaves, torch.tensor(0.5, dtype=torch.float64), gather=gather)  # type: ignore[arg-type]
+        out.loss.backward()
+        if gather == "exact":
+            reference, grads = out, [leaf.grad for leaf in leaves]
+        else:
+            torch.testing.assert_close(out.loss, reference.loss)
+            torch.testing.assert_close(out.logits_per_text, reference.logits_per_text)
+            for leaf, grad in zip(leaves, grads, strict=True):
+                torch.testing.assert_close(leaf.grad, grad)
+    with pytest.raises(ObjectiveInputError, match="gather"):
+        contrastive_loss(image, text, torch.tensor(0.0), gather="approximate")  # type: ignore[arg-type]
+
+
 def test_itc_loss_is_mean_of_two_terms_and_retrieval_reuses_contrastive() -> None:
     image, text = features(seed=2)
     scale = torch.tensor(1.0, dtype=torch.float64)

@@ -74,6 +74,39 @@ def test_every_parameter_in_exactly_one_group_and_decay_only_on_weight_matrices(
         assert name in no_decay
 
 
+@pytest.mark.parametrize("sharing", [s.value for s in Sharing])
+def test_decay_norm_and_scale_follows_upstreams_name_rule(sharing: str) -> None:
+    """decay_norm_and_scale: upstream's rule (vilt_utils.py): exempt only names containing one of its no_decay
+    substrings; gamma_*, cls_token, logit scales and norms not named norm/norm1/norm2/LayerNorm + .weight decay."""
+    model = small_model(sharing)
+    groups = parameter_groups(model, OptimConfig(decay_norm_and_scale=True))
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in model.parameters())
+    decayed = {n for g in groups if g["weight_decay"] > 0 for n in g["names"]}
+    no_decay = {n for g in groups if g["weight_decay"] == 0 for n in g["names"]}
+    exempt = ("bias", "LayerNorm.weight", "norm.weight", "norm1.weight", "norm2.weight")  # as written upstream
+    assert no_decay == {n for n, _ in model.named_parameters() if any(e in n for e in exempt)}
+    for name in (
+        "logit_scale",
+        "logit_vl_scale",
+        "transformer.cls_token",
+        "transformer.blocks.1.gamma_2",
+        "vqa_classifier.1.weight",  # the head's LayerNorm, held by index
+        "text_embeddings.word_embeddings.weight",
+    ):
+        assert name in decayed, name
+    for name in ("relative_position_bias_table", "mlm_score.transform.LayerNorm.weight", "transformer.norm.weight"):
+        assert name in no_decay, name
+    if Sharing(sharing) in (Sharing.MODALITY_SPECIFIC, Sharing.LN, Sharing.ATTN):
+        # The upstream quirk itself: per-expert LayerNorm weights miss the substrings and are decayed.
+        assert "transformer.blocks.0.norm1.v.weight" in decayed
+        assert "transformer.blocks.0.norm1.v.bias" in no_decay
+    else:
+        assert "transformer.blocks.0.norm1.weight" in no_decay
+    # The default keeps the module-kind rule (the test above): these are exempt there.
+    default = {n for g in parameter_groups(model, OptimConfig()) if g["weight_decay"] == 0 for n in g["names"]}
+    assert {"logit_scale", "transformer.cls_token", "transformer.blocks.1.gamma_2"} <= default
+
+
 def test_adamw_hyper_parameters_and_decoupled_decay() -> None:
     model = small_model("modality_specific")
     optimizer = build_optimizer(model, OptimConfig(lr=0.1, weight_decay=0.5))

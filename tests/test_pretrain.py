@@ -3,7 +3,9 @@ and resume."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import shlex
 import signal
@@ -558,3 +560,103 @@ def test_the_workflow_passes_the_run_settings_quoted(tmp_path: Path) -> None:
     settings = settings_of([*argv, "--out", "o.safetensors", "--work-dir", "w", "--devices", "2"])
     assert settings == pretraining.settings("ms_attn").model_copy(update={"devices": 2})
     assert settings.init == f"seed:{Paths(config).checkpoint('seed')}"
+
+
+# --- options where the released code departs from the defaults ---------------------------------------
+
+UPSTREAM_OPTIONS = {
+    "itc_gather": "upstream",
+    "logit_scale_max": None,
+    "decay_norm_and_scale": True,
+    "coco_restval": False,
+    "dedup_captions": True,
+}
+DEFAULT_OPTIONS = {
+    "itc_gather": "exact",
+    "logit_scale_max": 100.0,
+    "decay_norm_and_scale": False,
+    "coco_restval": True,
+    "dedup_captions": False,
+}
+
+
+def options_of(settings: PretrainSettings) -> dict:
+    return {k: getattr(settings, k) for k in UPSTREAM_OPTIONS}
+
+
+def test_the_paper_overlay_sets_upstreams_options_and_config_yaml_keeps_the_defaults(capsys) -> None:
+    from vlmerge.objectives import ITCGather
+    from vlmerge.pretrain.config import ItcGather
+
+    assert get_args(ItcGather) == get_args(ITCGather)
+    assert options_of(build(PretrainSettings, {}, "pretrain")) == DEFAULT_OPTIONS
+    embedded = build(PretrainSection, section_of("config.yaml"), "pretrain")
+    paper = build(PretrainSection, section_of("config.yaml", "profiles/slurm/paper.yaml"), "pretrain")
+    for run, checkpoint in (("seed", None), ("ma", None), ("ms_modality_specific", "seed.safetensors")):
+        assert options_of(embedded.settings_for(run, "tiny", {}, checkpoint)) == DEFAULT_OPTIONS
+        assert options_of(paper.settings_for(run, "base", {}, checkpoint)) == UPSTREAM_OPTIONS
+    flags = ["--itc-gather", "upstream", "--logit-scale-max", "50", "--decay-norm-and-scale", "--no-coco-restval"]
+    from_flags = settings_of([*PATH_ARGS, *flags, "--dedup-captions"])
+    assert options_of(from_flags) == UPSTREAM_OPTIONS | {"logit_scale_max": 50.0}
+    assert options_of(settings_of([*PATH_ARGS, "--config", json.dumps(UPSTREAM_OPTIONS)])) == UPSTREAM_OPTIONS  # null
+    assert "logit_scale_max: " in error_of([*PATH_ARGS, "--logit-scale-max", "0"], capsys)
+    assert "itc_gather" in error_of([*PATH_ARGS, "--config", '{"itc_gather": "approximate"}'], capsys)
+
+
+def test_the_options_reach_the_run_and_its_identity_only_when_set(corpus, tmp_path: Path) -> None:
+    from vlmerge.pretrain.run import RunPaths, resolve_run
+
+    arrow, tokenizer = corpus
+    paths = RunPaths(arrow, tokenizer, tmp_path / "o.safetensors", tmp_path / "w")
+    default = resolve_run(build(PretrainSettings, {}, "pretrain"), paths)
+    upstream = resolve_run(build(PretrainSettings, UPSTREAM_OPTIONS, "pretrain"), paths)
+    assert (default.module.itc_gather, default.module.logit_scale_max) == ("exact", 100.0)
+    assert (upstream.module.itc_gather, upstream.module.logit_scale_max) == ("upstream", None)
+    assert (default.module.optim.decay_norm_and_scale, upstream.module.optim.decay_norm_and_scale) == (False, True)
+    assert (default.data.coco_restval, default.data.dedup_captions) == (True, False)
+    assert (upstream.data.coco_restval, upstream.data.dedup_captions) == (False, True)
+    # A default run's identity has none of the new keys (work directories of earlier runs still match).
+    identity, changed = default.identity({}, {}), upstream.identity({}, {})
+    flat, flat_changed = json.dumps(identity), json.dumps(changed)
+    assert not any(f'"{key}"' in flat for key in UPSTREAM_OPTIONS)
+    assert all(f'"{key}"' in flat_changed for key in UPSTREAM_OPTIONS)
+    assert changed["module"]["logit_scale_max"] is None and changed["data"]["coco_restval"] is False
+
+
+def test_coco_restval_and_dedup_choose_the_training_pairs(corpus) -> None:
+    from vlmerge.pretrain.data import pretrain_files
+
+    arrow, tokenizer = corpus
+    names = [p.name for p in pretrain_files(arrow, ("coco",))]
+    assert names == ["coco_caption_karpathy_train.arrow", "coco_caption_karpathy_restval.arrow"]
+    assert [p.name for p in pretrain_files(arrow, ("coco",), coco_restval=False)] == names[:1]
+    config = PretrainDataConfig(arrow, tokenizer, datasets=("coco",), image_size=32, validate=False)
+    sizes = {}
+    for restval in (True, False):
+        for dedup in (False, True):
+            module = PretrainData(dataclasses.replace(config, coco_restval=restval, dedup_captions=dedup))
+            module.setup("fit")
+            sizes[restval, dedup] = len(module.train)
+            texts = [module.train.caption(i) for i in range(len(module.train))]
+            rows = module.train.pair_row.tolist()
+            if dedup:
+                assert len(set(zip(rows, texts))) == len(texts)  # no image repeats a caption
+    assert sizes[False, False] < sizes[True, False] and sizes[True, True] <= sizes[True, False]
+
+
+def test_itc_options_change_the_loss_only_where_they_should(data: PretrainData) -> None:
+    """One process: upstream's gather is the exact loss; without the cap a temperature above 100 counts."""
+    batch = a_batch(data)
+
+    def itc(model: torch.nn.Module, **options: object) -> torch.Tensor:
+        torch.manual_seed(0)
+        config = PretrainConfig(10, 0, weights=LossWeights(mlm=0.0, itm=0.0), **options)  # type: ignore[arg-type]
+        return PretrainModule(model, config).losses(batch, None)["itc_loss"].detach()
+
+    model = small_model(data)
+    torch.testing.assert_close(itc(model, itc_gather="upstream"), itc(model))
+    torch.testing.assert_close(itc(model, logit_scale_max=None), itc(model))  # the scale starts below the cap
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(1000.0))
+        model.logit_vl_scale.fill_(math.log(1000.0))
+    assert not torch.allclose(itc(model, logit_scale_max=None), itc(model))

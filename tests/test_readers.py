@@ -75,6 +75,22 @@ def test_caption_pairs_match_naive_enumeration(caption_files: list[Path]) -> Non
         assert sample["image"][:, 0, 0].tolist() == list(colour(row))  # the right image was decoded
 
 
+def test_dedup_keeps_each_images_first_occurrence_of_a_caption(tmp_path: Path) -> None:
+    captions_a = [["b", "a", "b", "c", "a"], [], ["a", "a"]]
+    captions_b = [["a", "z"], ["y", "x", "y"]]  # "a" again, but of another image: kept
+    files = [
+        write(tmp_path / "vg_0.arrow", CAPTION, caption_rows(0, captions_a)),
+        write(tmp_path / "vg_1.arrow", CAPTION, caption_rows(3, captions_b)),
+    ]
+    expected = [(0, "b"), (0, "a"), (0, "c"), (2, "a"), (3, "a"), (3, "z"), (4, "y"), (4, "x")]
+    data = CaptionPairs(files, to_tensor, dedup=True)
+    assert [(s["image_index"], s["text"]) for s in data] == expected
+    assert [s["text_index"] for s in data] == list(range(len(expected)))
+    assert data[3]["image"][:, 0, 0].tolist() == list(colour(2))
+    # The default keeps every pair, duplicates included.
+    assert len(CaptionPairs(files, to_tensor)) == len(naive_pairs(captions_a + captions_b)) == 12
+
+
 def test_tables_are_memory_mapped(tmp_path: Path) -> None:
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     buffer = io.BytesIO()

@@ -80,7 +80,7 @@ def test_registry_holds_the_paper_settings() -> None:
     with pytest.raises(TaskError, match="unknown task"):
         get_task("gqa")
     with pytest.raises(TypeError):  # keyword-only: a misordered row of numbers cannot slip in
-        TaskSettings(480, 128, 3e-5, 10, 0.15, 10.0, False, "vqa_score")  # type: ignore[misc]
+        TaskSettings(480, 128, 3e-5, 10, 0.15, None, 10.0, False, "vqa_score")  # type: ignore[misc]
 
 
 def test_the_stage_settings_know_every_task_and_its_overrides() -> None:
@@ -93,17 +93,28 @@ def test_the_stage_settings_know_every_task_and_its_overrides() -> None:
 def test_split_options_reproduce_the_upstream_quirks() -> None:
     default, quirks = (
         SplitOptions(),
-        SplitOptions(select_on="test", f30k_val_is_test=True, coco_train_restval=False, vqa_trainable_val=True),
+        SplitOptions(
+            select_on="test",
+            f30k_val_is_test=True,
+            coco_train_restval=False,
+            vqa_trainable_val=True,
+            f30k_train_val=True,
+        ),
     )
     assert TASKS["coco"].train_splits(default) == ("train", "restval")
     assert TASKS["coco"].train_splits(quirks) == ("train",)
-    assert TASKS["f30k"].selection_split(default) == "val"
+    assert TASKS["coco"].selection_split(quirks) == "test"
+    assert TASKS["f30k"].train_splits(default) == ("train",) and TASKS["f30k"].selection_split(default) == "val"
     assert TASKS["f30k"].selection_split(SplitOptions(f30k_val_is_test=True)) == "test"
+    assert TASKS["f30k"].train_splits(quirks) == ("train", "val") and TASKS["f30k"].selection_split(quirks) == "test"
+    assert TASKS["f30k"].selection_split(SplitOptions(f30k_train_val=True, select_on="test")) == "test"
+    assert TASKS["coco"].train_splits(SplitOptions(f30k_train_val=True)) == ("train", "restval")  # F30K only
+    with pytest.raises(TaskError, match="cannot select on it"):  # never select on samples it trained on
+        TASKS["f30k"].selection_split(SplitOptions(f30k_train_val=True))
     assert TASKS["nlvr2"].selection_split(default) == "dev" and TASKS["nlvr2"].selection_split(quirks) == "test1"
     assert TASKS["vqa"].train_splits(quirks) == ("train", "trainable_val")
-    assert TASKS["vqa"].selection_split(default) == "rest_val"
-    with pytest.raises(TaskError, match="not public"):
-        TASKS["vqa"].selection_split(quirks)
+    # VQA's test answers are not public: select_on=test (upstream's, for retrieval and NLVR2) keeps rest_val.
+    assert TASKS["vqa"].selection_split(default) == TASKS["vqa"].selection_split(quirks) == "rest_val"
     with pytest.raises(TaskError):
         SplitOptions(select_on="dev")
 
@@ -162,15 +173,20 @@ def test_task_model_reads_the_sharing_from_the_sidecar(data, tokenizer, tmp_path
     for sharing in ("modality_specific", "shared"):
         path = tmp_path / f"{sharing}.safetensors"
         save_model(path, tiny_model(vocab, sharing, Heads.pretraining()))
-        model, meta = task_model(path, get_task("vqa").heads(data[0]), image_size=48, drop_path=0.2)
+        model, meta = task_model(path, get_task("vqa").heads(data[0]), image_size=48, drop_path=0.2, embed_dropout=0.15)
         assert model.sharing is meta.sharing is Sharing(sharing)
         assert model.heads == Heads(vqa_answers=len(answer_vocabulary(data[0])))  # pre-training heads left out
         assert model.config.image_size == 48 and model.config.drop_path == 0.2
+        assert model.config.embed_dropout == 0.15 and model.text_embeddings.dropout.p == 0.15
+        assert meta.config.embed_dropout == 0.1  # the checkpoint's, BERT's hidden_dropout_prob
     coco_model, _ = task_model(path, get_task("coco").heads(data[0]))
     source = tiny_model(vocab, "shared", Heads.pretraining())
     for key in ("itc_text_proj.fc.weight", "logit_scale", "transformer.blocks.2.mlp.fc1.weight"):
         assert torch.equal(coco_model.state_dict()[key], source.state_dict()[key])  # same seed, loaded weights
     assert coco_model.heads == Heads(itc=True) and coco_model.config.image_size == 32
+    # None keeps the checkpoint's rates.
+    assert (coco_model.config.drop_path, coco_model.config.embed_dropout) == (0.0, 0.1)
+    assert coco_model.text_embeddings.dropout.p == 0.1
     save_model(path, tiny_model(vocab, "shared", Heads(vqa_answers=3)))
     with pytest.raises(ModelConfigError, match="VQA head of 3 answers"):
         task_model(path, get_task("vqa").heads(data[0]))

@@ -54,7 +54,9 @@ def run(config: FinetuneRun) -> Path | None:
     task = get_task(config.task)
     data = FinetuneData(task, config.data)  # checks the tables and the tokenizer before any model is built
     torch.manual_seed(config.module.seed)  # fresh task heads
-    model, init_meta = task_model(config.init, task.heads(config.data.arrow), config.image_size, config.drop_path)
+    model, init_meta = task_model(
+        config.init, task.heads(config.data.arrow), config.image_size, config.drop_path, config.embed_dropout
+    )
     if len(data.tokenizer) != model.config.vocab_size:
         raise TaskError(
             f"tokenizer {config.data.tokenizer} has {len(data.tokenizer)} tokens but {config.init} "

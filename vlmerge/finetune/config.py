@@ -39,6 +39,9 @@ class TaskOverrides(Settings):
     drop_path: float | None = Field(
         None, ge=0, lt=1, description="stochastic depth; None: the task's, else the checkpoint's"
     )
+    embed_dropout: float | None = Field(
+        None, ge=0, lt=1, description="text-embedding dropout; None: the task's, else the checkpoint's"
+    )
     head_lr_mult: float | None = Field(
         None, gt=0, description="learning-rate factor of the task head; None: the task's"
     )
@@ -62,11 +65,16 @@ class FinetuneRecipe(TrainingRecipe):
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="fraction of the steps spent warming up")
     ckpt_every: int | None = Field(None, ge=1, description="steps between Lightning checkpoints; None: val_every")
     select_on: Literal["val", "test"] = Field(
-        "val", description="split that selects the checkpoint; 'test' reproduces an upstream quirk"
+        "val",
+        description="split that selects the checkpoint; 'test' reproduces an upstream quirk for retrieval and "
+        "NLVR2 (VQA keeps val: its test answers are not public)",
     )
     f30k_val_is_test: bool = Field(False, description="upstream quirk: Flickr30k validation on test")
     coco_train_restval: bool = Field(True, description="train COCO on train + restval (upstream left restval out)")
     vqa_trainable_val: bool = Field(False, description="VQA: also train on trainable_val")
+    f30k_train_val: bool = Field(
+        False, description="upstream quirk: train Flickr30k on train + val (select on test with it)"
+    )
 
 
 class FinetuneSettings(FinetuneRecipe, TaskOverrides, Geometry):

@@ -42,6 +42,8 @@ _MACHINE_KEYS = (
     "verbose",
     "restart_stale",
 )
+# Keys added after runs were recorded: left out of the hash at their default, so those runs keep theirs.
+_NEW_DEFAULTS: dict[str, Any] = {"embed_dropout": None, "f30k_train_val": False}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +70,7 @@ class FinetuneRun:
     trainer: TrainerConfig
     train_samples: int
     steps_per_epoch: int
+    embed_dropout: float | None = None
     verbose: bool = False
     restart_stale: bool = False
 
@@ -77,13 +80,18 @@ class FinetuneRun:
 
     def config_hash(self) -> str:
         """sha256 of the resolved settings without paths and machine layout (same recipe, same hash)."""
-        record = _without(self.resolved(), _MACHINE_KEYS)
+        record = _without(self.resolved(), _MACHINE_KEYS, _NEW_DEFAULTS)
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
-def _without(value: Any, keys: tuple[str, ...]) -> Any:
+def _without(value: Any, keys: tuple[str, ...], defaults: dict[str, Any]) -> Any:
+    """``value`` less ``keys`` and the keys ``defaults`` holds at their default (at any depth)."""
     if isinstance(value, dict):
-        return {k: _without(v, keys) for k, v in value.items() if k not in keys}
+        return {
+            k: _without(v, keys, defaults)
+            for k, v in value.items()
+            if k not in keys and not (k in defaults and v == defaults[k])
+        }
     return value
 
 
@@ -105,6 +113,7 @@ def _split_options(settings: FinetuneSettings) -> SplitOptions:
         f30k_val_is_test=settings.f30k_val_is_test,
         coco_train_restval=settings.coco_train_restval,
         vqa_trainable_val=settings.vqa_trainable_val,
+        f30k_train_val=settings.f30k_train_val,
     )
 
 
@@ -190,6 +199,7 @@ def resolve_run(
         out=paths.out.resolve(),
         image_size=image_size,
         drop_path=_or(settings.drop_path, paper.drop_path),
+        embed_dropout=_or(settings.embed_dropout, paper.embed_dropout),
         options=options,
         data=data,
         module=module,

@@ -45,6 +45,8 @@ MODEL_KEYS: dict[str, type] = {
 WARMUP_FRACTION = 0.0125
 
 LossTerm = Literal["mlm", "itc", "itm"]
+# vlmerge.objectives.ITCGather (kept equal by a test; the objectives import torch).
+ItcGather = Literal["exact", "upstream"]
 NonNegative = Annotated[float, Field(ge=0)]
 UNIT_WEIGHTS: dict[LossTerm, float] = {"mlm": 1.0, "itc": 1.0, "itm": 1.0}
 
@@ -75,6 +77,26 @@ class PretrainRecipe(TrainingRecipe):
     val_every: int = Field(1000, ge=0, description="steps between COCO-val validations (0: none)")
     loss_weights: dict[LossTerm, NonNegative] = Field(
         UNIT_WEIGHTS, description="weights of the loss terms mlm, itc, itm (>= 0, not all 0; a term not given weighs 1)"
+    )
+    # Where the released code departs from the default (profiles/slurm/paper.yaml sets the upstream values).
+    itc_gather: ItcGather = Field(
+        "exact",
+        description="ITC negatives from other ranks: exact (gathered with gradient) or upstream (gathered without "
+        "gradient, the full-batch loss on every rank: the contrastive gradient is 1/world of the exact one)",
+    )
+    logit_scale_max: float | None = Field(
+        100.0, gt=0, description="cap of the ITC temperature exp(logit_scale) (null: no cap, as upstream)"
+    )
+    decay_norm_and_scale: bool = Field(
+        False,
+        description="decay by upstream's name rule (only names with bias/norm.weight/LayerNorm.weight/norm1/norm2 "
+        "patterns exempt: gamma_*, cls_token, logit scales, per-expert norm weights decayed)",
+    )
+    coco_restval: bool = Field(
+        True, description="COCO captions of Karpathy train + restval (false: train only, as upstream)"
+    )
+    dedup_captions: bool = Field(
+        False, description="drop an image's repeated captions, keeping the first (as upstream; hits VG most)"
     )
 
     @field_validator("datasets")

@@ -1,12 +1,12 @@
 """Pre-training data: image-caption pairs of the configured corpora, keyed, sharded and resumable (docs/objectives.md).
 
-Training pairs come from COCO Karpathy train + restval, VG, every SBU shard and every GCC train
-shard (whichever of them are configured), with the training transform (random-resized-crop
-0.5–1, flip, RandAugment) and whole-word masking; validation uses COCO Karpathy val with the
-evaluation transform. Lightning restores the training state before it asks for the train
-dataloader (``Trainer._run`` restores, then ``FitLoop.run`` builds the loaders), so
-``trainer.global_step`` here already counts the steps of a resumed run, and the sampler starts
-after the ``global_step × accumulation`` batches this rank has consumed.
+Training pairs come from COCO Karpathy train + restval (train only with ``coco_restval=False``, as
+upstream), VG, every SBU shard and every GCC train shard (whichever of them are configured), with
+the training transform (random-resized-crop 0.5–1, flip, RandAugment) and whole-word masking;
+validation uses COCO Karpathy val with the evaluation transform. Lightning restores the training
+state before it asks for the train dataloader (``Trainer._run`` restores, then ``FitLoop.run``
+builds the loaders), so ``trainer.global_step`` here already counts the steps of a resumed run, and
+the sampler starts after the ``global_step × accumulation`` batches this rank has consumed.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ class PretrainDataConfig:
     # False: training images get the evaluation transform (no crop, flip or RandAugment), for corpora whose
     # captions a crop or flip would make false, like the embedded synthetic scenes.
     augment: bool = True
+    coco_restval: bool = True  # False: COCO Karpathy train only (upstream's pre-training corpus)
+    dedup_captions: bool = False  # True: an image's repeated captions once each, first kept (upstream)
 
 
 def _shards(arrow: Path, pattern: str) -> list[Path]:
@@ -72,14 +74,15 @@ def dataset_files(arrow: Path, dataset: str, splits: tuple[str, ...]) -> list[Pa
     return files
 
 
-def pretrain_files(arrow: Path, datasets: tuple[str, ...]) -> list[Path]:
-    """Training tables of ``datasets`` in the canonical dataset order."""
+def pretrain_files(arrow: Path, datasets: tuple[str, ...], coco_restval: bool = True) -> list[Path]:
+    """Training tables of ``datasets`` in the canonical dataset order (COCO's restval only with ``coco_restval``)."""
     unknown = sorted(set(datasets) - set(PRETRAIN_DATASETS))
     if unknown or not datasets:
         raise TrainConfigError(f"pre-training datasets {unknown or '(none)'}: choose from {PRETRAIN_DATASETS}")
     if not arrow.is_dir():
         raise TrainConfigError(f"arrow folder {arrow} does not exist")
-    return [f for d in PRETRAIN_DATASETS if d in datasets for f in dataset_files(arrow, d, _TRAIN_SPLITS[d])]
+    splits = dict(_TRAIN_SPLITS) | ({} if coco_restval else {"coco": ("train",)})
+    return [f for d in PRETRAIN_DATASETS if d in datasets for f in dataset_files(arrow, d, splits[d])]
 
 
 def validation_files(arrow: Path) -> list[Path]:
@@ -92,7 +95,7 @@ class PretrainData(pl.LightningDataModule):
     def __init__(self, config: PretrainDataConfig) -> None:
         super().__init__()
         self.config = config
-        self.train_files = pretrain_files(config.arrow, config.datasets)
+        self.train_files = pretrain_files(config.arrow, config.datasets, config.coco_restval)
         self.val_files = validation_files(config.arrow) if config.validate else []
         self.tokenizer = load_tokenizer(config.tokenizer, config.max_text_len)
         self.collate = SeededBatchCollator(self.tokenizer, config.max_text_len, config.mlm_prob)
@@ -100,7 +103,7 @@ class PretrainData(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         size = self.config.image_size
         transform = train_transform(size) if self.config.augment else eval_transform(size)
-        self.train = CaptionPairs(self.train_files, transform)
+        self.train = CaptionPairs(self.train_files, transform, dedup=self.config.dedup_captions)
         self.val = CaptionPairs(self.val_files, eval_transform(size)) if self.val_files else None
 
     def _loader(self, dataset: CaptionPairs, sampler: object) -> DataLoader:

@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 from vlmerge.model import VLModel
+from vlmerge.objectives import MAX_LOGIT_SCALE, ITCGather
 from vlmerge.pretrain.step import itc_terms, itm_term, mlm_term
 from vlmerge.train.optim import OptimConfig, build_optimizer, warmup_linear_schedule
 from vlmerge.train.seeds import Stream, derive_seed
@@ -42,6 +43,8 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     weights: LossWeights = field(default_factory=LossWeights)
     seed: int = 0
+    itc_gather: ITCGather = "exact"  # "upstream": the released code's gather (see contrastive_loss)
+    logit_scale_max: float | None = MAX_LOGIT_SCALE  # None: no cap on the ITC temperature, as upstream
 
 
 class PretrainModule(pl.LightningModule):
@@ -67,7 +70,7 @@ class PretrainModule(pl.LightningModule):
             total = total + w.mlm * mlm.loss
             out |= {"mlm_loss": mlm.loss, "mlm_acc": mlm.accuracy}
         if w.itc > 0 or w.itm > 0:  # ITM draws its negatives from ITC term (a)
-            itc = itc_terms(model, images, ids, mask)
+            itc = itc_terms(model, images, ids, mask, self.config.itc_gather, self.config.logit_scale_max)
             itc_loss = (itc.unimodal.loss + itc.fused.loss) / 2
             total = total + w.itc * itc_loss
             out |= {

@@ -17,6 +17,10 @@ from vlmerge.train.errors import TrainConfigError
 from vlmerge.train.optim import OptimConfig
 from vlmerge.train.trainer import TrainerConfig, accumulation_steps
 
+# Settings added after runs were recorded, with their defaults: part of a run's identity only when not default.
+_LATER_DATA: dict[str, Any] = {"coco_restval": True, "dedup_captions": False}
+_LATER_MODULE: dict[str, Any] = {"itc_gather": "exact", "logit_scale_max": 100.0}
+
 
 @dataclass(frozen=True)
 class RunPaths:
@@ -63,6 +67,11 @@ class PretrainRun:
             k: resolved["data"][k]
             for k in ("datasets", "image_size", "batch_size", "seed", "mlm_prob", "max_text_len", "augment")
         }
+        # Options added later count only where they leave their defaults, so work directories of earlier
+        # runs (which never set them) keep their identity.
+        data |= {k: resolved["data"][k] for k, default in _LATER_DATA.items() if resolved["data"][k] != default}
+        module = {k: v for k, v in resolved["module"].items() if k not in _LATER_MODULE or v != _LATER_MODULE[k]}
+        module["optim"] = {k: v for k, v in module["optim"].items() if k != "decay_norm_and_scale" or v}
         return {
             "preset": self.preset,
             "sharing": self.sharing.value,
@@ -71,7 +80,7 @@ class PretrainRun:
             "inputs": inputs,
             "train_files": train_files,
             "data": data,
-            "module": resolved["module"],
+            "module": module,
             "trainer": {
                 "max_steps": self.trainer.max_steps,
                 "accumulate": self.trainer.accumulate,
@@ -137,14 +146,20 @@ def resolve_run(settings: PretrainSettings, paths: RunPaths, restart_stale: bool
         max_text_len=config.max_text_len,
         validate=settings.val_every > 0,
         augment=settings.augment,
+        coco_restval=settings.coco_restval,
+        dedup_captions=settings.dedup_captions,
     )
     weights = LossWeights(**settings.loss_weights)
     module = PretrainConfig(
         max_steps=settings.steps,
         warmup_steps=settings.warmup_steps,
         weights=weights,
-        optim=OptimConfig(lr=settings.lr, weight_decay=settings.weight_decay),
+        optim=OptimConfig(
+            lr=settings.lr, weight_decay=settings.weight_decay, decay_norm_and_scale=settings.decay_norm_and_scale
+        ),
         seed=settings.seed,
+        itc_gather=settings.itc_gather,
+        logit_scale_max=settings.logit_scale_max,
     )
     return PretrainRun(
         out=out,

@@ -6,16 +6,18 @@ Shapes: images [B, 3, S, S]; ids, mask [B, T] int64 (mask 1 = real token).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from vlmerge.model import Modality, VLModel
 from vlmerge.objectives import (
+    MAX_LOGIT_SCALE,
     ClassificationOutput,
     ContrastiveOutput,
     HardNegatives,
+    ITCGather,
     MLMOutput,
     all_gather_no_grad,
     contrastive_loss,
@@ -44,15 +46,26 @@ def mlm_term(
     return mlm_loss(model.mlm_score(hidden[:, : masked_ids.shape[1]]), labels)
 
 
-def itc_terms(model: VLModel, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> ITCTerms:
-    """Both contrastive terms; negatives come from every data-parallel rank."""
+def itc_terms(
+    model: VLModel,
+    images: torch.Tensor,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    gather: ITCGather = "exact",
+    max_logit_scale: float | None = MAX_LOGIT_SCALE,
+) -> ITCTerms:
+    """Both contrastive terms; negatives come from every data-parallel rank (``gather``, ``max_logit_scale``:
+    see :func:`vlmerge.objectives.contrastive_loss`)."""
     image, image_mid = model.encode_image(images, return_fusion_input=True)
     text, text_mid = model.encode_text(ids, mask, return_fusion_input=True)
-    unimodal = contrastive_loss(model.itc_image_proj(image[:, 0]), model.itc_text_proj(text[:, 0]), model.logit_scale)
+    options: dict[str, Any] = {"gather": gather, "max_logit_scale": max_logit_scale}
+    unimodal = contrastive_loss(
+        model.itc_image_proj(image[:, 0]), model.itc_text_proj(text[:, 0]), model.logit_scale, **options
+    )
     vl_image = model.fuse_unimodal(image_mid, None, Modality.V)
     vl_text = model.fuse_unimodal(text_mid, mask, Modality.L)
     fused = contrastive_loss(
-        model.itc_vl_image_proj(vl_image[:, 0]), model.itc_vl_text_proj(vl_text[:, 0]), model.logit_vl_scale
+        model.itc_vl_image_proj(vl_image[:, 0]), model.itc_vl_text_proj(vl_text[:, 0]), model.logit_vl_scale, **options
     )
     return ITCTerms(unimodal, fused)
 

@@ -33,16 +33,24 @@ def common_heads(have: Heads, want: Heads) -> Heads:
 
 
 def task_model(
-    init: Path, heads: Heads, image_size: int | None = None, drop_path: float | None = None
+    init: Path,
+    heads: Heads,
+    image_size: int | None = None,
+    drop_path: float | None = None,
+    embed_dropout: float | None = None,
 ) -> tuple[VLModel, CheckpointMeta]:
     """Load ``init`` strictly, keep only ``heads`` (adding missing ones), then set the resolution.
 
     ``image_size`` None keeps the checkpoint's; another size resamples the image part of the
-    relative position table. ``drop_path`` None keeps the checkpoint's stochastic-depth rate.
-    Returns the model and the init checkpoint's sidecar.
+    relative position table. ``drop_path`` None keeps the checkpoint's stochastic-depth rate,
+    ``embed_dropout`` None its text-embedding dropout. Returns the model and the init checkpoint's sidecar.
     """
     state, meta = load_state(init)
-    config = meta.config if drop_path is None else dataclasses.replace(meta.config, drop_path=drop_path)
+    config = meta.config
+    if drop_path is not None:
+        config = dataclasses.replace(config, drop_path=drop_path)
+    if embed_dropout is not None:
+        config = dataclasses.replace(config, embed_dropout=embed_dropout)
     model = VLModel(config, meta.sharing, common_heads(meta.heads, heads))
     model.grow_token_types(meta.token_types)
     own = model.state_dict()

@@ -13,6 +13,8 @@ _RETRIEVAL_HEAD = ("itc_image_proj", "itc_text_proj", "logit_scale")
 
 TASKS: dict[str, Task] = {
     # Position questions say "left"/"right", so no horizontal flip; the VQA head learns 10x faster.
+    # Upstream's drop_rate 0.15 also set the text-embedding dropout; the paper's settings keep the checkpoint's
+    # (embed_dropout None), profiles/slurm/paper.yaml sets upstream's.
     "vqa": VQATask(
         "vqa",
         "vqa",
@@ -22,6 +24,7 @@ TASKS: dict[str, Task] = {
             lr=3e-5,
             epochs=10,
             drop_path=0.15,
+            embed_dropout=None,
             head_lr_mult=10.0,
             horizontal_flip=False,
             headline="vqa_score",
@@ -40,6 +43,7 @@ TASKS: dict[str, Task] = {
             lr=6.25e-6,
             epochs=20,
             drop_path=None,
+            embed_dropout=None,
             head_lr_mult=1.0,
             horizontal_flip=True,
             headline="mean_recall",
@@ -58,6 +62,7 @@ TASKS: dict[str, Task] = {
             lr=6.25e-7,
             epochs=40,
             drop_path=None,
+            embed_dropout=None,
             head_lr_mult=1.0,
             horizontal_flip=True,
             headline="mean_recall",
@@ -77,6 +82,7 @@ TASKS: dict[str, Task] = {
             lr=5e-5,
             epochs=10,
             drop_path=None,
+            embed_dropout=None,
             head_lr_mult=1.0,
             horizontal_flip=False,
             headline="accuracy",

@@ -50,12 +50,19 @@ class RetrievalTask(Task):
     def train_splits(self, options: SplitOptions) -> tuple[str, ...]:
         if self.name == "coco" and not options.coco_train_restval:
             return tuple(s for s in self.train if s != "restval")
+        if self.name == "f30k" and options.f30k_train_val:
+            return (*self.train, self.val)
         return self.train
 
     def selection_split(self, options: SplitOptions) -> str:
-        if self.name == "f30k" and options.f30k_val_is_test:
-            return "test"
-        return super().selection_split(options)
+        split = "test" if self.name == "f30k" and options.f30k_val_is_test else super().selection_split(options)
+        if split in self.train_splits(options):
+            # Upstream trains Flickr30k on train + val and validates on test: never select on trained samples.
+            raise TaskError(
+                f"{self.name} trains on {split} (f30k_train_val) and cannot select on it: "
+                "select on test (f30k_val_is_test or select_on test)"
+            )
+        return split
 
     def heads(self, arrow: Path) -> Heads:
         return Heads(itc=True)

@@ -21,6 +21,7 @@ class TaskSettings:
     lr: float
     epochs: int
     drop_path: float | None  # None keeps the checkpoint's rate
+    embed_dropout: float | None  # text-embedding dropout; None keeps the checkpoint's rate
     head_lr_mult: float  # learning-rate factor of the task head (OptimConfig.lr_multipliers)
     horizontal_flip: bool  # off where the text names left and right
     headline: str  # the validation metric that selects the checkpoint
@@ -30,15 +31,18 @@ class TaskSettings:
 class SplitOptions:
     """Which splits a run trains on and selects on.
 
-    ``select_on="test"``, ``f30k_val_is_test`` and ``coco_train_restval=False`` reproduce upstream
-    quirks: retrieval and NLVR2 checkpoints were selected on test numbers, Flickr30k's "val" was
-    its test split, COCO training left out restval.
+    ``select_on="test"``, ``f30k_val_is_test``, ``coco_train_restval=False`` and ``f30k_train_val``
+    reproduce upstream quirks: retrieval and NLVR2 checkpoints were selected on test numbers,
+    Flickr30k's "val" was its test split, COCO training left out restval, Flickr30k trained on
+    train + val. ``select_on="test"`` applies where the test split has answers: VQA's test answers
+    are not public, so VQA keeps selecting on its val split (rest_val), as upstream did.
     """
 
     select_on: str = "val"  # "val" or "test"
     f30k_val_is_test: bool = False
     coco_train_restval: bool = True
     vqa_trainable_val: bool = False  # VQA: train on train + trainable_val
+    f30k_train_val: bool = False  # Flickr30k: train on train + val
 
     def __post_init__(self) -> None:
         if self.select_on not in ("val", "test"):

@@ -5,6 +5,12 @@ biases, every LayerNorm (per-expert ones included), ``q_bias``/``v_bias``, the r
 table, the CLS token, the layer scales ``gamma_*`` and the logit scales — is not decayed. The choice
 is made from the module that owns the parameter, not from its name: **upstream quirk** — matching
 name substrings missed the per-expert LayerNorms (``norm1.v.weight``), which were then decayed.
+
+``OptimConfig.decay_norm_and_scale`` reproduces that upstream rule instead (vilt_utils.py
+``set_schedule``): every parameter is decayed unless its name contains one of
+:data:`UPSTREAM_NO_DECAY`, so ``gamma_*``, the CLS token, the logit scales, the per-expert LayerNorm
+weights and a head's LayerNorm held by index (``nlvr2_classifier.1.weight``) are decayed, while any
+``*bias*`` (``q_bias``, the relative position bias table) is not.
 """
 
 from __future__ import annotations
@@ -21,6 +27,18 @@ from vlmerge.train.errors import TrainConfigError
 DECAYED_MODULES = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)
 # Name segments that wrappers (FSDP, activation checkpointing) insert between a model's modules.
 _WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+# Upstream's exemptions from weight decay: name substrings (vilt_utils.py, ``no_decay``).
+UPSTREAM_NO_DECAY = (
+    "bias",
+    "LayerNorm.bias",
+    "LayerNorm.weight",
+    "norm.bias",
+    "norm.weight",
+    "norm1.bias",
+    "norm1.weight",
+    "norm2.bias",
+    "norm2.weight",
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +48,8 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-8
     lr_multipliers: tuple[tuple[str, float], ...] = ()  # (module prefix, factor), e.g. ("vqa_classifier", 10)
+    # True: decay everything but names containing UPSTREAM_NO_DECAY (upstream's rule); False: by module kind.
+    decay_norm_and_scale: bool = False
 
 
 def _clean(name: str) -> str:
@@ -62,7 +82,10 @@ def parameter_groups(model: nn.Module, config: OptimConfig) -> list[dict]:
                 continue
             seen.add(id(param))
             name = _clean(f"{module_name}.{param_name}" if module_name else param_name)
-            decay = isinstance(module, DECAYED_MODULES) and param_name == "weight"
+            if config.decay_norm_and_scale:
+                decay = not any(pattern in name for pattern in UPSTREAM_NO_DECAY)
+            else:
+                decay = isinstance(module, DECAYED_MODULES) and param_name == "weight"
             prefix, factor = _multiplier(name, multipliers)
             used_prefixes.add(prefix)
             group = groups.setdefault(

@@ -5,8 +5,10 @@ seen at least ``min_count`` times (9 gives the usual 3,129 answers), ordered by 
 then answer — ViLT used first-seen order. A question's targets are the distinct normalised human
 answers that are in the vocabulary, each scored by how many of the 10 annotators gave it
 (Goyal et al. 2017, https://arxiv.org/abs/1612.00837). ViLT counted the human answers *before*
-normalisation, splitting e.g. "Two" from "2"; here both sides are normalised, as the official
-evaluation compares them.
+normalisation, splitting e.g. "Two" from "2"; here the human answers are normalised before counting,
+so the soft scores follow the always-normalising rule (``vlmerge.metrics.vqa``, ``mode="always_normalize"``).
+The official accuracy (the default mode there) compares raw stripped strings when the ten answers
+agree, so it can be lower than these scores suggest.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from torch.utils.data import Dataset
 
@@ -16,15 +18,29 @@ if TYPE_CHECKING:
     from vlmerge.data.transforms import ImageTransform
 
 
+def first_occurrences(captions: pa.ChunkedArray) -> np.ndarray:
+    """Mask over the flattened captions of a list column: True where a caption is the first of its text in its row."""
+    keep: list[bool] = []
+    for row in captions.to_pylist():
+        seen: set[str] = set()
+        for text in row or ():
+            keep.append(text not in seen)
+            seen.add(text)
+    return np.asarray(keep, dtype=bool)
+
+
 class CaptionPairs(Dataset):
     """One sample per (image, caption) pair across the given caption tables, in file order.
 
     VG's table carries the same ``image`` and ``caption`` columns, so it mixes in unchanged.
     Sample: ``{"image": Tensor[3, H, W], "text": str, "image_index": int, "text_index": int}``
     where ``image_index`` is the row over all files and ``text_index`` the pair's index.
+
+    ``dedup=True`` keeps each caption of a row once, at its first position (upstream's
+    ``list(set(...))`` per image, made deterministic); rows are never merged across images.
     """
 
-    def __init__(self, paths: Sequence[Path], transform: ImageTransform) -> None:
+    def __init__(self, paths: Sequence[Path], transform: ImageTransform, dedup: bool = False) -> None:
         self.tables = ArrowTables(paths, CAPTION, ("image", "caption"))
         self.transform = transform
         lengths = self.tables.list_lengths("caption")
@@ -32,6 +48,9 @@ class CaptionPairs(Dataset):
         nulls = pc.sum(pc.is_null(pc.list_flatten(self.tables.column("caption")))).as_py() or 0
         if nulls:
             raise ReaderError(f"{[str(p) for p in self.tables.paths]}: {nulls} null captions")
+        if dedup:
+            keep = first_occurrences(self.tables.column("caption"))
+            self.pair_row, self.pair_caption = self.pair_row[keep], self.pair_caption[keep]
 
     def __len__(self) -> int:
         return len(self.pair_row)
