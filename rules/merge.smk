@@ -21,7 +21,7 @@ rule grams:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m vlmerge.grams {params.args} --out {output.grams} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m vlmerge.grams {params.args} --out {output.grams:q} > {log:q} 2>&1"
 
 
 # The same on an ablation lineage's MS model (report.ablations): results/grams/<task>@<variant>.
@@ -51,7 +51,7 @@ rule merge:
     conda:
         ENV
     shell:
-        "python -m vlmerge.merge {params.args} --out {output.ckpt} > {log} 2>&1"
+        "python -m vlmerge.merge {params.args} --out {output.ckpt:q} > {log:q} 2>&1"
 
 
 use rule merge as merge_per_task with:
@@ -81,4 +81,4 @@ rule distance:
     conda:
         ENV
     shell:
-        "python -m vlmerge.distance --ms {input.ms} --seed {input.seed} --k {params.k} --out {output} > {log} 2>&1"
+        "python -m vlmerge.distance --ms {input.ms:q} --seed {input.seed:q} --k {params.k:q} --out {output:q} > {log:q} 2>&1"

@@ -20,4 +20,4 @@ rule tables:
     conda:
         ENV
     shell:
-        "python -m vlmerge.report {params.args} > {log} 2>&1"
+        "python -m vlmerge.report {params.args} > {log:q} 2>&1"

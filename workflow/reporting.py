@@ -7,6 +7,7 @@ construction.
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from vlmerge.catalog.lineages import ms_run
@@ -45,15 +46,12 @@ class Reporting:
         ]
 
     def args(self, wildcards: Any, input: Any) -> str:
+        """The report stage's arguments, every value shell-quoted (result paths may hold spaces)."""
         defaults = self.ablations.defaults
-        args = [
-            f"--results {' '.join(input.results)}",
-            f"--sharing {defaults.sharing}",
-            f"--seed-steps {defaults.seed_steps}",
-            f"--tables {self.paths.table_dir}",
-            f"--plots {self.paths.plot_dir}",
-        ]
+        args = ["--results", *input.results, "--sharing", defaults.sharing, "--seed-steps", str(defaults.seed_steps)]
+        args += ["--tables", self.paths.table_dir, "--plots", self.paths.plot_dir]
         if input.distances:
-            args.append(f"--distances {' '.join(input.distances)}")
-        args += [f"--sweep {sweep.arg()}" for sweep in self.sweeps]
-        return " ".join(args)
+            args += ["--distances", *input.distances]
+        for sweep in self.sweeps:
+            args += ["--sweep", sweep.arg()]
+        return shlex.join(args)
