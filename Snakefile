@@ -28,7 +28,9 @@ include: "rules/data.smk"
 include: "rules/pretrain.smk"
 include: "rules/merge.smk"
 include: "rules/finetune.smk"
+include: "rules/zeroshot.smk"
 include: "rules/report.smk"
+include: "rules/released.smk"
 
 
 rule all:
@@ -38,11 +40,13 @@ rule all:
         pretrain_targets(),
         merge_targets(),
         result_targets(),
+        zeroshot.results(),
         report_targets(),
 
 
 # Named stage targets: `snakemake data`, `snakemake pretrained`, `snakemake merges`, `snakemake results`,
-# `snakemake tables` (the report rule itself) and `snakemake ablations` (report.ablations' results).
+# `snakemake zeroshot` (zero-shot retrieval of every method), `snakemake tables` (the report rule itself) and
+# `snakemake ablations` (report.ablations' results); `snakemake released` (the released checkpoints' results).
 rule data:
     input:
         data_targets(),
@@ -63,6 +67,17 @@ rule results:
         result_targets(),
 
 
+rule zeroshot:
+    input:
+        zeroshot.results(switch=False),
+
+
 rule ablations:
     input:
         ablation_targets(),
+
+
+# Its input is a function: the released files are read only when this target is asked for (docs/released.md).
+rule released:
+    input:
+        lambda wildcards: merging.released.targets(),

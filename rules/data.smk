@@ -29,6 +29,7 @@ rule prepare:
         raw=paths.raw_root,
         out=parent_of_output,
         config=data_stage.prepare_settings,
+        experiment=data_stage.experiment,
     wildcard_constraints:
         dataset="|".join(paths.all_datasets),
     log:
@@ -37,7 +38,7 @@ rule prepare:
         ENV
     shell:
         "python -m vlmerge.prepare --dataset {wildcards.dataset} --raw {params.raw:q} --out {params.out:q}"
-        " --config {params.config:q} > {log:q} 2>&1"
+        " --config {params.config:q} {params.experiment} > {log:q} 2>&1"
 
 
 rule vocab:
@@ -49,9 +50,11 @@ rule vocab:
     params:
         arrow=lambda wildcards, input: Path(input.manifests[0]).parent,
         config=data_stage.tokenizer_settings,
+        experiment=data_stage.experiment,
     log:
         paths.log("vocab.log"),
     conda:
         ENV
     shell:
-        "python -m vlmerge.vocab --arrow {params.arrow:q} --out {output:q} --config {params.config:q} > {log:q} 2>&1"
+        "python -m vlmerge.vocab --arrow {params.arrow:q} --out {output:q} --config {params.config:q}"
+        " {params.experiment} > {log:q} 2>&1"

@@ -32,7 +32,7 @@ rule finetune:
 
 rule evaluate:
     input:
-        ckpt=paths.finetuned("{task}", "{method}"),
+        ckpt=finetuning.evaluated,  # the method's fine-tune (a released fine-tuned checkpoint: its import)
         tokenizer=paths.tokenizer_dir,
         code=stage_code("evaluate"),
     output:

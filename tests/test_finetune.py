@@ -193,7 +193,7 @@ def test_two_ddp_ranks_select_on_the_one_process_metrics(data, inits, tmp_path: 
         ({"warmup_ratio": 2}, (), "warmup_ratio: Input should be less than or equal to 1"),
         ({"learning_rate": 1e-3}, (), "learning_rate: Extra inputs are not permitted"),
         ({"epochs": 3}, (), "epochs: give steps or epochs, not both"),
-        ({"precision": "16"}, (), "precision: Input should be 'auto', '32' or 'bf16'"),
+        ({"precision": "8"}, (), "precision: Input should be 'auto', '32', 'bf16' or '16'"),
         ({}, ("--steps", "two"), "steps: Input should be a valid integer"),
     ],
 )
@@ -249,7 +249,7 @@ def test_the_finetune_blocks_of_the_configs_are_accepted() -> None:
     at_scale = layered(PAPER)
     coco = at_scale.task_settings("coco")
     paper_defaults = {k: getattr(coco, k) for k in ("steps", "epochs", "global_batch", "lr", "image_size")}
-    assert paper_defaults == dict.fromkeys(paper_defaults) and coco.augment and coco.precision == "bf16"
+    assert paper_defaults == dict.fromkeys(paper_defaults) and coco.augment and coco.precision == "16"
     assert (coco.devices, coco.nodes, coco.num_workers) == (8, 1, 8)
     # What the workflow passes is what the stage reads back.
     assert build(FinetuneSettings, json.loads(coco.as_json())) == coco
@@ -291,8 +291,9 @@ def test_the_fixed_overlay_switches_every_fix_back_on() -> None:
         settings = fixed.task_settings(task)
         assert tuple(getattr(settings, k) for k in SPLIT_KEYS) == TODAY, task
         assert overridden(settings) == {}, task
-        # Nothing else of paper.yaml changes.
-        others = set(FinetuneSettings.model_fields) - set(SPLIT_KEYS) - set(TaskOverrides.model_fields)
+        # Precision goes back to bf16 (paper.yaml: upstream's fp16); nothing else of paper.yaml changes.
+        assert (settings.precision, paper.task_settings(task).precision) == ("bf16", "16"), task
+        others = set(FinetuneSettings.model_fields) - set(SPLIT_KEYS) - set(TaskOverrides.model_fields) - {"precision"}
         assert {k: getattr(settings, k) for k in others} == {k: getattr(paper.task_settings(task), k) for k in others}
     assert not get_task("vqa").settings.horizontal_flip and not get_task("nlvr2").settings.horizontal_flip
     assert get_task("vqa").settings.embed_dropout is None

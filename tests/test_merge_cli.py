@@ -232,6 +232,15 @@ def test_bad_inputs_end_in_one_line_and_exit_2(work: Path, capsys) -> None:
     )
     save_model(work / "wide.safetensors", wide)
     foreign = collect(work, "vqa", "foreign.safetensors", "--ckpt", str(work / "wide.safetensors"))
+    coco = collect(work, "coco", "other_task.safetensors")
+    model, meta = load_model(work / "ms.safetensors")
+    huge = model.state_dict()
+    for m in ("v", "l"):  # finite float32 weights whose task vectors, summed and scaled by λ = 2, overflow
+        huge[f"transformer.blocks.0.mlp.{m}.fc2.weight"] = torch.full_like(
+            huge["transformer.blocks.0.mlp.v.fc2.weight"], 3e38
+        )
+    save_checkpoint(work / "huge.safetensors", huge, meta)
+    other_task = ["--method", "regmean", "--grams", str(coco), "--param", "used_experts_only=vqa"]
     cases = {
         "MA checkpoint given as --ms": (["--method", "interpolation"], "seed.safetensors", "modality-agnostic"),
         "shapes that disagree": (
@@ -264,6 +273,17 @@ def test_bad_inputs_end_in_one_line_and_exit_2(work: Path, capsys) -> None:
             "has no parameter(s) ['density']",
         ),
         "bad parameter value": (["--method", "interpolation", "--param", "ratio=1.5"], None, "ratio='1.5'"),
+        "λ out of its range": (
+            ["--method", "arithmetic", "--param", "lam=inf", "--seed", str(work / "seed.safetensors")],
+            None,
+            "lam='inf'",
+        ),
+        "grams of another task": (other_task, None, "grams of task coco, but the merge keeps the experts of task vqa"),
+        "non-finite result": (
+            ["--method", "arithmetic", "--param", "lam=2", "--seed", str(work / "seed.safetensors")],
+            "huge.safetensors",
+            "produced NaN or Inf in transformer.blocks.0.mlp.fc2.weight",
+        ),
         "missing seed": (["--method", "arithmetic"], None, "needs --seed"),
         "missing grams": (["--method", "regmean"], None, "needs --grams"),
     }
@@ -276,3 +296,4 @@ def test_bad_inputs_end_in_one_line_and_exit_2(work: Path, capsys) -> None:
         assert err.startswith("vlmerge.merge: error:") and "\n" not in err, (case, err)
         assert message in err, (case, err)
     assert not (work / "never.safetensors").exists()
+    assert merged(work, "other_task_merge.safetensors", *other_task, "--allow-other-task-grams") == 0

@@ -18,7 +18,7 @@ from PIL import Image
 
 from vlmerge.data.arrow import ConvertOptions
 from vlmerge.data.arrow.writer import TableWriter
-from vlmerge.data.schema import CAPTION, DATASETS, FILES, SCHEMAS, VQA_ANSWERS_FILE, manifest_name
+from vlmerge.data.schema import CAPTION, DATASETS, FILES, NLVR2_SUBSETS, SCHEMAS, VQA_ANSWERS_FILE, manifest_name
 from vlmerge.data.synth import generate
 from vlmerge.metrics import normalize_answer
 from vlmerge.prepare.cli import main
@@ -114,15 +114,26 @@ def test_karpathy_round_trip(raw: Path, arrow: Path, dataset: str) -> None:
             assert row["split"] == split
 
 
-def naive_vqa_rows(root: Path, min_count: int) -> tuple[list[str], dict[str, list[dict]]]:
-    """The VQA tables computed the slow, obvious way (scores as min(1, 0.3·n) rounded to 0.1)."""
+def naive_vilt_vocabulary(annotation_lists: list[list[dict]], min_count: int) -> list[str]:
+    """ViLT's ``write_vqa.py`` vocabulary as a plain loop: the normalised ``multiple_choice_answer`` of
+    train then val, each answer placed where it is first seen, kept if seen at least ``min_count`` times."""
+    majority = [normalize_answer(a["multiple_choice_answer"]) for records in annotation_lists for a in records]
+    vocabulary: list[str] = []
+    for answer in majority:
+        if answer not in vocabulary and majority.count(answer) >= min_count:
+            vocabulary.append(answer)
+    return vocabulary
+
+
+def naive_vqa_rows(root: Path, min_count: int, counting: str = "normalized") -> tuple[list[str], dict[str, list[dict]]]:
+    """The VQA tables computed the slow, obvious way (scores as min(1, 0.3·n) rounded to 0.1); with
+    ``counting="raw"`` the human answers are compared as typed, as ViLT's ``write_vqa.py`` does."""
     subsets = {"train": "train2014", "val": "val2014", "test": "test2015", "test-dev": "test-dev2015"}
     annotations = {
         s: json.loads((root / f"v2_mscoco_{subsets[s]}_annotations.json").read_text())["annotations"]
         for s in ("train", "val")
     }
-    majority = Counter(normalize_answer(a["multiple_choice_answer"]) for s in annotations.values() for a in s)
-    vocabulary = sorted((a for a, n in majority.items() if n >= min_count), key=lambda a: (-majority[a], a))
+    vocabulary = naive_vilt_vocabulary([annotations["train"], annotations["val"]], min_count)
     by_qid = {a["question_id"]: a for s in annotations.values() for a in s}
     tables = {}
     for split, subset in subsets.items():
@@ -135,7 +146,9 @@ def naive_vqa_rows(root: Path, min_count: int) -> tuple[list[str], dict[str, lis
                 {"questions": [], "question_id": [], "answers": [], "answer_labels": [], "answer_scores": []},
             )
             if split in annotations:
-                given = [normalize_answer(a["answer"]) for a in by_qid[q["question_id"]]["answers"]]
+                given = [a["answer"] for a in by_qid[q["question_id"]]["answers"]]
+                if counting == "normalized":
+                    given = [normalize_answer(a) for a in given]
                 kept = [a for a in dict.fromkeys(given) if a in vocabulary]
                 if not kept:
                     continue
@@ -160,6 +173,13 @@ def naive_vqa_rows(root: Path, min_count: int) -> tuple[list[str], dict[str, lis
 def test_vqa_round_trip(raw: Path, arrow: Path) -> None:
     vocabulary, expected = naive_vqa_rows(raw / "vqa", MIN_ANSWERS)
     assert json.loads((arrow / VQA_ANSWERS_FILE).read_text()) == vocabulary
+    # First-seen order is not the count order on this data: the test can tell them apart.
+    counts = Counter(
+        normalize_answer(a["multiple_choice_answer"])
+        for subset in ("train2014", "val2014")
+        for a in json.loads((raw / "vqa" / f"v2_mscoco_{subset}_annotations.json").read_text())["annotations"]
+    )
+    assert vocabulary != sorted(vocabulary, key=lambda a: (-counts[a], a))
     for split, rows in expected.items():
         assert read_rows(arrow / FILES["vqa"][split]) == rows, split
     val = expected["val"]
@@ -167,11 +187,43 @@ def test_vqa_round_trip(raw: Path, arrow: Path) -> None:
     assert read_rows(arrow / FILES["vqa"]["rest_val"]) == val[-REST_VAL:]
 
 
+def test_vqa_round_trip_with_raw_counting(raw: Path, arrow: Path, tmp_path: Path) -> None:
+    manifest = prepare(
+        "vqa",
+        raw / "vqa",
+        tmp_path,
+        "--min-answer-count",
+        str(MIN_ANSWERS),
+        "--rest-val-images",
+        str(REST_VAL),
+        "--vqa-answer-counting",
+        "raw",
+    )
+    assert manifest["options"]["vqa_answer_counting"] == "raw"
+    vocabulary, expected = naive_vqa_rows(raw / "vqa", MIN_ANSWERS, counting="raw")
+    # The label ids do not depend on the counting: both follow write_vqa's first-seen order.
+    assert json.loads((tmp_path / VQA_ANSWERS_FILE).read_text()) == vocabulary
+    assert vocabulary == json.loads((arrow / VQA_ANSWERS_FILE).read_text())
+    for split, rows in expected.items():
+        assert read_rows(tmp_path / FILES["vqa"][split]) == rows, split
+    # The synthetic annotators type "Two", "Red." or "YES": raw counting gives other scores than normalised.
+    train = FILES["vqa"]["train"]
+    assert read_rows(tmp_path / train) != read_rows(arrow / train)
+
+
+def nlvr2_annotation(root: Path, split: str) -> Path:
+    """``nlvr2/data/<split>.json``, or ``nlvr2/data/<subset>/<subset>_<split>.json`` for the subsets."""
+    subset = split.partition("_")[0] if split in NLVR2_SUBSETS else ""
+    return root / "nlvr2" / "data" / subset / f"{split}.json"
+
+
 def test_nlvr2_round_trip(raw: Path, arrow: Path) -> None:
     root = raw / "nlvr2"
+    # ViLT's DATA.md layout: dev/ and test1/ at the root, train under images/train/<directory>/.
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["dev", "images", "nlvr2", "test1"]
     for split, pattern in FILES["nlvr2"].items():
         pairs: dict[str, dict] = {}
-        for line in (root / "nlvr2" / "data" / f"{split}.json").read_text().splitlines():
+        for line in nlvr2_annotation(root, split).read_text().splitlines():
             record = json.loads(line)
             pair_id = "-".join(record["identifier"].split("-")[:-1])
             pair = pairs.setdefault(pair_id, {"questions": [], "answers": [], "identifier": pair_id})
@@ -182,6 +234,34 @@ def test_nlvr2_round_trip(raw: Path, arrow: Path) -> None:
                 (found,) = root.rglob(f"{pair_id}-img{k}.png")
                 pair[f"image_{k}"] = found.read_bytes()
         assert read_rows(arrow / pattern) == list(pairs.values())
+    # The balanced and unbalanced subsets split dev and test1 between them, statement by statement.
+    for split in ("dev", "test1"):
+        statements = {
+            (r["identifier"], q, a)
+            for subset in ("balanced", "unbalanced")
+            for r in read_rows(arrow / FILES["nlvr2"][f"{subset}_{split}"])
+            for q, a in zip(r["questions"], r["answers"])
+        }
+        whole = [
+            (r["identifier"], q, a)
+            for r in read_rows(arrow / FILES["nlvr2"][split])
+            for q, a in zip(r["questions"], r["answers"])
+        ]
+        assert statements == set(whole) and len(whole) == len(set(whole))
+        assert all(read_rows(arrow / FILES["nlvr2"][f"{subset}_{split}"]) for subset in ("balanced", "unbalanced"))
+
+
+def test_nlvr2_without_subsets_and_with_images_under_images(raw: Path, arrow: Path, tmp_path: Path) -> None:
+    """Copies without balanced/unbalanced files give the three main tables; dev/ and test1/ may sit under images/."""
+    root = Path(shutil.copytree(raw / "nlvr2", tmp_path / "nlvr2"))
+    for subset in ("balanced", "unbalanced"):
+        shutil.rmtree(root / "nlvr2" / "data" / subset)
+    for split in ("dev", "test1"):
+        (root / split).rename(root / "images" / split)
+    manifest = prepare("nlvr2", root, tmp_path / "out")
+    assert sorted(manifest["files"]) == sorted(FILES["nlvr2"][s] for s in ("train", "dev", "test1"))
+    for split in ("train", "dev", "test1"):
+        assert read_rows(tmp_path / "out" / FILES["nlvr2"][split]) == read_rows(arrow / FILES["nlvr2"][split])
 
 
 def test_vg_round_trip(raw: Path, arrow: Path) -> None:
@@ -313,8 +393,9 @@ def test_vqa_vocabulary_labels_and_scores_by_hand(tmp_path: Path) -> None:
     write_hand_made_vqa(tmp_path / "raw")
     manifest = prepare("vqa", tmp_path / "raw", tmp_path / "out", "--min-answer-count", "1", "--rest-val-images", "1")
     out = tmp_path / "out"
-    # multiple_choice_answer after normalisation: "2" ×2 ("Two", "2"), "yes" ×2, "3", "4", "red" ×1.
-    assert json.loads((out / VQA_ANSWERS_FILE).read_text()) == ["2", "yes", "3", "4", "red"]
+    # multiple_choice_answer after normalisation, train then val: "2" ("Two"), "red", "3", "yes", "2", "4",
+    # "yes": labels in the order first seen (ViLT's ids), whatever the counts.
+    assert json.loads((out / VQA_ANSWERS_FILE).read_text()) == ["2", "red", "3", "yes", "4"]
     (train,) = read_rows(out / "vqav2_train.arrow")  # image 2's only question has no label: no row
     assert train["image_id"] == 1
     assert train["question_id"] == [1000, 1001, 1002]
@@ -322,12 +403,12 @@ def test_vqa_vocabulary_labels_and_scores_by_hand(tmp_path: Path) -> None:
     # q1000: "2" given 5 times (2, two, Two, "2 ", "2."), "3" 3 times, "4" once, "many" not in the vocabulary.
     # q1001: "red" twice (red, Red.); blue and green are not majority answers. q1002: "3" once; "none" → "0".
     assert train["answers"] == [["2", "3", "4"], ["red"], ["3"]]
-    assert train["answer_labels"] == [[0, 2, 3], [4], [2]]
+    assert train["answer_labels"] == [[0, 2, 4], [1], [2]]
     assert train["answer_scores"] == [[1.0, 0.9, 0.3], [0.6], [0.3]]
     val = read_rows(out / "vqav2_val.arrow")
     assert [(r["image_id"], r["question_id"], r["answer_labels"], r["answer_scores"]) for r in val] == [
-        (3, [3000], [[0, 1]], [[0.9, 1.0]]),
-        (5, [5000], [[1]], [[1.0]]),
+        (3, [3000], [[0, 3]], [[0.9, 1.0]]),
+        (5, [5000], [[3]], [[1.0]]),
     ]
     assert read_rows(out / "vqav2_trainable_val.arrow") == val[:1]
     assert read_rows(out / "vqav2_rest_val.arrow") == val[1:]
@@ -342,6 +423,28 @@ def test_vqa_vocabulary_labels_and_scores_by_hand(tmp_path: Path) -> None:
     assert (dev["questions"], dev["image"]) == (["What?"], test["image"])
     assert manifest["splits"]["train"] == {"rows": 1, "questions": 3, "questions_without_label": 1}
     assert manifest["splits"]["val"] == {"rows": 2, "questions": 2, "questions_without_label": 1}
+    assert manifest["details"]["answer_label_order"] == "vilt"
+
+
+def test_vqa_raw_counting_by_hand(tmp_path: Path) -> None:
+    """ViLT counts the typed strings: "Two", "2 " and "2." are not "2", and an answer only typed in
+    another form ("two" ×3 for "2") earns no label."""
+    write_hand_made_vqa(tmp_path / "raw")
+    extra = ("--min-answer-count", "1", "--rest-val-images", "1", "--vqa-answer-counting", "raw")
+    manifest = prepare("vqa", tmp_path / "raw", tmp_path / "out", *extra)
+    out = tmp_path / "out"
+    assert json.loads((out / VQA_ANSWERS_FILE).read_text()) == ["2", "red", "3", "yes", "4"]
+    (train,) = read_rows(out / "vqav2_train.arrow")
+    # q1000: "2" and "3" typed once each as such; "four" is not "4". q1001: "red" once ("Red." differs).
+    assert train["answers"] == [["2", "3"], ["red"], ["3"]]
+    assert train["answer_labels"] == [[0, 2], [1], [2]]
+    assert train["answer_scores"] == [[0.3, 0.3], [0.3], [0.3]]
+    val = read_rows(out / "vqav2_val.arrow")
+    assert [(r["image_id"], r["answers"], r["answer_labels"], r["answer_scores"]) for r in val] == [
+        (3, [["yes"]], [[3]], [[1.0]]),
+        (5, [["yes"]], [[3]], [[1.0]]),
+    ]
+    assert manifest["splits"]["train"]["questions_without_label"] == 1
 
 
 # --- bad input ---------------------------------------------------------------------------------------

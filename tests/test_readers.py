@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import pickle
+from collections.abc import Sized
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -12,14 +14,21 @@ import pyarrow as pa
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import Dataset
 
 from vlmerge.data.readers import ArrowTables, CaptionPairs, NLVR2Dataset, ReaderError, RetrievalDataset, VQADataset
+from vlmerge.data.readers.vqa import UNSEEN_ANSWER, answers_from_tables
 from vlmerge.data.schema import CAPTION, NLVR2, VQA
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """uint8 [3, H, W], exact pixel values (module level so datasets pickle)."""
     return torch.from_numpy(np.array(img)).permute(2, 0, 1)
+
+
+def samples(data: Dataset) -> list[dict]:
+    """Every sample of a map-style dataset, by index."""
+    return [data[i] for i in range(len(cast(Sized, data)))]
 
 
 def colour(i: int) -> tuple[int, int, int]:
@@ -84,8 +93,8 @@ def test_dedup_keeps_each_images_first_occurrence_of_a_caption(tmp_path: Path) -
     ]
     expected = [(0, "b"), (0, "a"), (0, "c"), (2, "a"), (3, "a"), (3, "z"), (4, "y"), (4, "x")]
     data = CaptionPairs(files, to_tensor, dedup=True)
-    assert [(s["image_index"], s["text"]) for s in data] == expected
-    assert [s["text_index"] for s in data] == list(range(len(expected)))
+    assert [(s["image_index"], s["text"]) for s in samples(data)] == expected
+    assert [s["text_index"] for s in samples(data)] == list(range(len(expected)))
     assert data[3]["image"][:, 0, 0].tolist() == list(colour(2))
     # The default keeps every pair, duplicates included.
     assert len(CaptionPairs(files, to_tensor)) == len(naive_pairs(captions_a + captions_b)) == 12
@@ -154,7 +163,7 @@ def test_retrieval_sides_and_index(caption_files: list[Path]) -> None:
     assert [data.text_side[j]["text"] for j in range(data.num_texts)] == [text for _, text in expected]
     assert [data.image_side[i]["image"][:, 0, 0].tolist() for i in range(5)] == [list(colour(i)) for i in range(5)]
     capped = RetrievalDataset(caption_files, to_tensor, captions_per_image=2)
-    assert [(s["image_index"], s["text"]) for s in capped] == [
+    assert [(s["image_index"], s["text"]) for s in samples(capped)] == [
         (r, t) for r, texts in enumerate(CAPTIONS_A + CAPTIONS_B) for t in texts[:2]
     ]
 
@@ -215,7 +224,7 @@ def test_nlvr2_statements_labels_and_image_pairs(tmp_path: Path) -> None:
     data = NLVR2Dataset(
         [write(tmp_path / "nlvr2_dev.arrow", NLVR2, nlvr2_rows([["True", "False"], ["False"]]))], to_tensor
     )
-    got = [(s["text"], s["label"], s["identifier"], s["statement_index"]) for s in data]
+    got = [(s["text"], s["label"], s["identifier"], s["statement_index"]) for s in samples(data)]
     assert got == [
         ("left has more", 1, "dev-1-0", 0),
         ("both have dogs", 0, "dev-1-0", 1),
@@ -239,3 +248,80 @@ def test_arrow_tables_locate_rows_across_files(caption_files: list[Path]) -> Non
     assert len(tables) == 5
     assert tables.where(2).endswith("sbu_0.arrow row 2") and tables.where(4).endswith("sbu_1.arrow row 1")
     assert tables.list_lengths("caption").tolist() == [2, 0, 3, 1, 4]
+
+
+# --- ViLT-written VQA tables ------------------------------------------------------------------------
+
+
+def write_vilt(path: Path, rows: dict[str, list]) -> Path:
+    """A VQA table as ViLT's write_vqa.py writes one: a pandas frame, test answer columns ``[]``."""
+    columns = ["image", "questions", "answers", "answer_labels", "answer_scores", "image_id", "question_id", "split"]
+    table = pa.Table.from_pandas(pd.DataFrame([list(r) for r in zip(*(rows[c] for c in columns))], columns=columns))
+    with pa.OSFile(str(path), "wb") as sink, pa.RecordBatchFileWriter(sink, table.schema) as writer:
+        writer.write_table(table)
+    return path
+
+
+def test_vilt_test_tables_with_null_typed_answer_columns_read_the_same(tmp_path: Path) -> None:
+    rows = {k: v[2:] for k, v in vqa_rows().items()}  # the test row only
+    theirs = write_vilt(tmp_path / "vilt_test.arrow", rows)
+    with pa.OSFile(str(theirs)) as source:
+        schema = pa.ipc.open_file(source).schema
+    assert all(schema.field(c).type == pa.list_(pa.null()) for c in ("answers", "answer_labels", "answer_scores"))
+    ours = VQADataset([write(tmp_path / "ours.arrow", VQA, rows)], to_tensor, num_answers=5)
+    vilt = VQADataset([theirs], to_tensor, num_answers=5)
+    assert len(vilt) == len(ours) == 1
+    a, b = ours[0], vilt[0]
+    assert {k: v for k, v in a.items() if k not in ("image", "target")} == {
+        k: v for k, v in b.items() if k not in ("image", "target")
+    }
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["target"], b["target"])
+    assert b["answers"] == [] and b["target"].sum() == 0
+
+
+def vqa_pairs(labels: list, answers: list) -> dict[str, list]:
+    rows = vqa_rows()
+    rows["answer_labels"], rows["answers"] = labels, answers
+    rows["answer_scores"] = [[[0.3] * len(q) for q in row] for row in labels]
+    return rows
+
+
+def test_answer_list_rebuilt_from_the_tables(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    train = write_vilt(tmp_path / "train.arrow", vqa_rows())
+    val = write_vilt(
+        tmp_path / "val.arrow", vqa_pairs([[[5, 0], [2]], [[2]], []], [[["green", "red"], ["2"]], [["2"]], []])
+    )
+    # Labels 0-3 from train, 5 from val, 4 nowhere: max label + 1 = 6 entries, 4 named as unseen.
+    with caplog.at_level("WARNING"):
+        answers = answers_from_tables([train, val])
+    assert answers == ["red", "blue", "2", "yes", UNSEEN_ANSWER.format(label=4), "green"]
+    assert "1 of 6 labels never appear" in caplog.text
+    assert answers_from_tables([train]) == ["red", "blue", "2", "yes"]
+
+
+@pytest.mark.parametrize(
+    "labels, answers, needle",
+    [
+        ([[[0, 1], [2]], [[1]], []], [[["red", "blue"], ["2"]], [["yes"]], []], "label 1 is both 'blue' and 'yes'"),
+        ([[[0, 1], [2]], [[4]], []], [[["red", "blue"], ["2"]], [["2"]], []], "answer '2' has labels 2 and 4"),
+        ([[[0, 1], [2]], [[3]], []], [[["red"], ["2"]], [["yes"]], []], "unequal answer and label lists"),
+    ],
+)
+def test_answer_list_conflicts_within_a_table_name_it(tmp_path: Path, labels: list, answers: list, needle: str) -> None:
+    path = write_vilt(tmp_path / "vqav2_train.arrow", vqa_pairs(labels, answers))
+    with pytest.raises(ReaderError, match=needle) as err:
+        answers_from_tables([path])
+    assert str(path) in str(err.value)
+
+
+def test_answer_list_conflicts_across_tables_name_both(tmp_path: Path) -> None:
+    train = write_vilt(tmp_path / "vqav2_train.arrow", vqa_rows())
+    val = write_vilt(
+        tmp_path / "vqav2_val.arrow", vqa_pairs([[[0], [2]], [[3]], []], [[["purple"], ["2"]], [["yes"]], []])
+    )
+    with pytest.raises(ReaderError, match="label 0 is 'purple', but 'red' in") as err:
+        answers_from_tables([train, val])
+    assert str(train) in str(err.value) and str(val) in str(err.value)
+    test_only = write_vilt(tmp_path / "vqav2_test.arrow", {k: v[2:] for k, v in vqa_rows().items()})
+    with pytest.raises(ReaderError, match="no answers"):
+        answers_from_tables([test_only])

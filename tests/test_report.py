@@ -55,6 +55,20 @@ def write_result(
     return path
 
 
+def write_zeroshot_result(root: Path, method: str, rng: random.Random, merge: dict[str, float] | None) -> Path:
+    """A zero-shot JSON shaped like ``python -m vlmerge.zeroshot`` writes it (COCO and F30K, random recalls)."""
+    keys = [f"{side}_r{k}" for side in ("tr", "ir") for k in (1, 5, 10)]
+    lineage = {"stage": "merge", "merge": {"method": "x", "params": merge}} if merge else {"stage": "pretrain"}
+    datasets = {
+        d: {"metrics": {k: rng.random() for k in keys}, "baseline": dict.fromkeys(keys, 0.01), "lineage": lineage}
+        for d in ("coco", "f30k")
+    }
+    path = root / "zeroshot" / f"{method}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"stage": "zeroshot", "method": method, "datasets": datasets}))
+    return path
+
+
 def random_scores(rng: random.Random, task: str) -> dict[str, float]:
     return {c.label: rng.random() for c in HEADLINES[task]}
 
@@ -450,6 +464,7 @@ def test_report_target_plans_every_result_and_one_report_job(tmp_path: Path) -> 
         "merge_per_task": 4,
         "finetune": 20,
         "evaluate": 20,
+        "zeroshot_eval": 6,
         "tables": 1,
     }
 
@@ -514,6 +529,9 @@ def test_the_rule_declares_exactly_what_the_stage_writes(tmp_path: Path, monkeyp
             random_scores(rng, result.parent.name),
             {"ratio": ratio} if ratio is not None else None,
         )
+    for zeroshot in map(Path, reporting.zeroshot_results()):
+        ratio = config["merge"]["methods"].get(zeroshot.stem, {}).get("params", {}).get("ratio")
+        write_zeroshot_result(tmp_path / "results", zeroshot.stem, rng, {"ratio": ratio} if ratio is not None else None)
     for distance in map(Path, reporting.distances()):
         write_distance(
             tmp_path / "results",
@@ -521,7 +539,10 @@ def test_the_rule_declares_exactly_what_the_stage_writes(tmp_path: Path, monkeyp
             {m: rng.random() for m in ("l2", "cosine", "sign", "soft_sign", "truncated_sign")},
         )
     monkeypatch.chdir(tmp_path)
-    args = reporting.args(None, SimpleNamespace(results=reporting.results(), distances=reporting.distances()))
+    inputs = SimpleNamespace(
+        results=reporting.results(), zeroshot=reporting.zeroshot_results(), distances=reporting.distances()
+    )
+    args = reporting.args(None, inputs)
     assert main(shlex.split(args)) == 0
     written = {
         str(p.relative_to(tmp_path))
@@ -534,4 +555,6 @@ def test_the_rule_declares_exactly_what_the_stage_writes(tmp_path: Path, monkeyp
         "results/tables/sharing.tex",
         "results/plots/seed_steps.svg",
         "results/plots/distance_sign.svg",
+        "results/tables/zeroshot.csv",
+        "results/plots/sweep_interpolation_ratio_zeroshot.png",
     } <= written

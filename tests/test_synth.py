@@ -169,7 +169,7 @@ def test_nlvr2_layout(tiny):
             assert ("directory" in line) == (split == "train")
             prefix = line["identifier"].rsplit("-", 1)[0]
             pairs.setdefault(prefix, []).append(line)
-            folder = root / "images" / split / (str(line["directory"]) if split == "train" else "")
+            folder = root / "images" / "train" / str(line["directory"]) if split == "train" else root / split
             for k in (0, 1):
                 with Image.open(folder / f"{prefix}-img{k}.png") as im:
                     assert im.format == "PNG"

@@ -75,7 +75,8 @@ def test_dry_run_plans_the_data_stage(tmp_path: Path) -> None:
 
 def test_dry_run_plans_the_whole_pipeline(tmp_path: Path) -> None:
     jobs = planned_jobs(tmp_path, write_config(tmp_path))
-    # 4 tasks x (ma, ms + 3 merges) fine-tunes and evaluations; RegMean is merged per task; one report.
+    # 4 tasks x (ma, ms + 3 merges) fine-tunes and evaluations; RegMean is merged per task; zero-shot retrieval
+    # of seed, ma, ms and the 3 merges; one report.
     assert jobs == {
         "all": 1,
         "synth": 1,
@@ -88,6 +89,7 @@ def test_dry_run_plans_the_whole_pipeline(tmp_path: Path) -> None:
         "distance": 1,
         "finetune": 20,
         "evaluate": 20,
+        "zeroshot_eval": 6,
         "tables": 1,
     }
 
@@ -385,6 +387,7 @@ def test_ablations_add_their_lineages_and_distances_to_the_whole_pipeline(tmp_pa
         "distance": 3,
         "finetune": 22,
         "evaluate": 22,
+        "zeroshot_eval": 6,
         "tables": 1,
     }
 

@@ -198,9 +198,16 @@ MERGED = (
     | checkpoint_files("results/merged/arithmetic.safetensors")
 )
 DISTANCE = {"results/distance/ms_modality_specific.json"}
+
+
+def zeroshot(*methods: str) -> set[str]:
+    """Zero-shot retrieval results of ``methods``."""
+    return {f"results/zeroshot/{m}.json" for m in methods}
+
+
 # Everything downstream of the MS checkpoint, but the report: its grams, every merge (all read the MS
-# model), its weight distance, and the fine-tunes and evaluations of ms and of every merge.
-MS_BRANCH = GRAMS | MERGED | DISTANCE | lineage(TASKS, ("ms", *MERGES))
+# model), its weight distance, the fine-tunes and evaluations of ms and of every merge, and their zero-shot scores.
+MS_BRANCH = GRAMS | MERGED | DISTANCE | lineage(TASKS, ("ms", *MERGES)) | zeroshot("ms", *MERGES)
 MS_BRANCH_JOBS = {
     "all": 1,
     "grams": 4,
@@ -209,6 +216,7 @@ MS_BRANCH_JOBS = {
     "distance": 1,
     "finetune": 16,
     "evaluate": 16,
+    "zeroshot_eval": 4,
     "tables": 1,
 }
 MA_BRANCH = (
@@ -239,20 +247,22 @@ def test_rewritten_ms_checkpoint_reruns_exactly_the_ms_branch(state: Path, repor
         (
             "merge.methods.interpolation.params.ratio",
             0.3,
-            {"all": 1, "merge": 1, "finetune": 4, "evaluate": 4, "tables": 1},
-            checkpoint_files("results/merged/interpolation.safetensors") | lineage(TASKS, ("interpolation",)),
+            {"all": 1, "merge": 1, "finetune": 4, "evaluate": 4, "zeroshot_eval": 1, "tables": 1},
+            checkpoint_files("results/merged/interpolation.safetensors")
+            | lineage(TASKS, ("interpolation",))
+            | zeroshot("interpolation"),
         ),
         (
             "merge.grams.max_samples",
             500,
-            {"all": 1, "grams": 4, "merge_per_task": 4, "finetune": 4, "evaluate": 4, "tables": 1},
-            GRAMS | REGMEAN | lineage(TASKS, ("regmean",)),
+            {"all": 1, "grams": 4, "merge_per_task": 4, "finetune": 4, "evaluate": 4, "zeroshot_eval": 1, "tables": 1},
+            GRAMS | REGMEAN | lineage(TASKS, ("regmean",)) | zeroshot("regmean"),
         ),
         (
             "pretrain.runs.ma.steps",
             12345,
-            {"all": 1, "pretrain": 1, "finetune": 4, "evaluate": 4, "tables": 1},
-            checkpoint_files("results/pretrain/ma.safetensors") | lineage(TASKS, ("ma",)),
+            {"all": 1, "pretrain": 1, "finetune": 4, "evaluate": 4, "zeroshot_eval": 1, "tables": 1},
+            checkpoint_files("results/pretrain/ma.safetensors") | lineage(TASKS, ("ma",)) | zeroshot("ma"),
         ),
         (
             "finetune.settings.vqa.lr",
@@ -270,21 +280,33 @@ def test_changed_hyper_parameter_reruns_only_its_jobs_and_descendants(
     assert plan(state) == Plan(jobs, frozenset(outputs | report))
 
 
-MERGE_JOBS = {"all": 1, "merge": 2, "merge_per_task": 4, "finetune": 12, "evaluate": 12, "tables": 1}
+MERGE_JOBS = {
+    "all": 1,
+    "merge": 2,
+    "merge_per_task": 4,
+    "finetune": 12,
+    "evaluate": 12,
+    "zeroshot_eval": 3,
+    "tables": 1,
+}
 
 
 @pytest.mark.parametrize(
     ("source", "jobs", "outputs"),
     [
-        ("vlmerge/merge/cli.py", MERGE_JOBS, MERGED | lineage(TASKS, MERGES)),
+        ("vlmerge/merge/cli.py", MERGE_JOBS, MERGED | lineage(TASKS, MERGES) | zeroshot(*MERGES)),
         # Modules a stage reaches only indirectly: the gram file format (grams and merge stages) and the
         # Lightning trainer factory (pre-training and fine-tuning: everything but the data stage).
-        ("vlmerge/files/grams.py", {**MERGE_JOBS, "grams": 4}, GRAMS | MERGED | lineage(TASKS, MERGES)),
+        (
+            "vlmerge/files/grams.py",
+            {**MERGE_JOBS, "grams": 4},
+            GRAMS | MERGED | lineage(TASKS, MERGES) | zeroshot(*MERGES),
+        ),
         # The merging library is code of the grams, merge and distance stages: the MS branch but ms itself.
         (
             "vlmerge/merging/interpolation.py",
             {**MERGE_JOBS, "grams": 4, "distance": 1},
-            MS_BRANCH - lineage(TASKS, ("ms",)),
+            MS_BRANCH - lineage(TASKS, ("ms",)) - zeroshot("ms"),
         ),
         ("vlmerge/report/tables.py", {"all": 1, "tables": 1}, set()),
     ],
@@ -316,6 +338,7 @@ STAGE_OF_RULE = {
     "distance": "distance",
     "finetune": "finetune",
     "evaluate": "evaluate",
+    "zeroshot_eval": "zeroshot",
     "tables": "report",
 }
 

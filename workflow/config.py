@@ -8,7 +8,9 @@ defaults, ranges and help live in one place and the stage validates the very sam
 
 from __future__ import annotations
 
+import importlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -75,15 +77,51 @@ class Ablations(Settings):
 
 class ReportSection(Settings):
     ablations: Ablations = Field(default_factory=Ablations)
+    zeroshot: bool = Field(
+        True,
+        description="score seed, MA, MS and every merge on COCO/F30K test retrieval before fine-tuning "
+        "(results/zeroshot/<method>.json) and report them (results/tables/zeroshot.*, a zero-shot plot per sweep)",
+    )
+
+
+# `import` is a keyword: the import stage's settings module is reached by name (torch-free, like every config.py).
+ImportSettings = importlib.import_module("vlmerge.import.config").ImportSettings
+RELEASED_NAME = re.compile(r"[A-Za-z0-9]+(_[A-Za-z0-9]+)*")
+
+
+class ReleasedEntry(Settings):
+    """A released vl-merging ``.ckpt`` (docs/released.md); what it holds is read from its keys."""
+
+    path: str = Field(min_length=1, description="the vl-merging Lightning checkpoint (.ckpt)")
+    task: Task | None = Field(
+        None,
+        description="the task a fine-tuned checkpoint was fine-tuned for: needed for a retrieval one (coco or f30k, "
+        "which its heads do not tell apart), otherwise checked against its heads; null for a pre-trained one",
+    )
+    vqa_answers: str | None = Field(
+        None, description="JSON list of the VQA head's answers in its label order, kept beside the import"
+    )
+    # The import stage's own fields (default, help); pydantic takes a FieldInfo as the default.
+    preset: Literal["tiny", "base", "large"] | None = ImportSettings.model_fields["preset"]
+    overrides: dict[str, int | float] = ImportSettings.model_fields["overrides"]
 
 
 class Experiment(Settings):
+    experiment: str = Field(
+        "embedded",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="name of this experiment: recorded in every checkpoint, gram file and manifest it writes; "
+        "a stage refuses an input made under another experiment",
+    )
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
     pretrain: PretrainSection
     merge: MergeSection = Field(default_factory=MergeSection)
     finetune: FinetuneSection
     report: ReportSection = Field(default_factory=ReportSection)
+    released: dict[str, ReleasedEntry] = Field(
+        default_factory=dict, description="name → released vl-merging checkpoint (results/<task>/released_<name>.json)"
+    )
 
     @model_validator(mode="after")
     def _ablation_methods(self) -> Experiment:
@@ -92,10 +130,30 @@ class Experiment(Settings):
             raise ValueError(f"report.ablations.methods: {unknown} are neither merge.methods entries nor 'ms'")
         return self
 
+    @model_validator(mode="after")
+    def _released_names(self) -> Experiment:
+        bad = sorted(name for name in self.released if not RELEASED_NAME.fullmatch(name))
+        if bad:
+            raise ValueError(f"released: names {bad} must be letters and digits joined by single underscores")
+        methods = [f"released_{n}" for n in self.released]
+        methods += [f"released_{n}_{m}" for n in self.released for m in self.merge.methods]
+        taken = sorted({m for m in methods if methods.count(m) > 1} | (set(methods) & set(self.merge.methods)))
+        if taken:
+            raise ValueError(f"released: the method names {taken} would stand for two lineages; rename an entry")
+        return self
+
+
+def experiment_args(config: dict[str, Any]) -> list[str]:
+    """``["--experiment", NAME]``: what every stage that reads or writes checkpoints, grams or results gets, so
+    that it records the experiment in what it writes and refuses inputs made under another."""
+    name = config.get("experiment")
+    return ["--experiment", str(name)] if name else []
+
 
 def external_paths(config: dict[str, Any]) -> dict[str, str]:
     """Config key → path of every file or folder the experiment reads from outside the workflow: the real
-    raw-data roots, the BERT vocabulary and the BEiT weights (``pretrain.init: beit:PATH``)."""
+    raw-data roots, the BERT vocabulary, the BEiT weights (``pretrain.init: beit:PATH``) and the released
+    checkpoints (``released.<name>.path``, ``.vqa_answers``)."""
     data = config["data"]
     paths = {f"data.raw.{name}": root for name, root in sorted(data["raw"].items()) if root}
     if data["tokenizer"].get("bert_vocab"):
@@ -103,6 +161,8 @@ def external_paths(config: dict[str, Any]) -> dict[str, str]:
     init = config["pretrain"]["init"]
     if init.startswith("beit:"):
         paths["pretrain.init"] = init.removeprefix("beit:")
+    for name, entry in sorted((config.get("released") or {}).items()):
+        paths |= {f"released.{name}.{key}": entry[key] for key in ("path", "vqa_answers") if entry.get(key)}
     return paths
 
 

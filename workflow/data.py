@@ -6,18 +6,22 @@ again by the stage. The functions take only ``wildcards`` so Snakemake's params 
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from vlmerge.prepare.config import PrepareSettings
 from vlmerge.runtime.settings import build
 from vlmerge.synth.config import SynthSettings
 from vlmerge.vocab.config import TokenizerSettings
+from workflow.config import experiment_args
 from workflow.paths import Paths
 
 
 class DataStage:
     def __init__(self, config: dict[str, Any], paths: Paths) -> None:
         self.data, self.paths = config["data"], paths
+        # ``--experiment NAME`` (shell-quoted): prepare records it in each manifest, vocab compares it.
+        self.experiment = shlex.join(experiment_args(config))
 
     def synth_settings(self, wildcards: Any) -> str:
         """data.synthetic for the datasets without a real root (data.raw decides them, so they are added here)."""

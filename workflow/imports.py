@@ -28,6 +28,7 @@ STAGES = (
     "distance",
     "finetune",
     "evaluate",
+    "zeroshot",
     "report",
     "import",
     "export",

@@ -19,7 +19,9 @@ from vlmerge.errors import ConfigError
 from vlmerge.grams.config import GramsSettings
 from vlmerge.runtime.settings import build
 from workflow.ablations import Ablations
+from workflow.config import experiment_args
 from workflow.paths import Paths, stage_code
+from workflow.released import Released
 
 __all__ = ["TASKS", "Merging"]
 
@@ -40,18 +42,26 @@ class Merging:
         self.methods: dict[str, dict[str, Any]] = checked_methods(config["merge"]["methods"])
         self.grams = config["merge"]["grams"]
         self.paths = paths
+        self.experiment = experiment_args(config)
         self.defaults: Defaults = ablations.defaults
         self.ms_run = ms_run(None, self.defaults)
-        # Every merge the workflow can make: the configured entries and their ablation lineages.
-        self.names = [*self.methods, *ablations.names(merges_only=True)]
+        # Released checkpoints (config ``released:``): their MS models merge too (workflow/released.py).
+        self.released = Released(config, paths)
+        # Every merge the workflow can make: the configured entries, their ablation and released lineages.
+        self.names = [*self.methods, *ablations.names(merges_only=True), *self.released.merge_names()]
 
     def lineage_runs(self, variant: str | None) -> tuple[str, str]:
         """The MS and seed runs a lineage variant merges from (None: the main lineage)."""
         return ms_run(variant, self.defaults), seed_run(resolve(variant, self.defaults).seed_steps, self.defaults)
 
+    def entry(self, name: str) -> dict[str, Any]:
+        """The ``merge.methods`` entry a merge applies, on the main, an ablation or a released lineage."""
+        released = self.released.lineage(name)
+        return self.methods[released[1] if released and released[1] else split_method(name)[0]]
+
     def per_task(self, name: str) -> bool:
         """A merge that depends on the downstream task: grams of its data, or its used experts."""
-        spec = self.methods[split_method(name)[0]]
+        spec = self.entry(name)
         return per_task(spec["method"], spec.get("params") or {})
 
     def task_independent(self) -> str:
@@ -67,12 +77,17 @@ class Merging:
         return self.paths.merged(name, task if self.per_task(name) else None)
 
     def inputs(self, wildcards: Any) -> dict[str, Any]:
-        (base, variant), task = split_method(wildcards.name), getattr(wildcards, "task", None)
-        info = method_info(self.methods[base]["method"])
-        ms, seed = self.lineage_runs(variant)
-        inputs: dict[str, Any] = {"ms": self.paths.checkpoint(ms), "code": stage_code("merge")}
+        variant, task = split_method(wildcards.name)[1], getattr(wildcards, "task", None)
+        info = method_info(self.entry(wildcards.name)["method"])
+        if self.released.lineage(wildcards.name):
+            entry = self.released.merge_source(wildcards.name)  # refuses a method that needs the seed
+            ms, seed, variant = self.paths.released(entry), None, self.released.variant(entry)
+        else:
+            ms_name, seed_name = self.lineage_runs(variant)
+            ms, seed = self.paths.checkpoint(ms_name), self.paths.checkpoint(seed_name)
+        inputs: dict[str, Any] = {"ms": ms, "code": stage_code("merge")}
         if info.needs_seed:
-            inputs["seed"] = self.paths.checkpoint(seed)
+            inputs["seed"] = seed
         if info.needs_grams:
             if task is None:  # a grams merge is per task (per_task), so only task rules reach here
                 raise ValueError(f"merge {wildcards.name!r} needs grams, which exist per task, but has no task")
@@ -80,15 +95,19 @@ class Merging:
         return inputs
 
     def grams_ms(self, wildcards: Any) -> str:
-        """The MS checkpoint whose grams the grams rules collect (``variant``: an ablation lineage)."""
-        return self.paths.checkpoint(self.lineage_runs(getattr(wildcards, "variant", None))[0])
+        """The MS checkpoint whose grams the grams rules collect (``variant``: an ablation or released lineage)."""
+        variant = getattr(wildcards, "variant", None)
+        entry = self.released.entry_of_variant(variant)
+        if entry is not None:
+            return self.paths.released(entry)
+        return self.paths.checkpoint(self.lineage_runs(variant)[0])
 
     # The argument builders below take only ``wildcards``: Snakemake records (and compares on rerun) the
     # params whose functions do not ask for input/output/threads/resources; an ``input`` argument would
     # hide every hyper-parameter from the params trigger. Paths come from the same input functions.
     # Every value is shell-quoted: config values are data, never shell code.
     def args(self, wildcards: Any) -> str:
-        spec = self.methods[split_method(wildcards.name)[0]]
+        spec = self.entry(wildcards.name)
         task = getattr(wildcards, "task", None)
         given = spec.get("params") or {}
         params = for_task(given, task) if task else {k: v for k, v in given.items() if v is not None}
@@ -99,14 +118,14 @@ class Merging:
         for name in ("seed", "grams"):
             if name in inputs:
                 args += [f"--{name}", inputs[name]]
-        return shlex.join(args)
+        return shlex.join(args + self.experiment)
 
     def grams_args(self, wildcards: Any) -> str:
         """The grams stage's settings (``merge.grams``) as one ``--config`` JSON, and its input paths."""
         settings = build(GramsSettings, self.grams, "merge.grams").as_json()
         ms = self.grams_ms(wildcards)
         paths = ["--ckpt", ms, "--task", wildcards.task, "--arrow", self.paths.arrow_dir]
-        return shlex.join(["--config", settings, *paths, "--tokenizer", self.paths.tokenizer_dir])
+        return shlex.join(["--config", settings, *paths, "--tokenizer", self.paths.tokenizer_dir, *self.experiment])
 
 
 def _text(value: Any) -> str:

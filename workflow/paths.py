@@ -60,6 +60,10 @@ class Paths:
         """The unit users ask for: ``results/<task>/<method>.json``."""
         return str(Path("results") / task / f"{method}.json")
 
+    def released(self, name: str) -> str:
+        """A released vl-merging checkpoint (config ``released.<name>``) imported as a vlmerge one."""
+        return str(Path("results") / "released" / f"{name}.safetensors")
+
     def distance(self, run: str) -> str:
         return str(Path("results") / "distance" / f"{run}.json")
 

@@ -14,6 +14,7 @@ from typing import Any
 from vlmerge.catalog.names import MS_SHARINGS, PRETRAIN_DATASETS
 from vlmerge.pretrain.config import PretrainSection, PretrainSettings
 from vlmerge.runtime.settings import build
+from workflow.config import experiment_args
 from workflow.launch import Launch
 from workflow.paths import Paths, stage_code
 
@@ -24,6 +25,7 @@ class Pretraining:
     def __init__(self, config: dict[str, Any], paths: Paths) -> None:
         self.section = build(PretrainSection, config["pretrain"], where="pretrain")
         self.model, self.paths = config["model"], paths
+        self.experiment = experiment_args(config)
         self.launch = Launch(self.section.launch.model_dump())
 
     def inputs(self, wildcards: Any) -> dict[str, Any]:
@@ -63,6 +65,7 @@ class Pretraining:
         settings = self.settings(wildcards.run).as_json()
         return shlex.join(
             ["--config", settings, "--arrow", self.paths.arrow_dir, "--tokenizer", self.paths.tokenizer_dir]
+            + self.experiment
         )
 
 

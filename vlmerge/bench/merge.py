@@ -3,7 +3,8 @@
 Each method runs as its own ``python -m vlmerge.merge`` child on a random base-size MS checkpoint
 (184M block parameters), the seed and synthetic gram statistics; its wall time and peak RSS are
 quoted against the floor of a child that only loads the same inputs and writes an output of the
-same size. Gram collection is timed against plain forward passes over the same batches (tiny preset).
+same size. Gram collection is timed against plain forward passes over the same batches (tiny preset),
+and RegMean's float64 solves against their essential flops at the float64 GEMM rate of the same run.
 
 Everything heavy runs in children and this module imports no torch at top level: on Linux a
 child's peak RSS (``wait4``) is at least its parent's RSS at spawn time, so a parent holding the
@@ -17,6 +18,7 @@ import logging
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from vlmerge.bench.measure import Measurement, python_module, run_measured
@@ -127,6 +129,74 @@ def gram_hooks(batches: str = "12", batch_size: str = "32") -> None:
     print(json.dumps({"plain_s_per_batch": plain, "grams_s_per_batch": hooked, "ratio": hooked / plain}))
 
 
+def regmean_gemm(blocks: str = "3", repeats: str = "2") -> None:
+    """(child) Print JSON: RegMean's float64 solves on ``blocks`` × 4 base-size linear layers (qkv, proj,
+    fc1, fc2), 2 experts, against the floor of their essential flops at the GEMM rate of this run.
+
+    Essential flops of one layer with n inputs, k outputs: 2 × 2n²k for Σ_m G_m W_mᵀ, n³/3 for the
+    Cholesky factorisation, 2n²k for the two triangular solves: 6n²k + n³/3. The GEMM rate is the best
+    of several float64 [2048, 2048] products, measured before and after the solves (the higher is
+    used, so load during the run counts against RegMean, not for it).
+    """
+
+    import torch
+
+    from vlmerge.merging.regmean import Workspace, regmean_solve
+    from vlmerge.model import Modality, model_config
+
+    config = model_config("base")
+    d, h = config.dim, config.mlp_dim
+    shapes = [(d, 3 * d), (d, d), (d, h), (h, d)] * int(blocks)  # (n inputs, k outputs)
+    g = torch.Generator().manual_seed(0)
+    layers = []
+    for n, k in shapes:
+        grams = {}
+        for m in (Modality.V, Modality.L):
+            a = torch.randn(n, 256, generator=g, dtype=torch.float64)  # low rank + diagonal: PD
+            grams[m] = a @ a.T + torch.diag(torch.rand(n, generator=g, dtype=torch.float64))
+        layers.append(({m: torch.randn(k, n, generator=g) for m in grams}, grams))
+    flops = sum(6 * n * n * k + n**3 / 3 for n, k in shapes)
+
+    def gemm_rate() -> float:
+        x = torch.randn(2048, 2048, dtype=torch.float64)
+        x @ x
+        best = min(_timed(lambda: x @ x) for _ in range(5))
+        return 2 * 2048**3 / best
+
+    workspace = Workspace()  # as a merge holds it: buffers reused from layer to layer
+
+    def solves() -> None:
+        for weights, grams in layers:
+            regmean_solve(weights, grams, 1e10, workspace=workspace)
+
+    rate = gemm_rate()
+    solves()  # warm-up
+    seconds = min(_timed(solves) for _ in range(int(repeats)))
+    rate = max(rate, gemm_rate())
+    floor = flops / rate
+    print(
+        json.dumps(
+            {
+                "layers": len(shapes),
+                "gflop": flops / 1e9,
+                "gemm_gflops": rate / 1e9,
+                "seconds": seconds,
+                "floor_s": floor,
+                "ratio": seconds / floor,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    import time
+
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def _bench_methods(work: Path) -> list[dict[str, object]]:
     run_measured(_child("write_inputs", str(work)))
     paths = {name: str(work / f"{name}.safetensors") for name in ("ms", "seed", "grams")}
@@ -161,6 +231,7 @@ def run() -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="vlmerge-bench-") as tmp:
         rows = _bench_methods(Path(tmp))
     hooks = json.loads(subprocess.run(_child("gram_hooks"), capture_output=True, text=True, check=True).stdout)
+    solve = json.loads(subprocess.run(_child("regmean_gemm"), capture_output=True, text=True, check=True).stdout)
     print("\n## merge: base preset, random weights, synthetic grams (one child process per method)")
     print(f"{'method':<36} {'s':>7} {'peak RSS MB':>12} {'floor s':>8} {'floor MB':>9} {'x floor':>8} {'RSS x':>6}")
     for r in rows:
@@ -173,4 +244,9 @@ def run() -> dict[str, object]:
         f"{hooks['plain_s_per_batch'] * 1e3:.0f} ms, with gram hooks {hooks['grams_s_per_batch'] * 1e3:.0f} ms "
         f"per batch (x{hooks['ratio']:.2f})"
     )
-    return {"methods": rows, "grams": hooks}
+    print(
+        f"\n## RegMean solves: {solve['layers']} base-size linear layers (qkv, proj, fc1, fc2), 2 experts, float64: "
+        f"{solve['seconds']:.2f} s vs floor {solve['floor_s']:.2f} s ({solve['gflop']:.0f} GFLOP essential at "
+        f"{solve['gemm_gflops']:.0f} GFLOP/s float64 GEMM, {solve['threads']} threads): x{solve['ratio']:.2f}"
+    )
+    return {"methods": rows, "grams": hooks, "regmean_solve": solve}

@@ -81,12 +81,23 @@ class MethodInfo:
         }
 
 
-_LAM = Param("lam", real(), 0.5, "scale λ of the combined task vectors")
+# λ scales task vectors added to θ₀: the paper's main table uses 0.75, the sweeps overlay 0.25-1 and
+# TIES defaults to 1. [0, 2] leaves room to extrapolate past the plain sum of the task vectors; far
+# outside it the merged weights leave the region the experts span (λ = 1e6 overflows float32), so the
+# range is checked like ratio, α, k and p.
+LAM_RANGE = (0.0, 2.0)
+_LAM = Param("lam", real(*LAM_RANGE), 0.5, "scale λ ∈ [0, 2] of the combined task vectors")
 _SUBSET = Param("subset", optional(modalities), None, "expert subset, e.g. v,l (default: every expert of a layer)")
 _REGMEAN = (
     Param("alpha", real(0.0, 1.0), 1.0, "scale α of the grams' off-diagonal entries (upstream runs: 1.0)"),
     Param("normalize", choice(*NORMALIZE), "sum", "sum: raw token sums (upstream); mean: per-token averages"),
-    Param("max_cond", real(1.0), 1e10, "condition estimate above which a ridge is added"),
+    Param(
+        "max_cond",
+        real(1.0, 1e15),
+        1e10,
+        "condition estimate (cond₂, from power iterations) above which a ridge is added; at most 1e15, "
+        "as beyond 1/ε a float64 solve keeps no correct digit",
+    ),
     Param(
         "unseen",
         choice("error", "skip"),
@@ -105,7 +116,7 @@ METHOD_INFO: dict[str, MethodInfo] = {
             "arithmetic",
             SUNG,
             (
-                Param("lam", real(), 0.5, "scale λ of the summed modality vectors"),
+                Param("lam", real(*LAM_RANGE), 0.5, "scale λ ∈ [0, 2] of the summed modality vectors"),
                 Param(
                     "mode",
                     choice("formula", "upstream_sequential"),
@@ -131,7 +142,7 @@ METHOD_INFO: dict[str, MethodInfo] = {
             "ties",
             "Yadav et al. 2023, https://arxiv.org/abs/2306.01708",
             (
-                Param("lam", real(), 1.0, "scale λ of the merged task vector"),
+                Param("lam", real(*LAM_RANGE), 1.0, "scale λ ∈ [0, 2] of the merged task vector"),
                 Param("k", real(0.0, 100.0), 20.0, "percent of task-vector entries kept, by magnitude"),
                 Param(
                     "topk_scope",

@@ -55,12 +55,15 @@ VG = pa.schema(
     ]
 )
 
+# NLVR2's balanced/unbalanced subsets of dev and test1 (ViLT's write_nlvr2.py names).
+NLVR2_SUBSETS = ("balanced_dev", "balanced_test1", "unbalanced_dev", "unbalanced_test1")
+
 # Output files per dataset and split. SBU and GCC are sharded: ``{shard}`` is 0, 1, …
 FILES: dict[str, dict[str, str]] = {
     "coco": {s: f"coco_caption_karpathy_{s}.arrow" for s in ("train", "restval", "val", "test")},
     "f30k": {s: f"f30k_caption_karpathy_{s}.arrow" for s in ("train", "val", "test")},
     "vqa": {s: f"vqav2_{s}.arrow" for s in ("train", "val", "trainable_val", "rest_val", "test", "test-dev")},
-    "nlvr2": {s: f"nlvr2_{s}.arrow" for s in ("train", "dev", "test1")},
+    "nlvr2": {s: f"nlvr2_{s}.arrow" for s in ("train", "dev", "test1", *NLVR2_SUBSETS)},
     "vg": {"train": "vg.arrow"},
     "sbu": {"train": "sbu_{shard}.arrow"},
     "gcc": {s: f"conceptual_caption_{s}_{{shard}}.arrow" for s in ("train", "val")},
@@ -77,6 +80,9 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 
 assert tuple(FILES) == DATASETS, "one table layout per catalogued dataset, in the catalogue's order"
+
+# Splits of FILES written only when the raw data has their annotation files (the others always are).
+OPTIONAL_SPLITS: dict[str, tuple[str, ...]] = {"nlvr2": NLVR2_SUBSETS}
 
 # The VQA answer vocabulary (label index → answer string) is written beside the arrow files.
 VQA_ANSWERS_FILE = "vqav2_answers.json"

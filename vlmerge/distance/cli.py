@@ -22,6 +22,7 @@ from vlmerge.merging.validate import check_finite, check_ms_state
 from vlmerge.model import Sharing, expert_layout
 from vlmerge.model.checkpoint import load_state
 from vlmerge.runtime import atomic_write_json, provenance, sha256_file
+from vlmerge.runtime.outputs import check_outputs, with_sidecar
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
 from vlmerge.runtime.stage import run_stage
 
@@ -50,6 +51,7 @@ def parse_args(argv: list[str] | None) -> DistanceConfig:
 
 
 def run(config: DistanceConfig) -> None:
+    check_outputs([("--out", config.out)], [*with_sidecar("--ms", config.ms), *with_sidecar("--seed", config.seed)])
     ms_state, meta = load_state(config.ms)
     seed_state, seed_meta = load_state(config.seed)
     if meta.sharing is Sharing.SHARED:

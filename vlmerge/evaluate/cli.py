@@ -37,6 +37,7 @@ from vlmerge.evaluate.config import EvaluateSettings
 from vlmerge.model import VLModel, config_hash
 from vlmerge.model.checkpoint import CheckpointMeta, load_model
 from vlmerge.runtime import atomic_write_json, provenance
+from vlmerge.runtime.outputs import check_outputs, with_sidecar
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
 from vlmerge.runtime.stage import run_stage
 from vlmerge.tasks.base import Rows, Task
@@ -138,6 +139,11 @@ def _load(config: EvaluateConfig, task: Task, vocab_size: int) -> tuple[VLModel,
 
 
 def run(config: EvaluateConfig) -> dict[str, Any]:
+    submission = config.out.with_name(f"{config.out.stem}.submission-{config.vqa_submission_split}.json")
+    check_outputs(
+        [("--out", config.out), ("--out's submission file", submission)],
+        [*with_sidecar("--ckpt", config.ckpt), ("--vqa-annotations", config.vqa_annotations)],
+    )
     start = time.perf_counter()
     record = provenance("evaluate", config.resolved())
     evaluation = Evaluation(config)

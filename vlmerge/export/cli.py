@@ -23,6 +23,7 @@ from vlmerge.export.config import ExportSettings
 from vlmerge.model.checkpoint import load_state
 from vlmerge.model.import_vlmerging import lightning_checkpoint, to_vlmerging_state
 from vlmerge.runtime import atomic_path, provenance, sha256_file
+from vlmerge.runtime.outputs import check_outputs, with_sidecar
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
 from vlmerge.runtime.stage import run_stage
 
@@ -49,6 +50,7 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
 
 
 def run(config: ExportConfig) -> None:
+    check_outputs([("--out", config.out)], with_sidecar("--ckpt", config.ckpt))
     state, meta = load_state(config.ckpt)
     upstream = to_vlmerging_state(state, meta.config, config.settings.text_rows_for)
     record = {

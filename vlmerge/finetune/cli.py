@@ -34,6 +34,7 @@ from vlmerge.finetune.module import FinetuneModule
 from vlmerge.finetune.run import FinetunePaths, FinetuneRun, resolve_run
 from vlmerge.model.checkpoint import checkpoint_meta, save_checkpoint
 from vlmerge.runtime import provenance
+from vlmerge.runtime.outputs import check_outputs, with_sidecar
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
 from vlmerge.runtime.stage import run_stage
 from vlmerge.tasks.errors import TaskError
@@ -43,7 +44,7 @@ from vlmerge.tasks.registry import get_task
 from vlmerge.train.errors import require_finished
 from vlmerge.train.settings import add_run_arguments
 from vlmerge.train.trainer import build_trainer, resume_checkpoint
-from vlmerge.train.work_dir import claim_work_dir
+from vlmerge.train.work_dir import check_resume_checkpoint, claim_work_dir
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def run(config: FinetuneRun) -> Path | None:
     claim_work_dir(work_dir, {"run_id": run_id}, writer=writer, restart_stale=config.restart_stale)
     module = FinetuneModule(model, task, data.val_sides, config.module, work_dir / "selection", run_id)
     trainer = build_trainer(config.trainer)
-    trainer.fit(module, datamodule=data, ckpt_path=resume_checkpoint(work_dir))
+    trainer.fit(module, datamodule=data, ckpt_path=check_resume_checkpoint(resume_checkpoint(work_dir)))
     require_finished(trainer.global_step, config.trainer.max_steps, work_dir)
     if config.trainer.max_steps not in module.selection.steps:
         trainer.validate(module, datamodule=data, verbose=False)
@@ -135,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _resolve(args: argparse.Namespace) -> FinetuneRun:
     """The run the parsed command line asks for; raises an InputError (a one-line message) on bad input."""
+    check_outputs(with_sidecar("--out", args.out), with_sidecar("--init", args.init))
     paths = FinetunePaths(
         init=args.init, arrow=args.arrow, tokenizer=args.tokenizer, out=args.out, work_dir=args.work_dir
     )

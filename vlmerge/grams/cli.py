@@ -33,6 +33,7 @@ from vlmerge.merging.errors import GramsError
 from vlmerge.model import Sharing, VLModel
 from vlmerge.model.checkpoint import load_model
 from vlmerge.runtime import jsonable, provenance, sha256_file
+from vlmerge.runtime.outputs import check_outputs, with_sidecar
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
 from vlmerge.runtime.stage import run_stage
 
@@ -114,6 +115,7 @@ def _prepare_model(config: CollectConfig) -> VLModel:
 
 
 def collect(config: CollectConfig) -> None:
+    check_outputs(with_sidecar("--out", config.out), with_sidecar("--ckpt", config.ckpt))
     model = _prepare_model(config)
     tokenizer = load_tokenizer(config.tokenizer, max_length=model.config.max_text_len)
     data = task_dataset(config.task, config.settings.split, config.arrow, model.config.image_size)
@@ -123,7 +125,8 @@ def collect(config: CollectConfig) -> None:
         batch_size=config.settings.batch_size,
         shuffle=False,
         num_workers=config.workers,
-        collate_fn=BatchCollator(tokenizer, model.config.max_text_len),
+        # With pads counted (upstream), texts are padded to the full text length as upstream pads them.
+        collate_fn=BatchCollator(tokenizer, model.config.max_text_len, pad_to_max=config.settings.include_pad),
     )
     log.info(
         "%s %s (%s table): %d samples, shard %d/%d",
@@ -156,6 +159,7 @@ def collect(config: CollectConfig) -> None:
 
 
 def reduce(config: ReduceConfig) -> None:
+    check_outputs(with_sidecar("--out", config.out), [f for p in config.shards for f in with_sidecar("--reduce", p)])
     grams, record = reduce_files(config.shards)
     record["provenance"] = provenance("grams", {"reduce": [str(p) for p in config.shards], "out": str(config.out)})
     save_grams(config.out, grams, record)

@@ -9,7 +9,6 @@ experts only fire on image+text input, so their grams need VQA/NLVR2 data.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +16,14 @@ import torch
 from torch.utils.data import Dataset
 
 from vlmerge.data.readers import CaptionPairs, NLVR2Dataset, VQADataset
-from vlmerge.data.schema import FILES, VQA_ANSWERS_FILE
+from vlmerge.data.schema import FILES
 from vlmerge.data.transforms import eval_transform
 from vlmerge.grams.hooks import GramCollector
-from vlmerge.merging.errors import GramsError
 from vlmerge.merging.grams import GramStats
 from vlmerge.model import VLModel
 from vlmerge.runtime import Progress
 from vlmerge.tasks.registry import get_task
+from vlmerge.tasks.vqa import answer_vocabulary
 
 # Our split names → each dataset's table name (NLVR2 calls its validation split "dev").
 SPLITS: dict[str, dict[str, str]] = {
@@ -41,12 +40,8 @@ def task_dataset(task: str, split: str, arrow_dir: Path, image_size: int) -> Dat
     path = Path(arrow_dir) / FILES[task][SPLITS[task][split]]
     transform = eval_transform(image_size)
     if task == "vqa":
-        answers = Path(arrow_dir) / VQA_ANSWERS_FILE
-        try:
-            num_answers = len(json.loads(answers.read_text()))
-        except (OSError, json.JSONDecodeError) as err:
-            raise GramsError(f"cannot read the VQA answer vocabulary {answers}: {err}") from err
-        return VQADataset([path], transform, num_answers)
+        # vqav2_answers.json, or the list rebuilt from the tables of a folder written by ViLT.
+        return VQADataset([path], transform, len(answer_vocabulary(Path(arrow_dir))))
     if task == "nlvr2":
         return NLVR2Dataset([path], transform)
     return CaptionPairs([path], transform)

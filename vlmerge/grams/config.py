@@ -15,5 +15,7 @@ class GramsSettings(Settings):
     split: Literal["train", "val"] = Field("train", description="task split the grams see: train, or val (upstream)")
     max_samples: int | None = Field(None, ge=1, description="evenly spaced subset of this many samples (None: all)")
     batch_size: int = Field(32, ge=1, description="samples per forward pass")
-    include_pad: bool = Field(False, description="count text pad tokens too (upstream)")
+    include_pad: bool = Field(
+        False, description="count text pad tokens too, texts padded to the full text length (upstream)"
+    )
     image_size: int | None = Field(None, ge=1, description="pixels (None: the checkpoint's; upstream 224)")

@@ -25,6 +25,7 @@ from vlmerge.errors import InputError
 from vlmerge.model.checkpoint import save_model
 from vlmerge.model.import_vlmerging import read_vlmerging
 from vlmerge.runtime import atomic_write_json, provenance
+from vlmerge.runtime.outputs import check_outputs, with_sidecar
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
 from vlmerge.runtime.stage import run_stage
 
@@ -80,6 +81,8 @@ def read_answers(path: Path, rows: int) -> list[str]:
 
 
 def run(config: ImportConfig) -> None:
+    outputs = [*with_sidecar("--out", config.out), ("--out's VQA answers", answers_path(config.out))]
+    check_outputs(outputs, [("--ckpt", config.ckpt), ("--vqa-answers", config.vqa_answers)])
     settings = config.settings
     model, found = read_vlmerging(config.ckpt, settings.preset, **settings.overrides)
     rows = found.heads.vqa_answers
@@ -95,7 +98,7 @@ def run(config: ImportConfig) -> None:
         extra["vqa"]["answers_file"] = answers_path(config.out).name
         inputs["vqa_answers"] = config.vqa_answers
     extra["provenance"] = provenance("import", config.resolved())
-    save_model(config.out, model, inputs=inputs, extra=extra)
+    save_model(config.out, model, inputs=inputs, extra=extra, experiment="released")
     log.info("imported %s (%s) into %s", config.ckpt, found.architecture, config.out)
 
 

@@ -6,8 +6,10 @@
 
 Writes the merged weights (strict-loadable into the shared model) and a sidecar recording the
 method, its resolved parameters, the sha256 of every input and per-layer diagnostics. Bad input
-(an MA checkpoint given as MS, disagreeing shapes, NaN/Inf, grams from another model, an unknown
-method or parameter, a missing seed) ends with a one-line error and exit code 2.
+(an MA checkpoint given as MS, disagreeing shapes or presets, NaN/Inf, grams from another model, an
+unknown method or parameter, a missing seed, grams of another task than ``used_experts_only``'s, a
+non-finite result, an ``--out`` that is an input or its sidecar, an input of another
+``--experiment``) ends with a one-line error and exit code 2.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlmerge.catalog.methods import SELECTION_PARAMS
+from vlmerge.catalog.methods import SELECTION_PARAMS, resolve_selection
 from vlmerge.catalog.params import to_json
 from vlmerge.files.grams import load_grams
 from vlmerge.merging import METHODS, MergeError, get_method, merge_with_report
+from vlmerge.merging.validate import check_grams_task
 from vlmerge.model import Sharing, expert_layout
 from vlmerge.model.checkpoint import CheckpointMeta, load_state, save_checkpoint, sidecar_path
 from vlmerge.runtime import provenance
+from vlmerge.runtime.outputs import check_outputs, with_sidecar
+from vlmerge.runtime.settings import add_experiment_argument
 from vlmerge.runtime.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -40,6 +45,7 @@ class MergeConfig:
     seed: Path | None = None
     grams: Path | None = None
     allow_foreign_grams: bool = False
+    allow_other_task_grams: bool = False
 
     def resolved(self) -> dict[str, Any]:
         return {
@@ -50,6 +56,7 @@ class MergeConfig:
             "seed": self.seed and str(self.seed),
             "grams": self.grams and str(self.grams),
             "allow_foreign_grams": self.allow_foreign_grams,
+            "allow_other_task_grams": self.allow_other_task_grams,
         }
 
 
@@ -94,6 +101,12 @@ def parse_args(argv: list[str] | None) -> MergeConfig | None:
         action="store_true",
         help="accept grams collected on another checkpoint of the same architecture",
     )
+    parser.add_argument(
+        "--allow-other-task-grams",
+        action="store_true",
+        help="accept grams collected on another task's data than the used_experts_only task",
+    )
+    add_experiment_argument(parser)
     args = parser.parse_args(argv)
     if args.list:
         return None
@@ -103,7 +116,16 @@ def parse_args(argv: list[str] | None) -> MergeConfig | None:
     params = dict(args.param)
     if len(params) != len(args.param):
         parser.error("a --param key is given twice")
-    return MergeConfig(args.method, params, args.ms, args.out, args.seed, args.grams, args.allow_foreign_grams)
+    return MergeConfig(
+        args.method,
+        params,
+        args.ms,
+        args.out,
+        args.seed,
+        args.grams,
+        args.allow_foreign_grams,
+        args.allow_other_task_grams,
+    )
 
 
 def _check_early(config: MergeConfig) -> None:
@@ -123,6 +145,12 @@ def _verified_sha256(path: Path) -> str:
 
 
 def run(config: MergeConfig) -> None:
+    given = [
+        *with_sidecar("--ms", config.ms),
+        *with_sidecar("--seed", config.seed),
+        *with_sidecar("--grams", config.grams),
+    ]
+    check_outputs(with_sidecar("--out", config.out), given)
     _check_early(config)
     ms_state, meta = load_state(config.ms)
     if meta.sharing is Sharing.SHARED:
@@ -133,6 +161,10 @@ def run(config: MergeConfig) -> None:
         seed_state, seed_meta = load_state(config.seed)
         if seed_meta.sharing is not Sharing.SHARED:
             raise MergeError(f"{config.seed} is {seed_meta.sharing.value}; --seed needs the MA seed checkpoint")
+        if seed_meta.preset != meta.preset:
+            raise MergeError(
+                f"--seed {config.seed} is preset {seed_meta.preset}, --ms {config.ms} is preset {meta.preset}"
+            )
         inputs["seed"] = _verified_sha256(config.seed)
     if config.grams is not None:
         grams, record = load_grams(config.grams)
@@ -141,6 +173,9 @@ def run(config: MergeConfig) -> None:
                 f"{config.grams} was collected on another checkpoint than {config.ms} "
                 "(--allow-foreign-grams accepts that)"
             )
+        if not config.allow_other_task_grams:
+            used = resolve_selection({k: v for k, v in config.params.items() if k == "used_experts_only"})
+            check_grams_task(record.get("task"), used["used_experts_only"], str(config.grams))
         inputs["grams"] = record["weights_sha256"]
     try:
         merged = merge_with_report(

@@ -2,7 +2,7 @@
 
 The orchestration every method shares: read the layout, check the inputs, hand each method only
 the per-expert tensors it merges (grouped by MA key, experts chosen per layer), copy everything
-else, and check that the result covers exactly the MA keys. Inputs are never modified.
+else, and check that the result covers exactly the MA keys and is finite. Inputs are never modified.
 """
 
 from __future__ import annotations
@@ -19,10 +19,22 @@ from vlmerge.merging.grams import GramStats
 from vlmerge.merging.keys import copied_keys, infer_layout
 from vlmerge.merging.registry import Merged, get_method
 from vlmerge.merging.selection import SELECTION_PARAMS, Selection
-from vlmerge.merging.validate import check_grams, check_ms_state, check_seed
+from vlmerge.merging.validate import check_grams, check_ms_state, check_seed, is_finite
 from vlmerge.model import ExpertLayout
 
 log = logging.getLogger(__name__)
+
+
+def check_output(method: str, params: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> None:
+    """Every merged tensor is finite: the first that is not is an error naming it, the method and its
+    parameters (one min/max pass per tensor; the copied keys were checked on input)."""
+    for key, tensor in state.items():
+        if not is_finite(tensor):
+            given = ", ".join(f"{k}={v}" for k, v in to_json(dict(params)).items())
+            raise MergeError(
+                f"{method} ({given}) produced NaN or Inf in {key} ({tensor.dtype}); "
+                "the parameters or inputs leave the range the result can represent"
+            )
 
 
 def merge_with_report(
@@ -63,6 +75,7 @@ def merge_with_report(
     out = spec.fn(experts, base, **resolved, **extra)
     if set(out.state) != set(experts):
         raise AssertionError(f"method {method!r} returned keys {sorted(set(out.state) ^ set(experts))[:3]}")
+    check_output(method, resolved, out.state)
     state = {k: ms_state[k].clone() for k in copied_keys(layout, ms_state)}
     state.update({g.ma_key: ms_state[selection.rest_key(g)].clone() for g in groups if not selection.merges(g)})
     state.update(out.state)

@@ -63,10 +63,12 @@ class GramStats:
             raise GramsError(f"{source}: entries without a gram: {orphans[:5]}")
         return cls(xtx, sums, counts)
 
-    def statistics(self, name: str, normalize: str, where: str) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """(G [D, D], s [D], n) for ``name``: raw sums, or divided by the token count with ``mean``.
+    def checked(self, name: str, where: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(G [D, D], s [D], n) for ``name`` as stored (raw sums), after O(D) checks of what a merge needs.
 
-        ``where`` names the layer/expert that needs it, for the error when the gram is missing.
+        ``where`` names the layer/expert that needs it. Errors: no such gram; no tokens seen; a gram
+        that is all zero while it counts tokens (its expert would silently drop out of the merge); a
+        negative diagonal entry (Σx_i² < 0: not positive semi-definite).
         """
         if name not in self.xtx:
             raise GramsError(f"no gram for {name} ({where}); the grams were collected on other data or another model")
@@ -76,9 +78,30 @@ class GramStats:
                 f"gram {name} ({where}) saw no tokens; collect it on data that routes through it, "
                 "or merge only the experts the task uses (used_experts_only=<task>)"
             )
+        g = self.xtx[name]
+        diagonal = g.diagonal()
+        low, high = torch.aminmax(diagonal)
+        if float(low) < 0:
+            i = int(diagonal.argmin())
+            raise GramsError(
+                f"gram {name} ({where}) is not positive semi-definite: diagonal entry {i} is {float(low):.3g}"
+            )
+        if float(high) == 0:
+            raise GramsError(
+                f"gram {name} ({where}) is all zero but counts {n} tokens: the statistics are corrupt "
+                "(recollect them; this expert would drop out of the merge)"
+            )
+        return g, self.sums[name], n
+
+    def statistics(self, name: str, normalize: str, where: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(G [D, D], s [D], n) for ``name``: raw sums, or divided by the token count with ``mean``.
+
+        ``where`` names the layer/expert that needs it, for the errors of :meth:`checked`.
+        """
+        g, s, n = self.checked(name, where)
         if normalize == "mean":
-            return self.xtx[name] / n, self.sums[name] / n, 1.0
-        return self.xtx[name], self.sums[name], float(n)
+            return g / n, s / n, 1.0
+        return g, s, float(n)
 
 
 def reduce_grams(shards: Sequence[GramStats]) -> GramStats:

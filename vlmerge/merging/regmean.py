@@ -12,12 +12,14 @@ naming the layer, and ``normalize`` chooses raw sums (``sum``, upstream) or per-
 An expert whose gram saw no tokens (v and l from F on, with VQA/NLVR2 data: pairs only reach vl)
 is an error too, unless ``unseen="skip"`` leaves it out of that layer's linear solves — what the
 upstream NLVR2 runs with all three experts amounted to — and the sidecar lists what was skipped.
+A gram that is all zero while it counts tokens, or one with a negative diagonal, is an error naming
+the layer and expert; so is a layer whose summed grams turn out indefinite when factored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, cast
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -27,47 +29,117 @@ from vlmerge.merging.interpolation import plain_mean
 from vlmerge.merging.keys import LinearSlot, linear_slot
 from vlmerge.merging.registry import BaseTensors, ExpertTensors, Merged, register
 from vlmerge.merging.regmean_bias import augmented, split_bias, with_bias
-from vlmerge.merging.solve import solve_psd
+from vlmerge.merging.solve import PSD_TOLERANCE, NotPositiveSemiDefinite, solve_psd
 from vlmerge.model import Modality
 
 F64 = torch.float64
 
 
 def scale_offdiagonal(g: torch.Tensor, alpha: float) -> torch.Tensor:
-    """α·G + (1−α)·diag(G): G [n, n] → [n, n]."""
+    """α·G + (1−α)·diag(G): G [n, n] → a new [n, n] (the reference for :func:`scale_offdiagonal_`)."""
     return alpha * g + (1.0 - alpha) * torch.diag_embed(g.diagonal())
 
 
-def _sum(terms: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Built-in ``sum`` of tensors (start 0, so the same values); a tensor when ``terms`` is not empty."""
-    return cast(torch.Tensor, sum(terms))
+def scale_offdiagonal_(g: torch.Tensor, alpha: float) -> torch.Tensor:
+    """G ← α·G + (1−α)·diag(G) in place, without an [n, n] temporary; α = 1 leaves G as it is."""
+    if alpha != 1.0:
+        diagonal = g.diagonal().clone()
+        g.mul_(alpha).diagonal().copy_(diagonal)
+    return g
+
+
+class Workspace:
+    """Float64 buffers reused from layer to layer (one per role and shape): a merge allocates each
+    [in, in] and [in, out] matrix once instead of once per layer (fresh pages cost a pass of their own)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
+
+    def get(self, role: str, shape: tuple[int, ...]) -> torch.Tensor:
+        key = (role, shape)
+        if key not in self._buffers:
+            self._buffers[key] = torch.empty(shape, dtype=F64)
+        return self._buffers[key]
 
 
 def regmean_solve(
-    weights: Mapping[Modality, torch.Tensor], grams: Mapping[Modality, torch.Tensor], max_cond: float
+    weights: Mapping[Modality, torch.Tensor],
+    grams: Mapping[Modality, torch.Tensor],
+    max_cond: float,
+    *,
+    alpha: float = 1.0,
+    scales: Mapping[Modality, float] | None = None,
+    workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """W = (Σ W_m G_m)(Σ G_m)⁻¹ for W_m [out, in], G_m [in, in] (already α-scaled); → ([out, in] f64, record).
+    """W = (Σ c_m W_m G̃_m)(Σ c_m G̃_m)⁻¹ for W_m [out, in], G_m [in, in]; → ([out, in] f64, record).
 
-    Solved as (Σ G_m) Wᵀ = Σ G_m W_mᵀ (G symmetric); a ridge, if needed, pulls toward the experts'
-    plain mean. The record holds ridge, cond_est, residual.
+    G̃_m = α·G_m + (1−α)·diag(G_m) and c_m = ``scales[m]`` (default 1; 1/tokens for per-token means)
+    are applied without scaled copies of the grams: the sum Ã = Σ c_m G̃_m is the one [in, in] matrix
+    built (scaled off the diagonal in place, then factored over). The system Ã Wᵀ = Σ c_m G̃_m W_mᵀ
+    (G symmetric) is solved for the correction to the first expert, Wᵀ = W_1ᵀ + Ã⁻¹ Σ_{m>1} c_m G̃_m
+    (W_m − W_1)ᵀ, which needs one [in, in] × [in, out] product fewer than forming the right-hand side
+    (G̃_m Δᵀ = α·G_m Δᵀ + (1−α)·diag(G_m) Δᵀ). A ridge, if needed, pulls toward the experts' plain
+    mean. The record holds ridge, cond_est, residual. With a ``workspace`` the result is a view of
+    its buffer: copy it before the next call.
     """
     if not weights:
         raise MergeError("regmean_solve: no expert weights to merge")
-    a = _sum(grams[m] for m in weights)
-    rhs = _sum(grams[m] @ weights[m].to(F64).T for m in weights)
-    mean = _sum(weights[m].to(F64) for m in weights) / len(weights)
-    solution = solve_psd(a, rhs, max_cond, prior=mean.T)
+    order = list(weights)
+    coef = {m: 1.0 if scales is None else float(scales[m]) for m in order}
+    w64 = {m: weights[m].to(F64) for m in order}  # [out, in]
+    first, *rest = order
+    n, k = grams[first].shape[0], w64[first].shape[0]
+    space = workspace or Workspace()
+    a, rhs = space.get("gram", (n, n)), space.get("rhs", (n, k))
+    if coef[first] == 1.0 and rest:  # Σ c_m G_m: one pass for the first two terms
+        torch.add(grams[first], grams[rest[0]], alpha=coef[rest[0]], out=a)
+    else:
+        torch.mul(grams[first], coef[first], out=a)
+        if rest:
+            a.add_(grams[rest[0]], alpha=coef[rest[0]])
+    for m in rest[1:]:
+        a.add_(grams[m], alpha=coef[m])
+    # Σ G̃_m W_mᵀ = Ã W_1ᵀ + Σ_{m>1} G̃_m (W_m − W_1)ᵀ: solve for the correction to W_1, one product fewer.
+    base = w64[first].T
+    rhs.zero_()
+    for m in rest:
+        delta = w64[m] - w64[first]
+        rhs.addmm_(grams[m], delta.T, alpha=alpha * coef[m])
+        if alpha != 1.0:
+            rhs.addcmul_(grams[m].diagonal()[:, None], delta.T, value=(1.0 - alpha) * coef[m])
+    scale_offdiagonal_(a, alpha)
+
+    def prior() -> torch.Tensor:
+        total = w64[first].clone()
+        for m in rest:
+            total.add_(w64[m])
+        return total.div_(len(order)).T
+
+    solution = solve_psd(a, rhs, max_cond, prior=prior, overwrite=True, base=base)
     return solution.x.T, solution.record()
 
 
 def _grams(
-    slot: LinearSlot, experts: tuple[Modality, ...], grams: GramStats, normalize: str, alpha: float, exact_bias: bool
-) -> dict[Modality, torch.Tensor]:
-    out = {}
+    slot: LinearSlot, experts: tuple[Modality, ...], grams: GramStats, normalize: str, exact_bias: bool
+) -> tuple[dict[Modality, torch.Tensor], dict[Modality, float]]:
+    """Each expert's gram (augmented with its Σx and count for exact bias) and its scale c_m."""
+    out, scales = {}, {}
     for m in experts:
-        g, s, n = grams.statistics(slot.gram_name(m), normalize, f"layer {slot.layer}, expert {m.value}")
-        out[m] = scale_offdiagonal(augmented(g, s, n) if exact_bias else g, alpha)
-    return out
+        g, s, n = grams.checked(slot.gram_name(m), f"layer {slot.layer}, expert {m.value}")
+        out[m] = augmented(g, s, float(n)) if exact_bias else g
+        scales[m] = 1.0 / n if normalize == "mean" else 1.0
+    return out, scales
+
+
+def _indefinite(slot: LinearSlot, key: str, g: Mapping[Modality, torch.Tensor], err: MergeError) -> GramsError:
+    """The error for a layer whose summed grams are indefinite, naming the experts whose own gram is."""
+    bad = []
+    for m, gram in g.items():
+        eigenvalues = torch.linalg.eigvalsh(gram)
+        if float(eigenvalues[0]) < -PSD_TOLERANCE * max(float(eigenvalues[-1]), 0.0):
+            bad.append(f"{slot.gram_name(m)} (expert {m.value}: min eigenvalue {float(eigenvalues[0]):.3g})")
+    named = f"; indefinite: {', '.join(bad)}" if bad else ""
+    return GramsError(f"{key} (layer {slot.layer}): {err}{named}")
 
 
 def _solve_linear(
@@ -80,15 +152,25 @@ def _solve_linear(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Merged weight (and, with exact bias, its biases) of one linear layer over the experts ``order``."""
     dtype = experts[key][order[0]].dtype
-    g = _grams(slot, order, grams, settings["normalize"], settings["alpha"], settings["exact_bias"])
-    if not settings["exact_bias"]:
-        merged, record = regmean_solve({m: experts[key][m] for m in order}, g, settings["max_cond"])
-        return {key: merged.to(dtype)}, record
-    if any(k not in experts for k in slot.bias_keys):
+    g, scales = _grams(slot, order, grams, settings["normalize"], settings["exact_bias"])
+    if settings["exact_bias"] and any(k not in experts for k in slot.bias_keys):
         raise MergeError(f"{key}: exact-bias RegMean needs its biases {slot.bias_keys} merged alongside")
-    merged, record = regmean_solve({m: with_bias(slot, key, experts, m) for m in order}, g, settings["max_cond"])
-    out = {k: b.to(dtype) for k, b in split_bias(slot, merged).items()}
-    return out | {key: merged[:, :-1].to(dtype)}, record
+    if settings["exact_bias"]:
+        weights = {m: with_bias(slot, key, experts, m) for m in order}
+    else:
+        weights = {m: experts[key][m] for m in order}
+    try:
+        merged, record = regmean_solve(
+            weights, g, settings["max_cond"], alpha=settings["alpha"], scales=scales, workspace=settings["workspace"]
+        )
+    except NotPositiveSemiDefinite as err:
+        raise _indefinite(slot, key, g, err) from None
+    except MergeError as err:
+        raise type(err)(f"{key} (layer {slot.layer}): {err}") from None
+    if not settings["exact_bias"]:
+        return {key: merged.to(dtype, copy=True)}, record  # copies out of the workspace
+    out = {k: b.to(dtype, copy=True) for k, b in split_bias(slot, merged).items()}
+    return out | {key: merged[:, :-1].to(dtype, copy=True)}, record
 
 
 def _seen(
@@ -106,6 +188,7 @@ def _seen(
 def _regmean(experts: ExpertTensors, grams: GramStats, **settings: Any) -> Merged:
     state: dict[str, torch.Tensor] = {}
     records: dict[str, dict[str, Any]] = {}
+    settings["workspace"] = Workspace()
     for key, tensors in experts.items():
         slot = linear_slot(key)
         if slot is None or len(tensors) == 1:

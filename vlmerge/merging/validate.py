@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from vlmerge.catalog.names import RETRIEVAL_TASKS
 from vlmerge.merging.errors import GramsError, MergeError
 from vlmerge.merging.keys import KeyGroup, block_groups, linear_slot
 from vlmerge.merging.registry import ExpertTensors
@@ -93,3 +94,17 @@ def check_grams(grams: GramStats, experts: ExpertTensors) -> None:
                     f"gram {name} is {tuple(grams.xtx[name].shape)} but layer {slot.layer}'s "
                     f"{key} takes {dim} inputs: grams from another model"
                 )
+
+
+def check_grams_task(grams_task: object, used_experts_only: str | None, source: str) -> None:
+    """Grams from the data of the task whose experts ``used_experts_only`` keeps (``retrieval``: coco
+    or f30k). The statistics weight each expert by that task's inputs; another task's are refused."""
+    if used_experts_only is None or grams_task is None:
+        return
+    accepted = RETRIEVAL_TASKS if used_experts_only == "retrieval" else (used_experts_only,)
+    if grams_task not in accepted:
+        raise GramsError(
+            f"{source} holds grams of task {grams_task}, but the merge keeps the experts of task "
+            f"{used_experts_only} (used_experts_only); collect grams on {used_experts_only} data "
+            "(--allow-other-task-grams accepts them)"
+        )

@@ -1,8 +1,15 @@
 """Checkpoints: weights as safetensors plus a JSON sidecar that says how to rebuild the model.
 
 ``x.safetensors`` holds the state dict; ``x.json`` holds preset, config overrides, sharing layout,
-heads, token types, training steps, config hash, git SHA, the checksums of the inputs that made
-it and of the weights file itself. Both are written atomically; loading is strict.
+heads, token types, training steps, config hash, git SHA, the experiment that wrote it, the checksums
+of the inputs that made it and of the weights file itself.
+
+The two files are one unit (:func:`~vlmerge.runtime.atomic.atomic_pair`): both are written under
+temporary names, then the weights and then the sidecar are renamed into place, so a kill leaves the old
+pair, or new weights that the old sidecar does not describe — which loading refuses ("weights and
+sidecar are from different writes"), like any other mismatch. Loading names the file on every failure
+(no sidecar, a directory, truncated or not safetensors, from another experiment), checks the weights'
+sha256 once per process and file version, and is strict.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vlmerge.model.config import ModelConfig, config_hash, model_config
@@ -23,7 +31,9 @@ from vlmerge.model.errors import CheckpointError, ModelConfigError
 from vlmerge.model.heads import Heads
 from vlmerge.model.layout import Sharing
 from vlmerge.model.model import VLModel
-from vlmerge.runtime import atomic_path, atomic_write_json, sha256_file
+from vlmerge.runtime import sha256_file
+from vlmerge.runtime.atomic import atomic_pair
+from vlmerge.runtime.experiment import RECORD_KEY, check_experiment, experiment_record
 from vlmerge.runtime.logs import git_sha
 
 FORMAT = 1
@@ -106,41 +116,97 @@ def checkpoint_meta(
     )
 
 
-def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, torch.Tensor], meta: CheckpointMeta) -> None:
-    """Write ``state`` to ``path`` (safetensors) and ``meta`` to its sidecar, each atomically."""
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    state: Mapping[str, torch.Tensor],
+    meta: CheckpointMeta,
+    *,
+    experiment: str | None = None,
+) -> None:
+    """Write ``state`` to ``path`` (safetensors) and ``meta`` to its sidecar, as one unit.
+
+    The sidecar records the running experiment, or ``experiment`` when given (imports say ``"released"``).
+    """
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
-    atomic_write_json(sidecar_path(path), meta.to_json() | {"weights_sha256": sha256_file(path)})
+    record = meta.to_json() | (experiment_record() if experiment is None else {RECORD_KEY: experiment})
+    digest = atomic_pair(path, sidecar_path(path), lambda tmp: save_file(tensors, str(tmp)), record)
+    _VERIFIED[_version(Path(path))] = digest
 
 
-def save_model(path: str | os.PathLike[str], model: VLModel, **meta: Any) -> None:
+def save_model(path: str | os.PathLike[str], model: VLModel, *, experiment: str | None = None, **meta: Any) -> None:
     """:func:`save_checkpoint` of ``model.state_dict()``; ``meta`` as for :func:`checkpoint_meta`."""
-    save_checkpoint(path, model.state_dict(), checkpoint_meta(model, **meta))
+    save_checkpoint(path, model.state_dict(), checkpoint_meta(model, **meta), experiment=experiment)
+
+
+# (resolved path, size, mtime) of a weights file → its sha256, computed once per process and file version
+_VERIFIED: dict[tuple[str, int, int], str] = {}
+
+
+def _version(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
+def weights_checksum(path: str | os.PathLike[str]) -> str:
+    """The sha256 of the weights file ``path``, cached by path, size and modification time."""
+    key = _version(Path(path))
+    if key not in _VERIFIED:
+        _VERIFIED[key] = sha256_file(path)
+    return _VERIFIED[key]
 
 
 def _read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
     sidecar = sidecar_path(path)
+    if Path(path).suffix == ".json":
+        raise CheckpointError(f"{path} is a sidecar; name the weights file (.safetensors) beside it")
+    if Path(path).is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a weights file")
     try:
-        return json.loads(sidecar.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        record = json.loads(sidecar.read_text())
+    except FileNotFoundError as err:
+        raise CheckpointError(f"checkpoint {path} has no sidecar {sidecar} (or does not exist)") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"cannot read the sidecar {sidecar} of {path}: {err}") from err
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{sidecar}: the sidecar of {path} is not a JSON object")
+    return record
+
+
+def _checked(path: str | os.PathLike[str], record: dict[str, Any]) -> CheckpointMeta:
+    meta = CheckpointMeta.from_json(record, sidecar_path(path))
+    check_experiment(path, record, preset=meta.preset)
+    return meta
 
 
 def read_meta(path: str | os.PathLike[str]) -> CheckpointMeta:
-    """The sidecar of checkpoint ``path``, validated."""
-    return CheckpointMeta.from_json(_read_sidecar(path), sidecar_path(path))
+    """The sidecar of checkpoint ``path``, validated (and from this run's experiment)."""
+    return _checked(path, _read_sidecar(path))
+
+
+def verify_pair(path: str | os.PathLike[str], record: Mapping[str, Any]) -> str:
+    """Check that the weights file ``path`` is the one its sidecar ``record`` describes; returns the sha256."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint weights {path} do not exist (its sidecar {sidecar_path(path)} does)")
+    digest = weights_checksum(path)
+    if record.get("weights_sha256") != digest:
+        raise CheckpointError(
+            f"{path} and {sidecar_path(path)}: weights and sidecar are from different writes "
+            "(the sidecar records another weights_sha256; an interrupted or foreign write — rerun the stage "
+            "that makes it)"
+        )
+    return digest
 
 
 def load_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
     """The state dict (CPU) and sidecar of a checkpoint, after checking they belong together."""
     record = _read_sidecar(path)
-    meta = CheckpointMeta.from_json(record, sidecar_path(path))
-    if not Path(path).is_file():
-        raise CheckpointError(f"checkpoint weights {path} do not exist")
-    if record.get("weights_sha256") != sha256_file(path):
-        raise CheckpointError(f"{path} does not match the weights_sha256 in {sidecar_path(path)}")
-    return load_file(str(path)), meta
+    meta = _checked(path, record)
+    verify_pair(path, record)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"cannot read {path} as safetensors (truncated or another format): {err}") from err
+    return state, meta
 
 
 def strict_load(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str | os.PathLike[str]) -> None:

@@ -6,9 +6,16 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from vlmerge.model.errors import ModelConfigError
+
+# Stochastic depth of an image+text input below F, where the text and image halves run apart: one draw per
+# half (per_modality) or one per sample for both halves, as one mask over upstream's concatenated sequence.
+DropPathMode = Literal["per_modality", "per_sample"]
+DROP_PATH_MODES: tuple[DropPathMode, ...] = ("per_modality", "per_sample")
+# Fields added after checkpoints were written, with their defaults: hashed only when they leave them.
+_LATER_FIELDS: dict[str, Any] = {"fusion_start_layer": None, "drop_path_mode": "per_modality"}
 
 
 @dataclass(frozen=True)
@@ -31,8 +38,11 @@ class ModelConfig:
     # F, the first fusion layer (vl-merging's ``vlffn_start_layer_index``); None: num_layers - 2. Stored as
     # None whenever it equals that default, so configs that leave it out keep their hash (see config_hash).
     fusion_start_layer: int | None = None
+    drop_path_mode: DropPathMode = "per_modality"
 
     def __post_init__(self) -> None:
+        if self.drop_path_mode not in DROP_PATH_MODES:
+            raise ModelConfigError(f"drop_path_mode {self.drop_path_mode!r}: choose from {DROP_PATH_MODES}")
         if self.dim % self.num_heads:
             raise ModelConfigError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if self.image_size % self.patch_size:
@@ -110,11 +120,12 @@ def model_config(preset: str, **overrides: Any) -> ModelConfig:
 def config_hash(config: ModelConfig, sharing: str) -> str:
     """sha256 of every config field and the sharing layout (the identity recorded in a sidecar).
 
-    ``fusion_start_layer`` enters only when it is not the default (None, F = num_layers - 2), so configs
-    and checkpoints from before the field existed keep their hash.
+    ``fusion_start_layer`` and ``drop_path_mode`` enter only when they are not the default (None, F =
+    num_layers - 2; per_modality), so configs and checkpoints from before the fields existed keep their hash.
     """
     fields = dataclasses.asdict(config)
-    if fields["fusion_start_layer"] is None:
-        del fields["fusion_start_layer"]
+    for name, default in _LATER_FIELDS.items():
+        if fields[name] == default:
+            del fields[name]
     record = {"config": fields, "sharing": sharing}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()

@@ -55,9 +55,31 @@ class Attention(Shared, nn.Module):
         bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
         qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, N, D/H]
-        # A float mask keeps fused SDPA kernels available on CUDA; it must match the query dtype.
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype))
+        if fp16_autocast(x.device.type):
+            out = attention_fp32_logits(q, k, v, attn_mask)
+        else:
+            # A float mask keeps fused SDPA kernels available on CUDA; it must match the query dtype.
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype))
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+def fp16_autocast(device_type: str) -> bool:
+    """Whether autocast to float16 is on for ``device_type`` (fp16 AMP, ``precision: "16"``)."""
+    return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16
+
+
+def attention_fp32_logits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Softmax attention with the logits, the additive bias and the softmax in float32 (BEiT/VLMo under fp16).
+
+    q, k, v: [B, H, N, D/H]; bias: [B or 1, H, N, N] (relative position + padding, float32). The query is
+    scaled in its own dtype, ``q·kᵀ + bias`` and the softmax run in float32 outside autocast, and the
+    weights return to v's dtype for the product with v, as upstream. → [B, H, N, D/H].
+    """
+    q = q * q.shape[-1] ** -0.5
+    with torch.autocast(q.device.type, enabled=False):
+        logits = q.float() @ k.float().transpose(-2, -1) + bias.float()
+        weights = logits.softmax(dim=-1).to(v.dtype)
+        return weights @ v
 
 
 class Mlp(Shared, nn.Module):
@@ -72,16 +94,25 @@ class Mlp(Shared, nn.Module):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth (arXiv 1603.09382): drop a sample's residual branch with probability p."""
+    """Stochastic depth (arXiv 1603.09382): drop a sample's residual branch with probability p.
+
+    ``keep`` (from :meth:`draw`) applies a draw made beforehand, so that two inputs of the same samples
+    (the text and image halves of a pair) keep or drop the branch together.
+    """
 
     def __init__(self, p: float) -> None:
         super().__init__()
         self.p = p
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def draw(self, like: torch.Tensor) -> torch.Tensor:
+        """0/1 keep flags [B, 1, …, 1] for a batch shaped like ``like`` [B, …]."""
+        return like.new_empty((like.shape[0],) + (1,) * (like.ndim - 1)).bernoulli_(1 - self.p)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         if not self.training:
             return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
+        if keep is None:
+            keep = self.draw(x)
         return x * keep / (1 - self.p)
 
 

@@ -7,7 +7,9 @@
 | image+text | text → l, image → v, attention within each | vl expert, joint attention [text; image] |
 
 Below F an image+text input is therefore exactly the two unimodal paths side by side, and that is
-how it is computed. A shared (MA) model runs the same routing with one set of weights.
+how it is computed. A shared (MA) model runs the same routing with one set of weights. In training,
+stochastic depth there draws a mask per half (``drop_path_mode="per_modality"``) or one per sample
+for both halves (``"per_sample"``, upstream's single mask over the concatenated sequence).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from vlmerge.model.heads import (
 from vlmerge.model.layers import TextEmbeddings, init_module, rescale_residual_branches
 from vlmerge.model.layout import ExpertLayout, Modality, Sharing, expert_layout
 from vlmerge.model.relpos import RelPosLayout, image_index, joint_index, resize_image_table, text_index
-from vlmerge.model.transformer import MultiwayTransformer
+from vlmerge.model.transformer import MultiwayBlock, MultiwayTransformer
 
 # Additive score of a padded key: exp(-1e4) is exactly 0 in float32, and unlike -inf or float32's
 # minimum it stays finite when autocast turns the mask into float16/bfloat16.
@@ -127,10 +129,12 @@ class VLModel(nn.Module):
         Token 0 (the text [CLS]) feeds the pooler. ``image_token_type`` 2 marks NLVR2's second image.
         """
         fusion = self.config.fusion_start
-        text = self._run(self._embed_text(ids), Modality.L, range(fusion), self._index(Modality.L, ids), mask)
-        image = self._run(
-            self._embed_image(images, image_token_type), Modality.V, range(fusion), self.image_index, None
-        )
+        text, image = self._embed_text(ids), self._embed_image(images, image_token_type)
+        if self.config.drop_path_mode == "per_sample" and self.training:
+            text, image = self._run_halves(text, image, range(fusion), self._index(Modality.L, ids), mask)
+        else:
+            text = self._run(text, Modality.L, range(fusion), self._index(Modality.L, ids), mask)
+            image = self._run(image, Modality.V, range(fusion), self.image_index, None)
         index = joint_index(self._index(Modality.L, ids), self.image_index, self._relpos_layout())
         keep = torch.cat([mask.bool(), mask.new_ones(image.shape[:2], dtype=torch.bool)], dim=1)
         joint = torch.cat([text, image], dim=1)
@@ -185,6 +189,18 @@ class VLModel(nn.Module):
         for i in layers:
             x = self.transformer.blocks[i](x, modality, self._attn_mask(index, i, keep))
         return x
+
+    def _run_halves(
+        self, text: torch.Tensor, image: torch.Tensor, layers: range, text_index: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks ``layers`` on the text [B, T, D] and image [B, N, D] halves of a pair, each block's
+        stochastic depth drawn once per sample for both halves (``drop_path_mode="per_sample"``)."""
+        for i in layers:
+            block: MultiwayBlock = self.transformer.blocks[i]  # type: ignore[assignment]
+            keep = block.draw_keep(text)
+            text = block(text, Modality.L, self._attn_mask(text_index, i, mask), keep)
+            image = block(image, Modality.V, self._attn_mask(self.image_index, i, None), keep)
+        return text, image
 
     def _attn_mask(self, index: torch.Tensor, layer: int, keep: torch.Tensor | None) -> torch.Tensor:
         """Additive attention mask [1 or B, H, N, N]: layer's relative position bias, padded keys at -max."""

@@ -4,7 +4,7 @@ image stem and the stack of blocks (vl-merging's ``transformer`` sub-module)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import torch
 from torch import nn
@@ -14,6 +14,13 @@ from vlmerge.model.layers import Attention, DropPath, Experts, LayerNorm, Mlp, P
 from vlmerge.model.layout import ExpertLayout, Modality, Part
 
 _M = TypeVar("_M", bound=nn.Module)
+
+
+class BranchKeep(NamedTuple):
+    """Stochastic-depth keep flags [B, 1, 1] of a block's attention and MLP branches."""
+
+    attn: torch.Tensor
+    mlp: torch.Tensor
 
 
 class MultiwayBlock(nn.Module):
@@ -37,11 +44,26 @@ class MultiwayBlock(nn.Module):
         self.gamma_2 = nn.Parameter(torch.full((dim,), config.layer_scale))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, modality: Modality, attn_mask: torch.Tensor) -> torch.Tensor:
-        """x: [B, N, D], every token routed to ``modality``'s expert; attn_mask: [B or 1, H, N, N]."""
+    def draw_keep(self, like: torch.Tensor) -> BranchKeep | None:
+        """Stochastic-depth flags of both residual branches for the samples of ``like`` [B, N, D], drawn
+        now for :meth:`forward` (None when this block drops nothing: rate 0 or eval mode)."""
+        if not (isinstance(self.drop_path, DropPath) and self.training):
+            return None
+        return BranchKeep(self.drop_path.draw(like), self.drop_path.draw(like))
+
+    def forward(
+        self, x: torch.Tensor, modality: Modality, attn_mask: torch.Tensor, keep: BranchKeep | None = None
+    ) -> torch.Tensor:
+        """x: [B, N, D], every token routed to ``modality``'s expert; attn_mask: [B or 1, H, N, N];
+        keep: stochastic-depth flags from :meth:`draw_keep` (None: drawn here)."""
         attn, mlp = self.attn.expert(modality), self.mlp.expert(modality)
-        x = x + self.drop_path(self.gamma_1 * attn(self.norm1.expert(modality)(x), attn_mask))
-        return x + self.drop_path(self.gamma_2 * mlp(self.norm2.expert(modality)(x)))
+        x = x + self._branch(self.gamma_1 * attn(self.norm1.expert(modality)(x), attn_mask), keep, 0)
+        return x + self._branch(self.gamma_2 * mlp(self.norm2.expert(modality)(x)), keep, 1)
+
+    def _branch(self, y: torch.Tensor, keep: BranchKeep | None, which: int) -> torch.Tensor:
+        if keep is None:
+            return self.drop_path(y)
+        return self.drop_path(y, keep[which])
 
 
 class MultiwayTransformer(nn.Module):

@@ -3,8 +3,11 @@
     python -m vlmerge.prepare --dataset coco --raw data/raw/coco --out data/arrow [--strict]
 
 Writes the tables named by ``vlmerge.data.schema.FILES`` and, last, ``<out>/<dataset>.manifest.json``
-(row counts, skipped items with reasons, sha256 of every output, provenance). Bad raw input or a bad
-setting ends with a one-line error naming the file or key and exit code 2.
+(row counts, skipped items with reasons, sha256 of every output, provenance). The dataset is replaced
+as one unit: everything is written to ``<out>/.staging-<dataset>-<pid>/`` and moved into place only
+when the conversion succeeded, the manifest last. Bad raw input, a split with no rows, more skipped
+images than ``max_skip_rate``, a bad setting or a failed write ends with a one-line error naming the
+file, key or counts and exit code 2, and leaves the previous tables and manifest as they were.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlmerge.data.arrow import ConvertOptions, convert, write_manifest
+from vlmerge.data.arrow import ConvertOptions, prepare_dataset
 from vlmerge.data.schema import DATASETS
 from vlmerge.prepare.config import PrepareSettings
 from vlmerge.runtime import provenance
@@ -48,9 +51,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(config: PrepareConfig) -> None:
-    """Convert, then write the manifest last: its presence means every table is complete."""
-    result = convert(config.dataset, config.raw, config.out, ConvertOptions(**config.settings.model_dump()))
-    manifest = write_manifest(result, provenance("prepare", config.resolved()))
+    """Convert into a staging folder, check, then swap the files in with the manifest last."""
+    result, manifest = prepare_dataset(
+        config.dataset,
+        config.raw,
+        config.out,
+        ConvertOptions(**config.settings.model_dump()),
+        provenance("prepare", config.resolved()),
+    )
     log.info(
         "%s: %s rows, %d skipped; manifest %s",
         config.dataset,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from vlmerge.runtime.settings import Settings
@@ -19,4 +21,17 @@ class PrepareSettings(Settings):
         "in train+val (3,129 answers on the real VQAv2)",
     )
     rest_val_images: int = Field(1000, ge=0, description="VQA: last images of val held out as rest_val")
+    vqa_answer_counting: Literal["raw", "normalized"] = Field(
+        "normalized",
+        description="VQA soft scores: count the ten human answers as typed, looked up in the normalised "
+        "vocabulary unchanged ('raw', ViLT's write_vqa.py: 'Two' is not '2') or after normalising them "
+        "('normalized'); label ids follow ViLT's first-seen order either way",
+    )
     batch_rows: int = Field(256, ge=1, description="rows per Arrow record batch (bounds memory)")
+    max_skip_rate: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="more skipped (missing or unreadable) images than this fraction of those read is an "
+        "error and the previous outputs stay; SBU/GCC dead links are not counted; 1.0 never fails",
+    )

@@ -33,12 +33,13 @@ from vlmerge.pretrain.init_weights import initial_model
 from vlmerge.pretrain.module import PretrainModule
 from vlmerge.pretrain.run import PretrainRun, RunPaths, resolve_run
 from vlmerge.runtime import provenance, sha256_file
+from vlmerge.runtime.outputs import check_outputs, with_sidecar
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
 from vlmerge.runtime.stage import run_stage
 from vlmerge.train.errors import require_finished
 from vlmerge.train.settings import add_run_arguments
 from vlmerge.train.trainer import build_trainer, resume_checkpoint
-from vlmerge.train.work_dir import claim_work_dir
+from vlmerge.train.work_dir import check_resume_checkpoint, claim_work_dir
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,9 @@ def train(config: PretrainRun) -> Path | None:
     writer = rank_zero_only.rank == 0  # type: ignore[attr-defined]
     claim_work_dir(config.trainer.work_dir, identity, writer=writer, restart_stale=config.restart_stale)
     trainer.fit(
-        PretrainModule(model, config.module), datamodule=data, ckpt_path=resume_checkpoint(config.trainer.work_dir)
+        PretrainModule(model, config.module),
+        datamodule=data,
+        ckpt_path=check_resume_checkpoint(resume_checkpoint(config.trainer.work_dir)),
     )
     require_finished(trainer.global_step, config.trainer.max_steps, config.trainer.work_dir)
     state = trainer.strategy.lightning_module_state_dict()  # a collective under FSDP: every rank calls it
@@ -117,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
 
     def body() -> None:
+        settings = settings_from_args(args, PretrainSettings)
+        init = settings.init.partition(":")[2]  # scratch, or the beit:/seed: file
+        check_outputs(with_sidecar("--out", args.out), with_sidecar("--init", init) if init else [])
         paths = RunPaths(arrow=args.arrow, tokenizer=args.tokenizer, out=args.out, work_dir=args.work_dir)
-        train(resolve_run(settings_from_args(args, PretrainSettings), paths, args.restart_stale_work_dir))
+        train(resolve_run(settings, paths, args.restart_stale_work_dir))
 
     return run_stage("pretrain", body, verbose=args.verbose)
 

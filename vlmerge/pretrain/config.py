@@ -24,10 +24,13 @@ from vlmerge.runtime.settings import Settings, build
 from vlmerge.train.launch import LaunchSettings
 from vlmerge.train.settings import Geometry, TrainingRecipe
 
+# vlmerge.data.collate.MaskingMode and vlmerge.model.config.DropPathMode (kept equal by a test).
+MlmMasking = Literal["bernoulli_words", "upstream_fixed_budget"]
+DropPathMode = Literal["per_modality", "per_sample"]
 # The rows of vlmerge.model.config.PRESETS and the ModelConfig fields a run may override with their types
 # (tests keep both equal to the model's; ``preset`` and ``vocab_size`` are not overrides).
 Preset = Literal["tiny", "base", "large"]
-MODEL_KEYS: dict[str, type] = {
+MODEL_KEYS: dict[str, Any] = {  # a type, or the Literal of drop_path_mode
     "num_layers": int,
     "dim": int,
     "num_heads": int,
@@ -40,6 +43,7 @@ MODEL_KEYS: dict[str, type] = {
     "init_std": float,
     "layer_scale": float,
     "fusion_start_layer": int,
+    "drop_path_mode": DropPathMode,  # set by the recipe's drop_path_mode, not ``model``
 }
 # Warm-up steps per optimizer step of the paper (1,250 of 100k): the default of a run without ``warmup``.
 WARMUP_FRACTION = 0.0125
@@ -98,6 +102,20 @@ class PretrainRecipe(TrainingRecipe):
     dedup_captions: bool = Field(
         False, description="drop an image's repeated captions, keeping the first (as upstream; hits VG most)"
     )
+    mlm_masking: MlmMasking = Field(
+        "bernoulli_words",
+        description="MLM masking: bernoulli_words (each real word with probability mlm_prob, at least one per "
+        "text) or upstream_fixed_budget (the released code's whole-word draw of round(mlm_prob x padded length) "
+        "tokens among every position but [CLS]/[SEP], pads included, pads then left unmasked)",
+    )
+    pad_text_to_max: bool = Field(
+        False, description="pad every text to max_text_len (as upstream) instead of to the batch's longest"
+    )
+    drop_path_mode: DropPathMode = Field(
+        "per_modality",
+        description="stochastic depth of image+text input below F: per_modality (the text and image halves "
+        "drop independently) or per_sample (one draw per sample for both, as upstream); kept in the checkpoint",
+    )
 
     @field_validator("datasets")
     @classmethod
@@ -153,6 +171,8 @@ class PretrainSettings(PretrainRecipe, Geometry):
         unknown = sorted(set(model) - set(MODEL_KEYS))
         if unknown:
             raise ValueError(f"unknown key(s) {unknown}; valid keys are {sorted(MODEL_KEYS)}")
+        if "drop_path_mode" in model:
+            raise ValueError("drop_path_mode is a setting of its own (drop_path_mode), not a model size")
         fractional = sorted(k for k, v in model.items() if MODEL_KEYS[k] is int and not float(v).is_integer())
         if fractional:
             raise ValueError(f"{fractional} must be whole numbers")

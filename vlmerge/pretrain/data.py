@@ -2,7 +2,8 @@
 
 Training pairs come from COCO Karpathy train + restval (train only with ``coco_restval=False``, as
 upstream), VG, every SBU shard and every GCC train shard (whichever of them are configured), with
-the training transform (random-resized-crop 0.5–1, flip, RandAugment) and whole-word masking;
+the training transform (random-resized-crop 0.5–1, flip, RandAugment) and whole-word masking
+(``mlm_masking``; text padded to the batch's longest, or to ``max_text_len`` with ``pad_text_to_max``);
 validation uses COCO Karpathy val with the evaluation transform. Lightning restores the training
 state before it asks for the train dataloader (``Trainer._run`` restores, then ``FitLoop.run``
 builds the loaders), so ``trainer.global_step`` here already counts the steps of a resumed run, and
@@ -20,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vlmerge.catalog.names import PRETRAIN_DATASETS
+from vlmerge.data.collate import MaskingMode
 from vlmerge.data.readers import CaptionPairs
 from vlmerge.data.schema import FILES
 from vlmerge.data.tokenizer import MAX_TEXT_LEN, load_tokenizer
@@ -48,6 +50,8 @@ class PretrainDataConfig:
     augment: bool = True
     coco_restval: bool = True  # False: COCO Karpathy train only (upstream's pre-training corpus)
     dedup_captions: bool = False  # True: an image's repeated captions once each, first kept (upstream)
+    mlm_masking: MaskingMode = "bernoulli_words"  # upstream_fixed_budget: the released code's whole-word draw
+    pad_text_to_max: bool = False  # True: every text padded to max_text_len (upstream), not to the batch's longest
 
 
 def _shards(arrow: Path, pattern: str) -> list[Path]:
@@ -98,7 +102,9 @@ class PretrainData(pl.LightningDataModule):
         self.train_files = pretrain_files(config.arrow, config.datasets, config.coco_restval)
         self.val_files = validation_files(config.arrow) if config.validate else []
         self.tokenizer = load_tokenizer(config.tokenizer, config.max_text_len)
-        self.collate = SeededBatchCollator(self.tokenizer, config.max_text_len, config.mlm_prob)
+        self.collate = SeededBatchCollator(
+            self.tokenizer, config.max_text_len, config.mlm_prob, config.mlm_masking, config.pad_text_to_max
+        )
 
     def setup(self, stage: str | None = None) -> None:
         size = self.config.image_size

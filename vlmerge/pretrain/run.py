@@ -18,7 +18,12 @@ from vlmerge.train.optim import OptimConfig
 from vlmerge.train.trainer import TrainerConfig, accumulation_steps
 
 # Settings added after runs were recorded, with their defaults: part of a run's identity only when not default.
-_LATER_DATA: dict[str, Any] = {"coco_restval": True, "dedup_captions": False}
+_LATER_DATA: dict[str, Any] = {
+    "coco_restval": True,
+    "dedup_captions": False,
+    "mlm_masking": "bernoulli_words",
+    "pad_text_to_max": False,
+}
 _LATER_MODULE: dict[str, Any] = {"itc_gather": "exact", "logit_scale_max": 100.0}
 
 
@@ -90,9 +95,11 @@ class PretrainRun:
 
 
 def model_overrides(settings: PretrainSettings) -> dict[str, Any]:
-    """``settings.model`` with the training resolution, which overrides the preset's image size."""
+    """``settings.model`` with the training resolution, which overrides the preset's image size, and a
+    stochastic-depth mode other than the default (the checkpoint keeps it, so fine-tuning inherits it)."""
     size = {"image_size": settings.image_size} if settings.image_size is not None else {}
-    return dict(settings.model) | size
+    mode = {"drop_path_mode": settings.drop_path_mode} if settings.drop_path_mode != "per_modality" else {}
+    return dict(settings.model) | size | mode
 
 
 def trainer_config(settings: PretrainSettings, work_dir: Path, weights: LossWeights) -> TrainerConfig:
@@ -148,6 +155,8 @@ def resolve_run(settings: PretrainSettings, paths: RunPaths, restart_stale: bool
         augment=settings.augment,
         coco_restval=settings.coco_restval,
         dedup_captions=settings.dedup_captions,
+        mlm_masking=settings.mlm_masking,
+        pad_text_to_max=settings.pad_text_to_max,
     )
     weights = LossWeights(**settings.loss_weights)
     module = PretrainConfig(

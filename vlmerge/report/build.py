@@ -18,6 +18,7 @@ from vlmerge.report.frames import Results, main_frame, score_columns, sweep_fram
 from vlmerge.report.plots import line_plot, scatter_plot, write_plot
 from vlmerge.report.series import Series
 from vlmerge.report.tables import write_tables
+from vlmerge.report.zeroshot import write_zeroshot
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ def build(config: ReportConfig) -> list[Path]:
     results = read_results(config.results)
     main_methods = list(dict.fromkeys(m for _, m in results if split_method(m)[1] is None))
     written = _table(main_frame(results, main_methods), config, outputs.MAIN)
+    if config.zeroshot:
+        written += write_zeroshot(config)
     for sweep in config.sweeps:
         frame = sweep_frame(results, sweep)
         written += _table(frame, config, outputs.sweep_stem(sweep))

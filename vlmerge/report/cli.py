@@ -7,8 +7,9 @@
 Writes ``main.{csv,md,tex}`` (methods without ``@`` in their name, in the order given, the trivial
 baseline and the gap to MA); per ``--sweep`` a table and a line plot ``sweep_<NAME>``; from the
 ablation lineages (methods ``<name>@<variant>``) ``sharing``, ``seed_steps`` (+ plot) and
-``distance`` (Spearman's ρ, + one scatter plot per distance metric). Each plot is written as
-``.svg`` and ``.png``. Bad input ends with a one-line error naming the file and key, and exit code 2.
+``distance`` (Spearman's ρ, + one scatter plot per distance metric); from ``--zeroshot`` files the
+``zeroshot`` table (retrieval before fine-tuning) and per sweep a plot ``sweep_<NAME>_zeroshot``. Each
+plot is written as ``.svg`` and ``.png``. Bad input ends with a one-line error naming the file and key, and exit code 2.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ def parse_args(argv: list[str] | None) -> ReportConfig:
     parser.add_argument("--results", type=Path, nargs="+", required=True, help="result JSONs (results/<task>/*.json)")
     parser.add_argument("--distances", type=Path, nargs="*", default=[], help="distance JSONs (results/distance/)")
     parser.add_argument(
+        "--zeroshot",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="zero-shot retrieval JSONs (results/zeroshot/<method>.json): the zeroshot table and sweep plots",
+    )
+    parser.add_argument(
         "--sweep",
         type=parse_sweep,
         action="append",
@@ -64,6 +72,7 @@ def parse_args(argv: list[str] | None) -> ReportConfig:
         Defaults(args.sharing, args.seed_steps),
         args.tables,
         args.plots,
+        tuple(args.zeroshot),
     )
 
 

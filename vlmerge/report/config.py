@@ -18,6 +18,7 @@ class ReportConfig:
     defaults: Defaults
     tables: Path
     plots: Path
+    zeroshot: tuple[Path, ...] = ()  # zero-shot retrieval JSONs (results/zeroshot/<method>.json)
 
     def resolved(self) -> dict[str, Any]:
         return {
@@ -28,4 +29,5 @@ class ReportConfig:
             "seed_steps": self.defaults.seed_steps,
             "tables": str(self.tables),
             "plots": str(self.plots),
+            "zeroshot": [str(p) for p in self.zeroshot],
         }

@@ -8,7 +8,9 @@ place). The same model reads them from every source:
 - by hand, every field is also a flag (``--lr 1e-4``, ``--augment/--no-augment``), generated from the model
   by :func:`add_settings_arguments`; a flag overrides the same key of ``--config``.
 
-Paths are never settings: stages take them as explicit flags. Any bad value or unknown key ends as one
+Paths are never settings: stages take them as explicit flags. Nor is the experiment a run belongs to
+(:mod:`vlmerge.runtime.experiment`): :func:`add_settings_arguments` adds ``--experiment NAME`` beside the
+settings, and parsing it declares the experiment for the process. Any bad value or unknown key ends as one
 :class:`~vlmerge.errors.ConfigError` line naming the key. Plain Python + pydantic: importing a stage's
 settings never imports torch.
 """
@@ -23,6 +25,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from vlmerge.errors import ConfigError
+from vlmerge.runtime.experiment import set_experiment
 
 S = TypeVar("S", bound="Settings")
 
@@ -94,8 +97,39 @@ class _MergePairs(argparse.Action):
         setattr(namespace, self.dest, {**getattr(namespace, self.dest, {}), **values})
 
 
+class _Experiment(argparse.Action):
+    """``--experiment NAME``: declared for the process as soon as it is parsed."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if not str(values).strip():
+            parser.error("--experiment: an empty name")
+        set_experiment(str(values))
+        setattr(namespace, self.dest, str(values))
+
+
+def add_experiment_argument(parser: argparse.ArgumentParser) -> None:
+    """``--experiment NAME``: the experiment this run belongs to, recorded in what it writes and compared
+    with what it reads (an input made under another experiment is refused)."""
+    parser.add_argument(
+        "--experiment",
+        action=_Experiment,
+        default=None,
+        metavar="NAME",
+        help="the experiment this run belongs to (the config's `experiment`); inputs made under another "
+        "are refused (default: none, compare nothing)",
+    )
+
+
 def add_settings_arguments(parser: argparse.ArgumentParser, model: type[Settings]) -> None:
-    """``--config JSON`` plus one flag per field of ``model`` (absent flags keep ``--config``'s or the default)."""
+    """``--config JSON`` plus one flag per field of ``model`` (absent flags keep ``--config``'s or the default),
+    and ``--experiment``."""
+    add_experiment_argument(parser)
     group = parser.add_argument_group(
         "settings", f"fields of {model.__name__}; --config gives them as one JSON object, a flag overrides its key"
     )
@@ -133,4 +167,11 @@ def settings_from_args(args: argparse.Namespace, model: type[S]) -> S:
     return build(model, {**args.config, **given})
 
 
-__all__ = ["Settings", "add_settings_arguments", "build", "settings_from_args", "validation_message"]
+__all__ = [
+    "Settings",
+    "add_experiment_argument",
+    "add_settings_arguments",
+    "build",
+    "settings_from_args",
+    "validation_message",
+]

@@ -1,11 +1,14 @@
 """VQAv2 (docs/tasks.md): image+text → pooler → VQA head; BCE over the answers; selected on the VQA score.
 
 Training reads ``train`` (optionally plus ``trainable_val``), validation ``rest_val``; the
-test-dev submission is written by :mod:`vlmerge.tasks.vqa_eval`.
+test-dev submission is written by :mod:`vlmerge.tasks.vqa_eval`. The answer list (label → answer
+string) is ``vqav2_answers.json`` beside the tables, or, in a folder of ViLT-written tables that has
+none, rebuilt from the tables' answer columns as ViLT does.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -17,7 +20,8 @@ import torch
 from torch.utils.data import Dataset
 
 from vlmerge.data.readers import VQADataset
-from vlmerge.data.schema import VQA_ANSWERS_FILE
+from vlmerge.data.readers.vqa import answers_from_tables
+from vlmerge.data.schema import FILES, VQA_ANSWERS_FILE
 from vlmerge.data.transforms import ImageTransform, eval_transform
 from vlmerge.metrics import vqa_score
 from vlmerge.model import Heads, VLModel
@@ -30,9 +34,25 @@ from vlmerge.tasks.settings import SplitOptions
 log = logging.getLogger(__name__)
 
 
+# Tables whose answer columns name the labels when no answer file is present: ViLT's data module reads
+# train + trainable_val and rest_val; val is their union, listed for folders that keep only it.
+VOCABULARY_SPLITS = ("train", "val", "trainable_val", "rest_val")
+
+
 def answer_vocabulary(arrow: Path) -> list[str]:
-    """Label → answer string, from ``vqav2_answers.json`` beside the tables."""
+    """Label → answer string: ``vqav2_answers.json`` beside the tables, else rebuilt from the tables.
+
+    Without the file (a folder written by ViLT's ``write_vqa.py``), every (label, answer) pair of the
+    train and val tables present is collected (:func:`vlmerge.data.readers.vqa.answers_from_tables`):
+    the list has ViLT's head size, max label + 1.
+    """
     path = Path(arrow) / VQA_ANSWERS_FILE
+    if not path.exists():
+        tables = [Path(arrow) / FILES["vqa"][s] for s in VOCABULARY_SPLITS]
+        present = [t for t in tables if t.is_file()]
+        if not present:
+            raise TaskError(f"no VQA answer list {path} and no train/val table in {arrow} to rebuild it from")
+        return list(_rebuilt_vocabulary(tuple((t, t.stat().st_mtime_ns, t.stat().st_size) for t in present)))
     try:
         answers = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -40,6 +60,13 @@ def answer_vocabulary(arrow: Path) -> list[str]:
     if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
         raise TaskError(f"{path}: expected a non-empty JSON list of answer strings")
     return answers
+
+
+@functools.lru_cache(maxsize=8)
+def _rebuilt_vocabulary(tables: tuple[tuple[Path, int, int], ...]) -> tuple[str, ...]:
+    """The answer list of ``tables`` (path, mtime, size): read once per version of the files."""
+    log.info("no %s: VQA answer list rebuilt from %s", VQA_ANSWERS_FILE, ", ".join(t.name for t, _, _ in tables))
+    return tuple(answers_from_tables([t for t, _, _ in tables]))
 
 
 def question_targets(dataset: VQADataset) -> tuple[list[list[int]], list[list[float]]]:

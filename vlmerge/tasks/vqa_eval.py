@@ -5,11 +5,15 @@ not keep (they hold the in-vocabulary answers and soft scores). Given the offici
 file (``v2_mscoco_val2014_annotations.json``) it is computed from the humans' answers exactly as
 they are in the file — not normalised here, since the official rule (:func:`vlmerge.metrics.vqa_accuracy`,
 ``mode="official"``) normalises only when they disagree. Without the file it is computed from the
-soft scores (:func:`vlmerge.metrics.humans_agreeing`), which count normalised answers: that is the
+soft scores (:func:`vlmerge.metrics.humans_agreeing`), so it counts the humans as the tables did.
+Tables written with ``vqa_answer_counting: normalized`` count normalised answers: that is the
 ``mode="always_normalize"`` accuracy, equal to the official one except on questions whose humans
 all gave one raw answer that the (normalised) vocabulary answer matches only after normalisation
-("Yes" ×10, "yes." ×10), where it gives 1 and the official script 0. The result records which
-source was used.
+("Yes" ×10, "yes." ×10), where it gives 1 and the official script 0. Tables written as ViLT writes
+them (``raw``, or ViLT's own files) count only the humans who typed the vocabulary answer exactly,
+so "Two" never agrees with "2" there, even where the official script would normalise. The result
+records which source was used. ViLT's test and test-dev tables (answer columns ``list<null>``) are
+read like vlmerge's for the submission.
 """
 
 from __future__ import annotations

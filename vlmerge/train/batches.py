@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import Dataset
 
-from vlmerge.data.collate import BatchCollator, TextBatch, WholeWordMaskCollator
+from vlmerge.data.collate import BatchCollator, MaskingMode, TextBatch, WholeWordMaskCollator
 from vlmerge.train.sampler import Key
 from vlmerge.train.seeds import Stream, derive_seed
 
@@ -58,9 +58,16 @@ class SeededBatchCollator:
     [B, T] int64, ``image_index``/``text_index``/``draw`` [B] int64.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, mlm_prob: float) -> None:
-        self.collate = BatchCollator(tokenizer, max_length)
-        self.masker = _SeededMask(tokenizer, mlm_prob)
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+        mlm_prob: float,
+        masking: MaskingMode = "bernoulli_words",
+        pad_to_max: bool = False,
+    ) -> None:
+        self.collate = BatchCollator(tokenizer, max_length, pad_to_max=pad_to_max)
+        self.masker = _SeededMask(tokenizer, mlm_prob, masking=masking)
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collate(samples)

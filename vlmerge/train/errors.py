@@ -9,6 +9,10 @@ class TrainConfigError(InputError):
     """Inconsistent sizes, an unusable strategy or device choice, missing training data."""
 
 
+class ResumeCheckpointError(TrainConfigError):
+    """A checkpoint in the work directory that is not a loadable, code-free Lightning checkpoint."""
+
+
 class TrainingIncomplete(IncompleteRun):
     """fit() returned before max_steps (a requeue or termination signal): nothing is written."""
 

@@ -8,6 +8,14 @@ all-reduce, and the job hangs until killed (seen with gloo on 2 nodes x 2 ranks)
 only records the signal; at the end of every optimizer step all ranks agree whether any of them got
 it (one boolean all-reduce), then save, requeue and stop together. The requeued job resumes from
 the newest checkpoint (:func:`vlmerge.train.trainer.resume_checkpoint`).
+
+SIGTERM (a scheduler's preemption, ``kill``, ``scancel`` without a signal option) is handled by
+:class:`TerminationCheckpoint`, installed on every trainer: Lightning's handler only records the
+signal and its loops then raise ``SIGTERMException`` — a ``SystemExit`` without an error code, which
+would end the process with exit code 0 and nothing saved. The callback saves ``hpc_ckpt_<n>.ckpt`` at
+the end of the step in flight (or, if the signal arrived outside a training step, when the exception
+passes), and :func:`vlmerge.runtime.stage.run_stage` turns the bare exit into exit code 1
+(:class:`~vlmerge.errors.IncompleteRun`): rerunning the same command resumes from the checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from types import FrameType
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +92,36 @@ class SlurmRequeue(pl.Callback):
                 )
             else:
                 log.warning("saved %s but `scontrol requeue %s` failed: %s", path, job, done.stderr.strip())
+
+
+class TerminationCheckpoint(pl.Callback):
+    """On SIGTERM, save a resumable ``hpc_ckpt_<n>.ckpt`` in the work directory before the run stops."""
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = work_dir
+        self.saved: Path | None = None
+
+    def _save(self, trainer: pl.Trainer, when: str) -> None:
+        if self.saved is not None or trainer.global_step == 0:
+            return  # already saved, or nothing trained yet: a rerun starts from the same place
+        self.saved = hpc_checkpoint_path(self.work_dir)
+        trainer.save_checkpoint(self.saved)
+        log.warning("SIGTERM %s step %d: saved %s; rerun to resume", when, trainer.global_step, self.saved)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # mid-accumulation: the loop stops at the next batch; save at an optimizer step only
+        # Every rank asks whether any rank got the signal (one boolean all-reduce, as for the SLURM requeue):
+        # all of them then save together (a collective under DDP/FSDP) and stop after this step.
+        if trainer.strategy.reduce_boolean_decision(trainer.received_sigterm, all=False):
+            self._save(trainer, "after")
+            trainer.should_stop = True
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and trainer.world_size == 1 and trainer.accumulate_grad_batches == 1:
+            # the signal came outside a step boundary (validation, data loading): the last completed step is
+            # still consistent on one process without accumulation; several ranks could be anywhere, and
+            # half-accumulated gradients are not saved, so those keep their last periodic checkpoint instead
+            self._save(trainer, "at")

@@ -27,7 +27,11 @@ class TrainingRecipe(Settings):
     )
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay of the weight matrices")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value (null: no clipping)")
-    precision: Literal["auto", "32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, 32 on CPU")
+    precision: Literal["auto", "32", "bf16", "16"] = Field(
+        "auto",
+        description="auto: bf16 on CUDA, 32 on CPU; 16: fp16 AMP with a loss scaler and attention logits in "
+        "fp32, as upstream (CUDA only)",
+    )
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="data parallel, or sharded data parallel (CUDA)")
     num_workers: int = Field(2, ge=0, description="data loading processes per device")
     val_batches: int = Field(0, ge=0, description="batches per validation (and side) (0: the whole split)")

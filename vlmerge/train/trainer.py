@@ -30,12 +30,12 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
 from vlmerge.model.transformer import MultiwayBlock
 from vlmerge.train.errors import TrainConfigError
 from vlmerge.train.progress import StepProgress
-from vlmerge.train.requeue import SlurmRequeue
+from vlmerge.train.requeue import SlurmRequeue, TerminationCheckpoint
 
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("ddp", "fsdp")
-PRECISIONS = ("auto", "32", "bf16")
+PRECISIONS = ("auto", "32", "bf16", "16")
 
 
 @dataclass(frozen=True)
@@ -109,14 +109,25 @@ def _strategy(config: TrainerConfig) -> Strategy | str:
     return DDPStrategy(find_unused_parameters=config.find_unused_parameters, broadcast_buffers=False)
 
 
-PrecisionFlag = Literal["32-true", "bf16-mixed"]  # the Trainer(precision=...) values used here
-_PRECISION_FLAGS: dict[str, PrecisionFlag] = {"32": "32-true", "bf16": "bf16-mixed"}
+PrecisionFlag = Literal["32-true", "bf16-mixed", "16-mixed"]  # the Trainer(precision=...) values used here
+_PRECISION_FLAGS: dict[str, PrecisionFlag] = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
+
+
+def precision_flag(precision: str, cuda: bool) -> PrecisionFlag:
+    """The Trainer's precision for a ``precision`` setting on a machine with (or without) CUDA.
+
+    ``16`` is fp16 AMP (Lightning's gradient scaler; the attention logits stay in fp32, see
+    ``vlmerge.model.layers.attention_fp32_logits``); CPUs lack fp16 AMP, so it needs CUDA.
+    """
+    if precision == "auto":
+        return "bf16-mixed" if cuda else "32-true"
+    if precision == "16" and not cuda:
+        raise TrainConfigError("precision 16 (fp16 AMP) needs CUDA; use 32 or bf16 on CPU")
+    return _PRECISION_FLAGS[precision]
 
 
 def _precision(config: TrainerConfig) -> PrecisionFlag:
-    if config.precision == "auto":
-        return "bf16-mixed" if torch.cuda.is_available() else "32-true"
-    return _PRECISION_FLAGS[config.precision]
+    return precision_flag(config.precision, torch.cuda.is_available())
 
 
 def _loggers(work_dir: Path) -> list[Logger]:
@@ -152,7 +163,13 @@ def build_trainer(config: TrainerConfig) -> pl.Trainer:
         gradient_clip_val=config.grad_clip,
         default_root_dir=config.work_dir,
         logger=_loggers(config.work_dir),
-        callbacks=[checkpoints, StepProgress(), LearningRateMonitor(logging_interval="step"), *requeue],
+        callbacks=[
+            checkpoints,
+            StepProgress(),
+            LearningRateMonitor(logging_interval="step"),
+            TerminationCheckpoint(config.work_dir),
+            *requeue,
+        ],
         log_every_n_steps=config.log_every,
         enable_progress_bar=False,
         enable_model_summary=False,

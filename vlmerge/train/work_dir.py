@@ -9,6 +9,10 @@ computed (paths, loader workers, logging and checkpoint cadence, validation) are
 With ``restart_stale`` (what the workflow asks for: a job reruns *because* its inputs or settings
 changed) a directory of another run is moved aside to ``<dir>.stale-<time>`` and the run starts
 afresh; the directory of the same run is still resumed.
+
+The checkpoint a run resumes from is a file anyone with write access to the directory could have
+replaced: :func:`check_resume_checkpoint` reads its pickle's global names before Lightning loads it and
+refuses, in one line naming the file, one that is not a checkpoint or that references code.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmerge.runtime import atomic_write_json
-from vlmerge.train.errors import TrainConfigError
+from vlmerge.train.errors import ResumeCheckpointError, TrainConfigError
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +85,27 @@ def claim_work_dir(
         work_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, identity)
         log.info("work directory %s: new run", work_dir)
+
+
+def check_resume_checkpoint(path: Path | None) -> Path | None:
+    """``path`` if it is a loadable Lightning checkpoint that references only tensors and plain data (or None).
+
+    Lightning loads it with ``torch.load(weights_only=True)``, which refuses code-running pickles, but as a
+    traceback; this check reads the pickle's global names (not its tensors) and says which file is bad.
+    """
+    import torch  # here, not at import: the work-directory record is read by torch-free code too
+
+    if path is None:
+        return None
+    try:
+        foreign = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as err:  # not a zip archive, truncated, unreadable: whatever the reader hit first
+        raise ResumeCheckpointError(
+            f"cannot read the resume checkpoint {path} ({type(err).__name__}: {' '.join(str(err).split())[:200]}); "
+            "remove it to resume from an earlier one or start afresh"
+        ) from err
+    if foreign:
+        raise ResumeCheckpointError(
+            f"refusing to resume from {path}: it references {sorted(foreign)}, which could run code; remove it"
+        )
+    return path

@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from vlmerge.data.ipc import ReaderError, open_ipc
+from vlmerge.data.readers.table import verify_table
 from vlmerge.data.tokenizer import TokenizerError, load_tokenizer, train_wordpiece, write_tokenizer
 from vlmerge.errors import ConfigError
 from vlmerge.runtime import Progress, atomic_write_json, provenance, sha256_file
@@ -86,6 +87,7 @@ def arrow_texts(arrow_dir: Path) -> Iterator[str]:
         raise ReaderError(f"no *.arrow files in {arrow_dir}")
     with Progress(len(files), "vocab text", unit="file", logger=log) as progress:
         for path in files:
+            verify_table(path)  # its manifest's sha256 and experiment
             reader = open_ipc(path)
             columns = [c for c in TEXT_COLUMNS if c in reader.schema.names]
             if not columns:

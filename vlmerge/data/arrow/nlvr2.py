@@ -1,14 +1,17 @@
-"""NLVR2 statements (JSON lines) → ``nlvr2_{train,dev,test1}.arrow``.
+"""NLVR2 statements (JSON lines) → ``nlvr2_{train,dev,test1}.arrow`` (+ the balanced/unbalanced subsets).
 
 Follows ViLT's ``write_nlvr2.py``: one row per image pair — the identifier without its sentence
 index, ``dev-850-0-0`` → ``dev-850-0`` — holding both images, all its sentences and their
 "True"/"False" labels, in the order the pairs first appear in the file. Images are
 ``<pair>-img0.png`` / ``-img1.png`` in ``images/train/<directory>/`` for train and ``<split>/``
-otherwise.
+otherwise. When ``nlvr2/data/balanced/balanced_{dev,test1}.json`` and
+``unbalanced/unbalanced_{dev,test1}.json`` are present, each becomes ``nlvr2_<subset>_<split>.arrow``
+with its images from the ``dev/`` or ``test1/`` folder; absent ones are logged and left out.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
@@ -16,7 +19,9 @@ from pathlib import Path
 from vlmerge.data.arrow.annotations import field, integer, load_json_lines, require_dir, require_file
 from vlmerge.data.arrow.conversion import Conversion
 from vlmerge.data.arrow.errors import RawDataError
-from vlmerge.data.schema import FILES
+from vlmerge.data.schema import FILES, NLVR2_SUBSETS
+
+log = logging.getLogger(__name__)
 
 _LABELS = ("True", "False")
 
@@ -58,12 +63,27 @@ def read_pairs(path: Path, images: Path, train: bool) -> dict[str, ImagePair]:
     return pairs
 
 
+def subset_sources(raw: Path) -> dict[str, tuple[Path, Path]]:
+    """The balanced/unbalanced subsets present: split → (annotation file, image folder of its base split)."""
+    sources = {}
+    for split in NLVR2_SUBSETS:
+        subset, _, base = split.partition("_")
+        annotation = raw / "nlvr2" / "data" / subset / f"{split}.json"
+        if annotation.is_file():
+            sources[split] = (annotation, image_folder(raw, base))
+        else:
+            log.info("nlvr2: no %s, so no %s table", annotation, FILES["nlvr2"][split])
+    return sources
+
+
 def convert_nlvr2(run: Conversion) -> None:
-    """Write one table per NLVR2 split."""
+    """Write one table per NLVR2 split, and one per balanced/unbalanced subset found."""
     sources = {
         split: (require_file(run.raw / "nlvr2" / "data" / f"{split}.json"), image_folder(run.raw, split))
         for split in FILES["nlvr2"]
+        if split not in NLVR2_SUBSETS
     }
+    sources |= subset_sources(run.raw)
     for split, (annotation, images) in sources.items():
         pairs = read_pairs(annotation, images, train=split == "train")
         statements = 0

@@ -1,11 +1,13 @@
 """VQAv2 questions and annotations → ``vqav2_<split>.arrow`` + the answer vocabulary.
 
-Follows ViLT's ``write_vqa.py``: one row per image, grouping its questions (sorted by question id)
-with, per question, the in-vocabulary answers, their labels and soft scores (vqa_answers). Train and
-val questions with no in-vocabulary answer are dropped, and images left without a question get no
-row; test and test-dev rows carry questions and ids with empty answer columns. Rows are sorted by
-image id (ViLT shuffled them without a seed); ``vqav2_val`` is then split into
-``vqav2_trainable_val`` and ``vqav2_rest_val`` = its last ``rest_val_images`` rows.
+Follows ViLT's ``write_vqa.py``: the same label ids (vocabulary in first-seen order, vqa_answers),
+one row per image, grouping its questions (sorted by question id) with, per question, the
+in-vocabulary answers, their labels and soft scores (human answers counted as
+``vqa_answer_counting`` says). Train and val questions with no in-vocabulary answer are dropped, and
+images left without a question get no row; test and test-dev rows carry questions and ids with
+empty answer columns. Rows are sorted by image id (ViLT shuffled them without a seed);
+``vqav2_val`` is then split into ``vqav2_trainable_val`` and ``vqav2_rest_val`` = its last
+``rest_val_images`` rows.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from vlmerge.data.arrow.annotations import field, integer, json_list, load_json, require_dir, require_file
 from vlmerge.data.arrow.conversion import Conversion
 from vlmerge.data.arrow.errors import RawDataError
-from vlmerge.data.arrow.vqa_answers import build_vocabulary, score_answers
+from vlmerge.data.arrow.vqa_answers import COUNTINGS, Counting, build_vocabulary, score_answers
 from vlmerge.data.arrow.vqa_split import split_val
 from vlmerge.data.schema import VQA_ANSWERS_FILE
 from vlmerge.runtime import atomic_write_json
@@ -54,11 +56,16 @@ def read_human_answers(path: Path) -> tuple[dict[int, list[str]], list[str]]:
 
 
 def read_questions(
-    path: Path, human: dict[int, list[str]] | None, label_of: dict[str, int], annotations: Path | None = None
+    path: Path,
+    human: dict[int, list[str]] | None,
+    label_of: dict[str, int],
+    annotations: Path | None = None,
+    counting: Counting = "normalized",
 ) -> tuple[dict[int, list[Question]], int]:
     """Questions grouped by image id, and how many were dropped for having no labelled answer.
 
-    ``human`` is None for the test splits, whose questions keep empty answers.
+    ``human`` is None for the test splits, whose questions keep empty answers; ``counting`` is how
+    the human answers are counted (:func:`vlmerge.data.arrow.vqa_answers.score_answers`).
     """
     by_image: dict[int, list[Question]] = {}
     dropped = 0
@@ -69,7 +76,7 @@ def read_questions(
         if human is not None:
             if question_id not in human:
                 raise RawDataError(f"{where}: question_id {question_id} has no record in {annotations}")
-            scored = score_answers(human[question_id], label_of)
+            scored = score_answers(human[question_id], label_of, counting)
             if not scored[1]:
                 dropped += 1
                 continue
@@ -119,6 +126,9 @@ def write_split(run: Conversion, split: str, by_image: dict[int, list[Question]]
 
 def convert_vqa(run: Conversion) -> None:
     """Write the vocabulary, then one table per split, then the trainable/rest split of val."""
+    counting = run.options.vqa_answer_counting
+    if counting not in COUNTINGS:
+        raise RawDataError(f"vqa_answer_counting {counting!r}: expected one of {list(COUNTINGS)}")
     questions = {s: require_file(run.raw / f"v2_OpenEnded_mscoco_{sub}_questions.json") for s, sub in _SUBSETS.items()}
     annotations = {s: require_file(run.raw / f"v2_mscoco_{_SUBSETS[s]}_annotations.json") for s in _LABELLED}
     folders = {s: require_dir(run.raw / name) for s, name in _IMAGE_FOLDERS.items()}
@@ -131,10 +141,16 @@ def convert_vqa(run: Conversion) -> None:
     atomic_write_json(vocabulary_path, vocabulary)
     run.outputs.append(vocabulary_path)
     run.details["answer_vocabulary_size"] = len(vocabulary)
-    log.info("answer vocabulary: %d answers seen at least %d times", len(vocabulary), run.options.min_answer_count)
+    run.details["answer_label_order"] = "vilt"  # first-seen over train then val, as write_vqa.py
+    log.info(
+        "answer vocabulary: %d answers seen at least %d times; human answers counted %s",
+        len(vocabulary),
+        run.options.min_answer_count,
+        counting,
+    )
     label_of = {answer: label for label, answer in enumerate(vocabulary)}
     for split, path in questions.items():
-        by_image, dropped = read_questions(path, human.get(split), label_of, annotations.get(split))
+        by_image, dropped = read_questions(path, human.get(split), label_of, annotations.get(split), counting)
         if split in _LABELLED:
             run.count(split, questions_without_label=dropped)
         write_split(run, split, by_image, folders[split])

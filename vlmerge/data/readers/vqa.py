@@ -1,12 +1,20 @@
-"""VQAv2 questions (one sample per question) with soft answer targets (docs/tasks.md)."""
+"""VQAv2 questions (one sample per question) with soft answer targets (docs/tasks.md).
+
+Reads vlmerge's tables and ViLT's alike: ViLT's test and test-dev tables type their (empty) answer
+columns ``list<null>``, which the column casts of :mod:`vlmerge.data.readers.table` turn into the
+declared types. ViLT writes no answer list beside its tables; :func:`answers_from_tables` rebuilds
+it from the ``answers`` / ``answer_labels`` columns, as ViLT's data module does.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from torch.utils.data import Dataset
@@ -17,7 +25,78 @@ from vlmerge.data.schema import VQA
 if TYPE_CHECKING:
     from vlmerge.data.transforms import ImageTransform
 
+log = logging.getLogger(__name__)
+
 _COLUMNS = ("image", "questions", "question_id", "answers", "answer_labels", "answer_scores")
+# The name given to a label below the largest one that no table row answers with.
+UNSEEN_ANSWER = "<unseen answer {label}>"
+
+
+def label_answer_pairs(path: Path) -> dict[int, str]:
+    """label → answer string of every (label, answer) pair in one ``vqav2_*.arrow`` table.
+
+    Raises:
+        ReaderError: a question's answer and label lists differ in length, a value is null, or a
+            label comes with two answers (or an answer with two labels) in this table.
+    """
+    tables = ArrowTables([path], VQA, ("answers", "answer_labels"))
+    per_question = {name: pc.list_flatten(tables.column(name)) for name in ("answers", "answer_labels")}
+    lengths = [pc.fill_null(pc.list_value_length(c), 0).to_numpy() for c in per_question.values()]
+    if not np.array_equal(*lengths):
+        raise ReaderError(f"{path}: a question has unequal answer and label lists")
+    answers, labels = (pc.list_flatten(c) for c in per_question.values())
+    if answers.null_count or labels.null_count:
+        raise ReaderError(f"{path}: null entries in the answers or answer_labels lists")
+    unique = pa.table({"label": labels, "answer": answers}).group_by(["label", "answer"]).aggregate([])
+    pairs: dict[int, str] = {}
+    labels_of: dict[str, int] = {}
+    for label, answer in zip(unique.column("label").to_pylist(), unique.column("answer").to_pylist()):
+        if label in pairs:
+            raise ReaderError(f"{path}: label {label} is both {pairs[label]!r} and {answer!r}")
+        if answer in labels_of:
+            raise ReaderError(f"{path}: answer {answer!r} has labels {labels_of[answer]} and {label}")
+        pairs[label], labels_of[answer] = answer, label
+    return pairs
+
+
+def answers_from_tables(paths: Sequence[Path]) -> list[str]:
+    """The answer list (index = label) that ViLT rebuilds from its tables' answer columns.
+
+    Every (label, answer) pair of the given tables (the train and val splits) is collected; the list
+    has ``max label + 1`` entries, ViLT's head size. A label that no row answers with (possible when
+    human answers are counted raw) is named ``UNSEEN_ANSWER``, a name no human answer matches, and
+    logged.
+
+    Raises:
+        ReaderError: the tables hold no answer at all, a negative label, or disagree with each other
+            about a label's answer (the message names both files).
+    """
+    found: dict[int, tuple[str, Path]] = {}
+    for path in paths:
+        for label, answer in label_answer_pairs(path).items():
+            seen = found.setdefault(label, (answer, path))
+            if seen[0] != answer:
+                raise ReaderError(f"{path}: label {label} is {answer!r}, but {seen[0]!r} in {seen[1]}")
+    if not found:
+        raise ReaderError(f"{[str(p) for p in paths]}: no answers to rebuild the VQA answer list from")
+    if min(found) < 0:
+        raise ReaderError(f"{found[min(found)][1]}: negative answer label {min(found)}")
+    size = max(found) + 1
+    by_answer: dict[str, int] = {}
+    for label, (answer, path) in sorted(found.items()):
+        if by_answer.setdefault(answer, label) != label:
+            raise ReaderError(f"{path}: answer {answer!r} has labels {by_answer[answer]} and {label}")
+    unseen = [label for label in range(size) if label not in found]
+    if unseen:
+        log.warning(
+            "VQA answer list rebuilt from the tables: %d of %d labels never appear as an answer and are named "
+            "%r (e.g. label %d)",
+            len(unseen),
+            size,
+            UNSEEN_ANSWER,
+            unseen[0],
+        )
+    return [found[k][0] if k in found else UNSEEN_ANSWER.format(label=k) for k in range(size)]
 
 
 class VQADataset(Dataset):

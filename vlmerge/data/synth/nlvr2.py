@@ -1,4 +1,6 @@
-"""NLVR2: PNG image pairs under ``images/<split>/`` and JSON-lines statements in ``nlvr2/data/<split>.json``."""
+"""NLVR2 in ViLT's DATA.md layout: PNG pairs in ``images/train/<n>/``, ``dev/`` and ``test1/``, JSON-lines
+statements in ``nlvr2/data/<split>.json``, plus the ``balanced/`` and ``unbalanced/`` subsets of dev and test1.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from vlmerge.data.synth.scenes import Scene, sample_scene
 from vlmerge.data.synth.statements import state
 
 NLVR2_SPLITS = ("train", "dev", "test1")
+SUBSET_SPLITS = ("dev", "test1")  # the splits with balanced/unbalanced subsets
 TRAIN_DIRECTORIES = 100  # the published train images are spread over numbered sub-folders
 _HOST = "https://nlvr2.synthetic.invalid"
 
@@ -51,7 +54,7 @@ def _split(job: Job, split: str) -> tuple[list[dict], int]:
     for set_id, pair, sentences in plan:
         prefix = f"{split}-{set_id}-{pair}"
         directory = rng.randrange(TRAIN_DIRECTORIES)
-        folder = job.root / "images" / split / (str(directory) if split == "train" else "")
+        folder = job.root / "images" / "train" / str(directory) if split == "train" else job.root / split
         left, right = sample_scene(rng), sample_scene(rng)
         job.sink.save(folder / f"{prefix}-img0.png", left, "PNG")
         job.sink.save(folder / f"{prefix}-img1.png", right, "PNG")
@@ -62,12 +65,33 @@ def _split(job: Job, split: str) -> tuple[list[dict], int]:
     return lines, len(plan)
 
 
+def balanced_subsets(lines: list[dict]) -> dict[str, list[dict]]:
+    """Split one split's lines into NLVR2's ``balanced`` and ``unbalanced`` subsets, keeping their order.
+
+    Here an image pair is balanced when its statements carry both labels (the published subsets
+    separate sentences seen with both true and false image pairs from the others); every line goes
+    to exactly one subset.
+    """
+    labels: dict[str, set[str]] = {}
+    for line in lines:
+        labels.setdefault(line["identifier"].rsplit("-", 1)[0], set()).add(line["label"])
+    subsets: dict[str, list[dict]] = {"balanced": [], "unbalanced": []}
+    for line in lines:
+        both = len(labels[line["identifier"].rsplit("-", 1)[0]]) == 2
+        subsets["balanced" if both else "unbalanced"].append(line)
+    return subsets
+
+
 def write_nlvr2(job: Job) -> Written:
-    """Labels are balanced per split; train pairs go to ``images/train/<directory>/``, named on each line."""
+    """Labels are balanced per split; train pairs go to ``images/train/<directory>/``, named on each line,
+    dev and test1 pairs to ``dev/`` and ``test1/`` at the root, as ViLT's DATA.md lays them out."""
     written = Written()
     for split in NLVR2_SPLITS:
         lines, pairs = _split(job, split)
         write_jsonl(job.root / "nlvr2" / "data" / f"{split}.json", lines)
+        if split in SUBSET_SPLITS:
+            for subset, subset_lines in balanced_subsets(lines).items():
+                write_jsonl(job.root / "nlvr2" / "data" / subset / f"{subset}_{split}.json", subset_lines)
         true = sum(line["label"] == "True" for line in lines)
         written.counts[split] = {"pairs": pairs, "images": 2 * pairs, "sentences": len(lines), "true": true}
     return written

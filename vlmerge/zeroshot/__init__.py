@@ -1,0 +1,1 @@
+"""Stage ``vlmerge.zeroshot``: see :mod:`vlmerge.zeroshot.cli`. Imports nothing at its top level."""
