@@ -396,3 +396,44 @@ def test_unknown_ablation_method_is_an_error(tmp_path: Path) -> None:
     out = snakemake(tmp_path, ablation_config(tmp_path, sharing=["ffn"], methods=["ties"]), "-n")
     assert out.returncode != 0
     assert "report.ablations.methods: ['ties']" in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_over_a_demo_run_checkout_the_paper_plan_is_the_whole_lineage(tmp_path: Path) -> None:
+    """A directory where the embedded demo built results/vqa/regmean.json (placeholders with the metadata a
+    real run records, made by ``--touch``): the paper profile's plan of the same target is the whole lineage,
+    exactly as over an empty directory; no tiny checkpoint, gram file or table is reused by a base job."""
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    embedded = write_config(tmp_path)
+    target = "results/vqa/regmean.json"
+    summary = snakemake(workdir, embedded, "--summary", target)
+    assert summary.returncode == 0, summary.stderr[-2000:]
+    lines = summary.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("output_file\t"))
+    header = lines[start].split("\t")
+    rows = [dict(zip(header, line.split("\t"))) for line in lines[start + 1 :] if "\t" in line]
+    assert any(row["output_file"] == "results/pretrain/seed.safetensors" for row in rows)
+    for row in rows:
+        path = workdir / row["output_file"]
+        path = path / "vocab.txt" if row["rule"] == "vocab" else path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(row["output_file"].encode().ljust(1 << 20, b"\0"))
+    touched = snakemake(workdir, embedded, target, "--touch", "--forceall", "-c1")
+    assert touched.returncode == 0, touched.stderr[-2000:]
+    assert planned_jobs(workdir, embedded, target) == {}  # the demo's state is complete
+
+    def paper_plan(directory: Path) -> dict[str, int]:
+        out = paper_dry_run(directory.parent, "--quiet", "rules", targets=target)
+        assert out.returncode == 0, out.stderr[-2000:]
+        jobs = {}
+        for line in (out.stdout + out.stderr).splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
+                jobs[parts[0]] = int(parts[1])
+        return jobs
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    over_demo, over_nothing = paper_plan(workdir), paper_plan(empty / "w")
+    assert over_demo == over_nothing and over_demo["pretrain"] == 2 and over_demo["prepare"] == 7
