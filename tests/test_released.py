@@ -19,6 +19,7 @@ import yaml
 
 import tests.test_import_export as upstream
 from tests.builders import ENV, planned_jobs, snakemake, write_config
+from tests.test_prepare import naive_vilt_vocabulary
 from vlmerge.data.schema import VQA_ANSWERS_FILE
 from vlmerge.data.tokenizer import load_tokenizer
 from vlmerge.errors import ConfigError
@@ -256,7 +257,23 @@ def test_a_released_vqa_checkpoint_is_evaluated_as_is(tmp_path: Path, monkeypatc
     vocabulary = len(load_tokenizer(arrow / "tokenizer"))
     answers = len(json.loads((arrow / VQA_ANSWERS_FILE).read_text()))
     monkeypatch.setattr(upstream, "VOCAB", vocabulary)  # the file's word embeddings fit the tokenizer
-    upstream.save_upstream(tmp_path / "vqa.ckpt", "ma", Heads(vqa_answers=answers))
+    state = upstream.save_upstream(tmp_path / "vqa.ckpt", "ma", Heads(vqa_answers=answers))
+    # The released head's last row k answers everything: its prediction must be ViLT's label k, worked out from
+    # the raw annotations by a plain re-implementation of ViLT's write_vqa.py vocabulary.
+    raw = tmp_path / "data/raw/synthetic/vqa"
+    vilt = naive_vilt_vocabulary(
+        [
+            json.loads((raw / f"v2_mscoco_{s}_annotations.json").read_text())["annotations"]
+            for s in ("train2014", "val2014")
+        ],
+        yaml.safe_load(config.read_text())["data"]["prepare"]["min_answer_count"],
+    )
+    assert len(vilt) == answers
+    row = answers - 2
+    head = torch.load(tmp_path / "vqa.ckpt", weights_only=True)
+    head["state_dict"]["vqa_classifier.3.weight"] = torch.zeros_like(state["vqa_classifier.3.weight"])
+    head["state_dict"]["vqa_classifier.3.bias"] = torch.zeros(answers).index_fill_(0, torch.tensor([row]), 50.0)
+    torch.save(head, tmp_path / "vqa.ckpt")
     config = released_config(tmp_path, {"vqa_ft": {"path": str(tmp_path / "vqa.ckpt")}}, datasets=["vqa"])
 
     out = snakemake(tmp_path, config, "results/vqa/released_vqa_ft.json", "-c2")
@@ -281,3 +298,5 @@ def test_a_released_vqa_checkpoint_is_evaluated_as_is(tmp_path: Path, monkeypatc
         assert got[key] == want[key], key
     assert {s: v["metrics"] for s, v in got["splits"].items()} == {s: v["metrics"] for s, v in want["splits"].items()}
     assert got["splits"] and all(v["samples"] for v in got["splits"].values())
+    submission = json.loads((tmp_path / "results" / "vqa" / "released_vqa_ft.submission-test-dev.json").read_text())
+    assert submission and {entry["answer"] for entry in submission} == {vilt[row]}
