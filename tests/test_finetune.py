@@ -321,6 +321,10 @@ def test_f30k_train_val_trains_on_both_splits(data, inits, tmp_path: Path) -> No
     # A run that leaves the new keys at their defaults keeps its hash (the runs recorded before them).
     assert today.config_hash() == run(f30k_train_val=False, embed_dropout=None).config_hash()
     assert "f30k_train_val" in json.dumps(today.resolved()) and upstream.config_hash() != today.config_hash()
+    # The speed options reach the run but not its hash (they change how fast a step runs, not what it computes).
+    fast = run(attention_kernel="explicit", compile_blocks=True, optimizer_impl="for_loop")
+    assert (fast.speed.attention, fast.speed.compile_blocks, fast.speed.optimizer) == ("explicit", True, "for_loop")
+    assert fast.config_hash() == today.config_hash()
 
 
 def test_embed_dropout_reaches_the_model(data, inits, tmp_path: Path) -> None:

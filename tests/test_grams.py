@@ -1,4 +1,5 @@
-"""Gram collection: hook statistics against inputs captured by hand, pad exclusion, exact shard reduction, files."""
+"""Gram collection: hook statistics against inputs captured by hand, the float32 products' error bound and its
+effect on a RegMean merge, pad exclusion, exact shard reduction, files."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import pytest
 import torch
 
 from vlmerge.files.grams import load_grams, reduce_files, save_grams, sidecar_path
+from vlmerge.grams import hooks
 from vlmerge.grams.collect import sample_indices
-from vlmerge.grams.hooks import GramCollector
+from vlmerge.grams.config import GramsSettings
+from vlmerge.grams.hooks import GramCollector, product_error_bound, triangle_blocks
 from vlmerge.merging import GramsError, GramStats, gram_targets, reduce_grams
+from vlmerge.merging.regmean import regmean_solve
 from vlmerge.model import Modality, create_model
 
 F64 = torch.float64
@@ -35,8 +39,8 @@ def batch(seed: int, lengths: tuple[int, ...] = (6, 4, 2)):
     return ids, mask, torch.randn(len(lengths), 3, 32, 32, generator=g)
 
 
-def collect(net, batches, include_pad: bool = False, task: str = "pair") -> GramStats:
-    with torch.no_grad(), GramCollector(net, include_pad) as collector:
+def collect(net, batches, include_pad: bool = False, task: str = "pair", products: str = "float64") -> GramStats:
+    with torch.no_grad(), GramCollector(net, include_pad, products) as collector:  # type: ignore[arg-type]
         for ids, mask, images in batches:
             if task == "pair":
                 with collector.text(mask):
@@ -87,6 +91,117 @@ def test_hook_grams_equal_xtx_of_inputs_captured_by_hand() -> None:
     torch.testing.assert_close(grams.xtx["transformer.blocks.0.attn.l"], x0.T @ x0, rtol=1e-6, atol=1e-6)
     assert grams.counts["transformer.blocks.0.attn.l"] == 12 and grams.counts["transformer.blocks.0.attn.v"] == 15
     assert grams.counts["transformer.blocks.2.mlp.vl.fc2"] == 12 + 15
+
+
+def captured_rows(net, batches) -> dict[str, torch.Tensor]:
+    """The kept rows [n, D] (float64) of every hook point over ``batches`` of pairs, captured by hand."""
+    rows: dict[str, list[torch.Tensor]] = {}
+    targets = dict(gram_targets(net.expert_layout()))
+
+    def grab(name: str, width: int, real: torch.Tensor, module, args) -> None:
+        x, modality = args[0].detach(), targets[name]
+        if modality is Modality.L:
+            kept = x[real]
+        elif modality is Modality.VL:
+            kept = torch.cat([x[:, :width][real], x[:, width:].reshape(-1, x.shape[-1])])
+        else:
+            kept = x.reshape(-1, x.shape[-1])
+        rows.setdefault(name, []).append(kept.to(F64))
+
+    for ids, mask, images in batches:
+        real = mask.bool()
+        handles = [
+            net.get_submodule(n).register_forward_pre_hook(
+                lambda module, args, n=n, w=ids.shape[1], r=real: grab(n, w, r, module, args)
+            )
+            for n in targets
+        ]
+        with torch.no_grad():
+            net.encode_pair(ids, mask, images)
+        for h in handles:
+            h.remove()
+    return {n: torch.cat(r) for n, r in rows.items()}
+
+
+def test_triangle_blocks_cover_the_upper_triangle_once() -> None:
+    for dim, leaf, panel in [(128, None, None), (768, None, None), (3072, None, None), (100, 32, 5), (7, 3, 1)]:
+        hits = torch.zeros(dim, dim, dtype=torch.int64)
+        for r, c in triangle_blocks(dim, leaf, panel):
+            hits[r, c] += 1
+        assert torch.equal(hits.triu(), torch.ones(dim, dim, dtype=torch.int64).triu()), (dim, leaf)
+        assert hits.max() == 1
+
+
+@pytest.mark.parametrize("chunk,leaf", [(4096, 768), (7, 16)])
+def test_float32_products_stay_within_the_stated_bound(chunk: int, leaf: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grams from float32 products (flushed into float64 every ``chunk`` rows, so 7 splits every call and flushes
+    often; the triangle split into blocks at most ``leaf`` wide) against XᵀX computed naively in float64 from
+    the same activations: every entry within the stated bound ε·(|X|ᵀ|X|), and in practice far below it."""
+    monkeypatch.setattr(hooks, "CHUNK_TOKENS", chunk)
+    monkeypatch.setattr(hooks, "LEAF", leaf)
+    monkeypatch.setattr(hooks, "PANEL", 96 if leaf > 16 else 5)
+    net = model()
+    batches = [batch(s, (8, 5, 3, 7)) for s in range(3)]
+    exact = captured_rows(net, batches)
+    with torch.no_grad(), GramCollector(net, products="float32") as collector:
+        for ids, mask, images in batches:
+            with collector.text(mask):
+                net.encode_pair(ids, mask, images)
+        fast = collector.result()
+        bounds = {n: collector.error_bound(n) for n in exact}
+    assert set(exact) < set(fast.names)
+    for name, x in exact.items():
+        reference, magnitude = x.T @ x, x.abs().T @ x.abs()
+        error = (fast.xtx[name] - reference).abs()
+        # The float64 reference itself errs by γ_n(fp64)·|X|ᵀ|X|: counted on the side of the bound.
+        slack = product_error_bound([x.shape[0]], "float64")
+        assert bool((error <= (bounds[name] + slack) * magnitude).all()), name
+        assert bounds[name] < 1e-3 and bounds[name] >= product_error_bound([min(chunk, x.shape[0])], "float32")
+        assert error.max() <= 1e-5 * reference.diagonal().max(), name  # measured: ~1e-7
+        torch.testing.assert_close(fast.sums[name], x.sum(0), rtol=1e-6, atol=1e-5)
+        assert fast.counts[name] == x.shape[0]
+        assert torch.equal(fast.xtx[name], fast.xtx[name].T)
+
+
+def test_regmean_on_float32_grams_equals_regmean_on_float64_grams() -> None:
+    """The merge each gram set gives, layer by layer (α = 0.9, per-token means, as config.yaml): the float32
+    products change merged weights by under 1e-5 of their scale."""
+    net = model()
+    batches = [batch(s, (8, 5, 3, 7)) for s in range(3)]
+    fast = collect(net, batches, products="float32")
+    ref = collect(net, batches, products="float64")
+    layout = net.expert_layout()
+    compared = 0
+    for layer in range(layout.num_layers):
+        for suffix, param in [("", "qkv"), (".proj", "proj"), (".fc1", "fc1"), (".fc2", "fc2")]:
+            part = "attn" if param in ("qkv", "proj") else "mlp"
+            stem = f"transformer.blocks.{layer}.{part}"
+            experts = [m for m in layout.experts(layer) if ref.counts.get(f"{stem}.{m.value}{suffix}", 0)]
+            if len(experts) < 1:
+                continue
+            weights = {m: net.get_submodule(f"{stem}.{m.value}.{param}").weight.detach() for m in experts}
+            merged = []
+            for grams in (fast, ref):
+                g = {m: grams.xtx[f"{stem}.{m.value}{suffix}"] for m in experts}
+                scales = {m: 1.0 / grams.counts[f"{stem}.{m.value}{suffix}"] for m in experts}
+                w, _ = regmean_solve(weights, g, 1e10, alpha=0.9, scales=scales)
+                merged.append(w.clone())
+            scale = max(w.abs().max() for w in weights.values())
+            assert (merged[0] - merged[1]).abs().max() <= 1e-5 * scale, (stem, param)
+            compared += 1
+    assert compared >= 8
+
+
+def test_paused_collection_adds_nothing_and_settings_default_to_float32() -> None:
+    net = model()
+    ids, mask, images = batch(0)
+    with torch.no_grad(), GramCollector(net) as collector:
+        with collector.paused(), collector.text(mask):
+            net.encode_pair(ids, mask, images)
+        assert not any(collector.result().counts.values())
+    assert GramsSettings().products == "float32"
+    with pytest.raises(ValueError, match="choose from"):
+        GramCollector(net, products="float16")  # type: ignore[arg-type]
 
 
 def test_pad_tokens_are_excluded_by_default() -> None:
@@ -212,3 +327,12 @@ def test_collection_runs_the_tasks_own_encode(task: str, monkeypatch: pytest.Mon
     want = collector.result()
     assert got.counts == want.counts and any(want.counts.values())
     assert all(torch.equal(got.xtx[n], want.xtx[n]) for n in want.xtx)
+
+
+def test_the_gram_benchmark_times_plain_and_both_product_dtypes(capsys: pytest.CaptureFixture[str]) -> None:
+    from vlmerge.bench.grams import VARIANTS, gram_forward
+
+    gram_forward("tiny", "2", "1")
+    figures = json.loads(capsys.readouterr().out)
+    assert set(figures["seconds"]) == set(figures["cpu_seconds"]) == set(VARIANTS)
+    assert all(v > 0 for v in figures["seconds"].values()) and figures["batch_size"] == 2

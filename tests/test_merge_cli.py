@@ -141,8 +141,10 @@ def test_grams_cli_routes_each_task_and_records_its_inputs(work: Path) -> None:
 
 
 def test_grams_cli_shards_reduce_to_the_whole(work: Path) -> None:
-    whole, _ = load_grams(collect(work, "vqa", "whole.safetensors"))
-    shards = [collect(work, "vqa", f"s{i}.safetensors", "--shard", f"{i}/2") for i in range(2)]
+    # float64 products: sums exact enough that the shards' order of addition shows only at 1e-10.
+    exact = ("--products", "float64")
+    whole, _ = load_grams(collect(work, "vqa", "whole.safetensors", *exact))
+    shards = [collect(work, "vqa", f"s{i}.safetensors", "--shard", f"{i}/2", *exact) for i in range(2)]
     assert grams_cli.main(["--reduce", *map(str, shards), "--out", str(work / "reduced.safetensors")]) == 0
     reduced, record = load_grams(work / "reduced.safetensors")
     assert record["samples"] == 8 and [s["sha256"] for s in record["shards"]] == [

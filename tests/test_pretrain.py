@@ -621,6 +621,13 @@ def test_the_options_reach_the_run_and_its_identity_only_when_set(corpus, tmp_pa
     assert not any(f'"{key}"' in flat for key in UPSTREAM_OPTIONS)
     assert all(f'"{key}"' in flat_changed for key in UPSTREAM_OPTIONS)
     assert changed["module"]["logit_scale_max"] is None and changed["data"]["coco_restval"] is False
+    # The speed options reach the run (and the module the CLI builds from it) but never its identity.
+    fast = resolve_run(
+        build(PretrainSettings, {"attention_kernel": "explicit", "optimizer_impl": "for_loop"}, "pretrain"), paths
+    )
+    assert (fast.speed.attention, fast.speed.optimizer) == ("explicit", "for_loop")
+    assert (default.speed.attention, default.speed.optimizer) == ("sdpa", "auto")
+    assert fast.identity({}, {}) == identity and fast.resolved()["speed"] != default.resolved()["speed"]
 
 
 def test_coco_restval_and_dedup_choose_the_training_pairs(corpus) -> None:

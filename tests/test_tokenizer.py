@@ -223,3 +223,21 @@ def test_config_blocks_are_valid_settings() -> None:
 def test_settings_module_never_imports_torch() -> None:
     code = "import sys, vlmerge.vocab.config; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_the_vocabulary_text_skips_tables_that_repeat_another(tmp_path: Path) -> None:
+    """NLVR2's balanced/unbalanced tables repeat dev/test1 rows: their text would be counted twice."""
+    import pyarrow as pa
+
+    from vlmerge.vocab.cli import arrow_texts
+
+    def write(name: str, texts: list[str]) -> None:
+        table = pa.table({"questions": pa.array([[t] for t in texts], pa.list_(pa.string()))})
+        with pa.OSFile(str(tmp_path / name), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+
+    write("nlvr2_dev.arrow", ["left dog", "right cat"])
+    write("nlvr2_balanced_dev.arrow", ["left dog"])
+    write("nlvr2_unbalanced_test1.arrow", ["right cat"])
+    write("vqa_train.arrow", ["what colour"])
+    assert list(arrow_texts(tmp_path)) == ["left dog", "right cat", "what colour"]

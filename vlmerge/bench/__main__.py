@@ -7,7 +7,7 @@ import importlib
 
 from vlmerge.runtime import setup_logging
 
-BENCHMARKS = ("prepare", "merge", "pretrain")
+BENCHMARKS = ("prepare", "merge", "grams", "pretrain", "startup")
 
 
 def main(argv: list[str] | None = None) -> int:

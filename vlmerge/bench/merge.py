@@ -38,6 +38,10 @@ RUNS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("regmean_exact_bias", (), "grams"),
 )
 
+# What a streaming merge should cost against the floor (issue 13): time for the weight-space methods
+# (RegMean adds its solves), peak RSS for every method.
+TIME_GOAL, RSS_GOAL = 1.5, 1.3
+
 
 def _child(function: str, *args: str) -> list[str]:
     """argv running ``vlmerge.bench.merge.<function>(*args)`` in a fresh interpreter."""
@@ -239,6 +243,13 @@ def run() -> dict[str, object]:
             f"{r['method']:<36} {r['seconds']:>7.1f} {r['peak_rss_mb']:>12.0f} {r['floor_s']:>8.1f}"
             f" {r['floor_rss_mb']:>9.0f} {r['time_vs_floor']:>8.2f} {r['rss_vs_floor']:>6.2f}"
         )
+    weight_space = [r for r in rows if not str(r["method"]).startswith("regmean")]
+    worst_time = max(float(r["time_vs_floor"]) for r in weight_space)  # type: ignore[arg-type]
+    worst_rss = max(float(r["rss_vs_floor"]) for r in rows)  # type: ignore[arg-type]
+    print(
+        f"goals: weight-space methods x floor <= {TIME_GOAL} (worst {worst_time:.2f}), "
+        f"every method RSS x <= {RSS_GOAL} (worst {worst_rss:.2f})"
+    )
     print(
         f"\n## grams: tiny preset, batch 32 image+text pairs: plain forward "
         f"{hooks['plain_s_per_batch'] * 1e3:.0f} ms, with gram hooks {hooks['grams_s_per_batch'] * 1e3:.0f} ms "

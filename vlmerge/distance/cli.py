@@ -16,11 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from vlmerge.distance.config import DistanceSettings
-from vlmerge.merging.distance import weight_distances
-from vlmerge.merging.errors import MergeError
-from vlmerge.merging.validate import check_finite, check_ms_state
-from vlmerge.model import Sharing, expert_layout
-from vlmerge.model.checkpoint import load_state
 from vlmerge.runtime import atomic_write_json, provenance, sha256_file
 from vlmerge.runtime.outputs import check_outputs, with_sidecar
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
@@ -51,6 +46,13 @@ def parse_args(argv: list[str] | None) -> DistanceConfig:
 
 
 def run(config: DistanceConfig) -> None:
+    # torch and the model come with the run alone: ``--help`` stays light.
+    from vlmerge.merging.distance import weight_distances
+    from vlmerge.merging.errors import MergeError
+    from vlmerge.merging.validate import check_finite, check_ms_state
+    from vlmerge.model import Sharing, expert_layout
+    from vlmerge.model.checkpoint import load_state
+
     check_outputs([("--out", config.out)], [*with_sidecar("--ms", config.ms), *with_sidecar("--seed", config.seed)])
     ms_state, meta = load_state(config.ms)
     seed_state, seed_meta = load_state(config.seed)

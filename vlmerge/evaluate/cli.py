@@ -24,30 +24,21 @@ import time
 from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import torch
-from torch.utils.data import Dataset
-
-from vlmerge.data.collate import BatchCollator
-from vlmerge.data.readers import VQADataset
-from vlmerge.data.tokenizer import load_tokenizer
-from vlmerge.data.transforms import eval_transform
 from vlmerge.evaluate.config import EvaluateSettings
-from vlmerge.model import VLModel, config_hash
-from vlmerge.model.checkpoint import CheckpointMeta, load_model
 from vlmerge.runtime import atomic_write_json, provenance
 from vlmerge.runtime.outputs import check_outputs, with_sidecar
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
 from vlmerge.runtime.stage import run_stage
-from vlmerge.tasks.base import Rows, Task
-from vlmerge.tasks.errors import TaskError
-from vlmerge.tasks.evaluation import evaluation_rows
-from vlmerge.tasks.lineage import lineage, weights_sha256
-from vlmerge.tasks.model_init import require_heads, resize
-from vlmerge.tasks.registry import get_task
-from vlmerge.tasks.vqa import VQATask, answer_vocabulary
-from vlmerge.tasks.vqa_eval import constant_accuracy, official_accuracy, read_human_answers, submission
+
+# torch, the model and the tasks are imported by the functions that run (never by ``--help``); no Lightning.
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from vlmerge.model import VLModel
+    from vlmerge.model.checkpoint import CheckpointMeta
+    from vlmerge.tasks.base import Rows, Task
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +69,11 @@ class Evaluation:
     """A loaded checkpoint and tokenizer, ready to score splits of one task."""
 
     def __init__(self, config: EvaluateConfig) -> None:
+        from vlmerge.data.collate import BatchCollator
+        from vlmerge.data.tokenizer import load_tokenizer
+        from vlmerge.data.transforms import eval_transform
+        from vlmerge.tasks.registry import get_task
+
         self.config, self.task = config, get_task(config.task)
         tokenizer = load_tokenizer(config.tokenizer)
         self.model, self.meta = _load(config, self.task, len(tokenizer))
@@ -85,6 +81,8 @@ class Evaluation:
         self.transform = eval_transform(self.model.config.image_size)
 
     def rows(self, split: str) -> tuple[tuple[Dataset, ...], list[Rows]]:
+        from vlmerge.tasks.evaluation import evaluation_rows
+
         sides = self.task.eval_sides(self.config.arrow, split, self.transform)
         return sides, evaluation_rows(
             self.task, self.model, sides, self.collate, self.config.batch_size, self.config.num_workers
@@ -92,6 +90,10 @@ class Evaluation:
 
     def score(self, split: str, humans: dict[int, list[str]] | None) -> dict[str, Any]:
         """Metrics, baseline and margin of ``split``."""
+        from vlmerge.data.readers import VQADataset
+        from vlmerge.tasks.vqa import VQATask, answer_vocabulary
+        from vlmerge.tasks.vqa_eval import constant_accuracy, official_accuracy
+
         start = time.perf_counter()
         sides, rows = self.rows(split)
         metrics = self.task.metrics(rows, sides)
@@ -113,6 +115,9 @@ class Evaluation:
 
     def write_submission(self, split: str) -> dict[str, Any]:
         """The VQA evaluation-server file of ``split`` beside the result JSON."""
+        from vlmerge.tasks.vqa import answer_vocabulary
+        from vlmerge.tasks.vqa_eval import submission
+
         sides, rows = self.rows(split)
         entries = submission(rows[0], sides[0], answer_vocabulary(self.config.arrow))  # type: ignore[arg-type]
         path = self.config.out.with_name(f"{self.config.out.stem}.submission-{split}.json")
@@ -123,6 +128,10 @@ class Evaluation:
 
 def _load(config: EvaluateConfig, task: Task, vocab_size: int) -> tuple[VLModel, CheckpointMeta]:
     """The checkpoint as saved (every head kept), checked to carry the task's heads."""
+    from vlmerge.model.checkpoint import load_model
+    from vlmerge.tasks.errors import TaskError
+    from vlmerge.tasks.model_init import require_heads, resize
+
     model, meta = load_model(config.ckpt)
     require_heads(model.heads, task.heads(config.arrow), config.ckpt, task.name)
     if vocab_size != model.config.vocab_size:
@@ -139,6 +148,11 @@ def _load(config: EvaluateConfig, task: Task, vocab_size: int) -> tuple[VLModel,
 
 
 def run(config: EvaluateConfig) -> dict[str, Any]:
+    from vlmerge.model import config_hash
+    from vlmerge.tasks.lineage import lineage, weights_sha256
+    from vlmerge.tasks.vqa import VQATask
+    from vlmerge.tasks.vqa_eval import read_human_answers
+
     submission = config.out.with_name(f"{config.out.stem}.submission-{config.vqa_submission_split}.json")
     check_outputs(
         [("--out", config.out), ("--out's submission file", submission)],
@@ -204,6 +218,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _device(name: str) -> str:
     """``auto`` made concrete; a name torch does not know is bad input."""
+    import torch
+
+    from vlmerge.tasks.errors import TaskError
+
     device = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
     try:
         torch.device(device)
@@ -214,6 +232,8 @@ def _device(name: str) -> str:
 
 def _resolve(args: argparse.Namespace) -> EvaluateConfig:
     """The evaluation the parsed command line asks for; raises an InputError (a one-line message)."""
+    from vlmerge.tasks.errors import TaskError
+
     settings = settings_from_args(args, EvaluateSettings)
     if not args.ckpt.is_file():
         raise TaskError(f"--ckpt {args.ckpt} does not exist")

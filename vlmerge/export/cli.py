@@ -17,11 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from vlmerge.export.config import ExportSettings
-from vlmerge.model.checkpoint import load_state
-from vlmerge.model.import_vlmerging import lightning_checkpoint, to_vlmerging_state
 from vlmerge.runtime import atomic_path, provenance, sha256_file
 from vlmerge.runtime.outputs import check_outputs, with_sidecar
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
@@ -50,6 +46,13 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
 
 
 def run(config: ExportConfig) -> None:
+    # torch and the model come with the run alone: ``--help`` stays light. The file written is the dictionary
+    # Lightning saves, built by hand: exporting never imports Lightning.
+    import torch
+
+    from vlmerge.model.checkpoint import load_state
+    from vlmerge.model.import_vlmerging import lightning_checkpoint, to_vlmerging_state
+
     check_outputs([("--out", config.out)], with_sidecar("--ckpt", config.ckpt))
     state, meta = load_state(config.ckpt)
     upstream = to_vlmerging_state(state, meta.config, config.settings.text_rows_for)

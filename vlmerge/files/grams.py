@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
+import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from vlmerge.merging.errors import GramsError
 from vlmerge.merging.grams import GramStats, reduce_grams
+from vlmerge.merging.stream import SafetensorsReader
+from vlmerge.merging.validate import is_finite
 from vlmerge.runtime import sha256_file
 from vlmerge.runtime.atomic import atomic_pair
 from vlmerge.runtime.experiment import check_experiment, experiment_record
@@ -38,6 +42,16 @@ def save_grams(path: str | os.PathLike[str], grams: GramStats, record: Mapping[s
 
 def load_grams(path: str | os.PathLike[str]) -> tuple[GramStats, dict[str, Any]]:
     """The statistics of a gram file and its sidecar record, after checking that they belong together."""
+    record = _checked_record(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise GramsError(f"cannot read gram file {path}: {err}") from err
+    return GramStats.from_tensors(tensors, str(path)), record
+
+
+def _checked_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The sidecar record of gram file ``path``, from this experiment and describing these very bytes."""
     sidecar = sidecar_path(path)
     if Path(path).suffix == ".json" or Path(path).is_dir():
         raise GramsError(f"gram file {path}: expected the .safetensors file beside its sidecar")
@@ -55,11 +69,72 @@ def load_grams(path: str | os.PathLike[str]) -> tuple[GramStats, dict[str, Any]]
             f"{path} does not match the weights_sha256 in {sidecar}: the gram file and its sidecar are from "
             "different writes"
         )
+    return record
+
+
+class _OnDemand(Mapping[str, torch.Tensor]):
+    """Gram entries of an open file read when indexed (float64, checked finite), never kept."""
+
+    def __init__(self, reader: SafetensorsReader, names: Sequence[str], suffix: str, source: str) -> None:
+        self._reader, self._names, self._suffix, self._source = reader, frozenset(names), suffix, source
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._names:
+            raise KeyError(name)
+        tensor = self._reader.read(name + self._suffix)
+        if not is_finite(tensor):
+            raise GramsError(f"{self._source}: {name} contains NaN or Inf")
+        return tensor.to(torch.float64)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._names))
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+@dataclass(frozen=True)
+class LazyGramStats(GramStats):
+    """:class:`GramStats` over an open gram file: each XᵀX and Σx is read when a merge asks for it, so
+    RegMean holds one layer's grams at a time; ``shapes`` gives every gram's shape from the header."""
+
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+def open_grams(path: str | os.PathLike[str]) -> tuple[LazyGramStats, dict[str, Any]]:
+    """:func:`load_grams` reading nothing but the header and the token counts: the same checks of the
+    sidecar, checksum and layout (names, shapes, counts); each gram's finiteness when it is read."""
+    record = _checked_record(path)
+    source = str(path)
     try:
-        tensors = load_file(str(path))
+        with safe_open(source, framework="pt"):  # the header checks of safetensors itself
+            pass
+        reader = SafetensorsReader(source)
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise GramsError(f"cannot read gram file {path}: {err}") from err
-    return GramStats.from_tensors(tensors, str(path)), record
+    shapes = {k: reader.shape(k) for k in reader.keys()}
+    names = sorted(k for k in shapes if not k.endswith((".sum", ".count")))
+    counts: dict[str, int] = {}
+    for name in names:
+        if f"{name}.sum" not in shapes or f"{name}.count" not in shapes:
+            raise GramsError(f"{source}: {name} has no .sum or .count entry")
+        g, s, n = shapes[name], shapes[f"{name}.sum"], shapes[f"{name}.count"]
+        dim = g[0] if len(g) == 2 else -1
+        if g != (dim, dim) or s != (dim,) or n != ():
+            raise GramsError(f"{source}: {name} has shapes {g}, {s}, {n}; expected [D, D], [D] and a scalar count")
+        counts[name] = int(reader.read(f"{name}.count"))
+        if counts[name] < 0:
+            raise GramsError(f"{source}: {name} has a negative token count")
+    orphans = sorted(set(shapes) - set(names) - {f"{n}.sum" for n in names} - {f"{n}.count" for n in names})
+    if orphans:
+        raise GramsError(f"{source}: entries without a gram: {orphans[:5]}")
+    grams = LazyGramStats(
+        _OnDemand(reader, names, "", source),
+        _OnDemand(reader, names, ".sum", source),
+        counts,
+        {n: shapes[n] for n in names},
+    )
+    return grams, record
 
 
 def reduce_files(paths: Sequence[str | os.PathLike[str]]) -> tuple[GramStats, dict[str, Any]]:

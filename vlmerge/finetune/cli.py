@@ -23,34 +23,40 @@ import argparse
 import hashlib
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from lightning.pytorch.utilities import rank_zero_only
-
-from vlmerge.data.tokenizer import vocabulary_file
 from vlmerge.finetune.config import FinetuneSettings
-from vlmerge.finetune.datamodule import FinetuneData
-from vlmerge.finetune.module import FinetuneModule
-from vlmerge.finetune.run import FinetunePaths, FinetuneRun, resolve_run
-from vlmerge.model.checkpoint import checkpoint_meta, save_checkpoint
 from vlmerge.runtime import provenance
 from vlmerge.runtime.outputs import check_outputs, with_sidecar
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
 from vlmerge.runtime.stage import run_stage
-from vlmerge.tasks.errors import TaskError
-from vlmerge.tasks.lineage import lineage, weights_sha256
-from vlmerge.tasks.model_init import task_model
-from vlmerge.tasks.registry import get_task
-from vlmerge.train.errors import require_finished
 from vlmerge.train.settings import add_run_arguments
-from vlmerge.train.trainer import build_trainer, resume_checkpoint
-from vlmerge.train.work_dir import check_resume_checkpoint, claim_work_dir
+
+# torch, Lightning, the model and the tasks are imported by the functions that run: ``--help`` builds its
+# parser from the torch-free settings alone.
+if TYPE_CHECKING:
+    from vlmerge.finetune.run import FinetuneRun
 
 log = logging.getLogger(__name__)
 
 
 def run(config: FinetuneRun) -> Path | None:
     """Train and select, then write ``config.out`` on global rank zero; returns it there (None elsewhere)."""
+    import torch
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from vlmerge.data.tokenizer import vocabulary_file
+    from vlmerge.finetune.datamodule import FinetuneData
+    from vlmerge.finetune.module import FinetuneModule
+    from vlmerge.model.checkpoint import checkpoint_meta, save_checkpoint
+    from vlmerge.tasks.errors import TaskError
+    from vlmerge.tasks.lineage import lineage, weights_sha256
+    from vlmerge.tasks.model_init import task_model
+    from vlmerge.tasks.registry import get_task
+    from vlmerge.train.errors import require_finished
+    from vlmerge.train.trainer import build_trainer, resume_checkpoint
+    from vlmerge.train.work_dir import check_resume_checkpoint, claim_work_dir
+
     record = provenance("finetune", config.resolved())
     task = get_task(config.task)
     data = FinetuneData(task, config.data)  # checks the tables and the tokenizer before any model is built
@@ -77,7 +83,9 @@ def run(config: FinetuneRun) -> Path | None:
     # ``rank`` is set on the decorator function at runtime; its type does not declare it.
     writer = rank_zero_only.rank == 0  # type: ignore[attr-defined]
     claim_work_dir(work_dir, {"run_id": run_id}, writer=writer, restart_stale=config.restart_stale)
-    module = FinetuneModule(model, task, data.val_sides, config.module, work_dir / "selection", run_id)
+    module = FinetuneModule(
+        model, task, data.val_sides, config.module, work_dir / "selection", run_id, speed=config.speed
+    )
     trainer = build_trainer(config.trainer)
     trainer.fit(module, datamodule=data, ckpt_path=check_resume_checkpoint(resume_checkpoint(work_dir)))
     require_finished(trainer.global_step, config.trainer.max_steps, work_dir)
@@ -136,6 +144,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _resolve(args: argparse.Namespace) -> FinetuneRun:
     """The run the parsed command line asks for; raises an InputError (a one-line message) on bad input."""
+    from vlmerge.finetune.run import FinetunePaths, resolve_run
+
     check_outputs(with_sidecar("--out", args.out), with_sidecar("--init", args.init))
     paths = FinetunePaths(
         init=args.init, arrow=args.arrow, tokenizer=args.tokenizer, out=args.out, work_dir=args.work_dir

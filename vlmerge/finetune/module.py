@@ -28,7 +28,7 @@ from vlmerge.model import VLModel
 from vlmerge.tasks.base import Rows, Task
 from vlmerge.tasks.errors import TaskError
 from vlmerge.tasks.shards import concat_rows, gather_rows
-from vlmerge.train.optim import OptimConfig, build_optimizer, warmup_linear_schedule
+from vlmerge.train.optim import OptimConfig, SpeedOptions, build_optimizer, loss_scaled, warmup_linear_schedule
 from vlmerge.train.seeds import Stream, derive_seed
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,9 @@ class FinetuneConfig:
 class FinetuneModule(pl.LightningModule):
     """``val_sides``: the selection split's evaluation datasets; ``selection_dir``: where the validation
     history and best weights go; ``run_id``: identifies the run's recipe and init weights, so that a
-    work directory left by another run is refused instead of resumed."""
+    work directory left by another run is refused instead of resumed. ``speed`` (attention kernel, compiled
+    blocks, AdamW implementation) is applied to ``model`` here, in place. A training step reads no value
+    back to the host: logged values stay tensors until Lightning's ``log_every`` steps."""
 
     def __init__(
         self,
@@ -55,9 +57,12 @@ class FinetuneModule(pl.LightningModule):
         config: FinetuneConfig,
         selection_dir: Path,
         run_id: str = "",
+        speed: SpeedOptions | None = None,
     ) -> None:
         super().__init__()
         self.model, self.task, self.val_sides, self.config = model, task, tuple(val_sides), config
+        self.speed = speed or SpeedOptions()
+        self.speed.apply(model)
         self.run_id, self.history_file = run_id, Path(selection_dir) / "history.json"
         self.selection = Selection(task.settings.headline)
         self.best_weights = BestWeights(selection_dir)
@@ -75,7 +80,7 @@ class FinetuneModule(pl.LightningModule):
         return out["loss"]
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        optimizer = build_optimizer(self.model, self.config.optim)
+        optimizer = build_optimizer(self.model, self.config.optim, self.speed.optimizer, loss_scaled(self))
         schedule = warmup_linear_schedule(optimizer, self.config.warmup_steps, self.config.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

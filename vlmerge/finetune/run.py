@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,11 +26,12 @@ from vlmerge.tasks.errors import TaskError
 from vlmerge.tasks.registry import get_task
 from vlmerge.tasks.retrieval import RetrievalTask
 from vlmerge.tasks.settings import SplitOptions, TaskSettings
-from vlmerge.train.optim import OptimConfig
+from vlmerge.train.optim import OptimConfig, SpeedOptions
 from vlmerge.train.trainer import TrainerConfig, accumulation_steps
 
 T = TypeVar("T")
 _MACHINE_KEYS = (
+    "speed",
     "out",
     "work_dir",
     "arrow",
@@ -73,6 +74,8 @@ class FinetuneRun:
     embed_dropout: float | None = None
     verbose: bool = False
     restart_stale: bool = False
+    # How the step runs, not what it computes: recorded, never part of the config hash.
+    speed: SpeedOptions = field(default_factory=SpeedOptions)
 
     def resolved(self) -> dict[str, Any]:
         """Everything that determines the run, JSON-ready."""
@@ -208,4 +211,5 @@ def resolve_run(
         steps_per_epoch=steps_per_epoch,
         verbose=verbose,
         restart_stale=restart_stale,
+        speed=SpeedOptions.from_recipe(settings),
     )

@@ -18,24 +18,17 @@ import logging
 from collections.abc import Sized
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, cast
-
-import torch
-from torch.utils.data import DataLoader, Subset
+from typing import TYPE_CHECKING, Any, cast
 
 from vlmerge.catalog.names import TASKS
-from vlmerge.data.collate import BatchCollator
-from vlmerge.data.tokenizer import load_tokenizer
-from vlmerge.files.grams import reduce_files, save_grams
-from vlmerge.grams.collect import SPLITS, collect_grams, sample_indices, task_dataset
 from vlmerge.grams.config import GramsSettings
-from vlmerge.merging.errors import GramsError
-from vlmerge.model import Sharing, VLModel
-from vlmerge.model.checkpoint import load_model
 from vlmerge.runtime import jsonable, provenance, sha256_file
 from vlmerge.runtime.outputs import check_outputs, with_sidecar
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
 from vlmerge.runtime.stage import run_stage
+
+if TYPE_CHECKING:  # torch and the model come with the run alone: ``--help`` stays light
+    from vlmerge.model import VLModel
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +72,7 @@ def parse_args(argv: list[str] | None) -> CollectConfig | ReduceConfig:
     parser.add_argument("--out", type=Path, required=True, help="output .safetensors (sidecar .json beside it)")
     parser.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: collect every N-th sample from the I-th")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", help="torch device (default: cuda where available, else cpu)")
     add_settings_arguments(parser, GramsSettings)
     args = parser.parse_args(argv)
     if args.reduce:
@@ -96,11 +89,21 @@ def parse_args(argv: list[str] | None) -> CollectConfig | ReduceConfig:
         settings=settings_from_args(args, GramsSettings),
         shard=args.shard,
         workers=args.workers,
-        device=args.device,
+        device=args.device or _default_device(),
     )
 
 
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _prepare_model(config: CollectConfig) -> VLModel:
+    from vlmerge.merging.errors import GramsError
+    from vlmerge.model import Sharing
+    from vlmerge.model.checkpoint import load_model
+
     model, _ = load_model(config.ckpt, config.device)
     if model.sharing is Sharing.SHARED:
         raise GramsError(f"{config.ckpt} is a modality-agnostic (MA) checkpoint; grams come from the MS model")
@@ -115,6 +118,13 @@ def _prepare_model(config: CollectConfig) -> VLModel:
 
 
 def collect(config: CollectConfig) -> None:
+    from torch.utils.data import DataLoader, Subset
+
+    from vlmerge.data.collate import BatchCollator
+    from vlmerge.data.tokenizer import load_tokenizer
+    from vlmerge.files.grams import save_grams
+    from vlmerge.grams.collect import SPLITS, collect_grams, sample_indices, task_dataset
+
     check_outputs(with_sidecar("--out", config.out), with_sidecar("--ckpt", config.ckpt))
     model = _prepare_model(config)
     tokenizer = load_tokenizer(config.tokenizer, max_length=model.config.max_text_len)
@@ -136,7 +146,9 @@ def collect(config: CollectConfig) -> None:
         len(indices),
         *config.shard,
     )
-    grams = collect_grams(model, loader, config.task, config.settings.include_pad, total=len(loader))
+    grams = collect_grams(
+        model, loader, config.task, config.settings.include_pad, total=len(loader), products=config.settings.products
+    )
     layout = model.expert_layout()
     record = {
         "task": config.task,
@@ -159,6 +171,8 @@ def collect(config: CollectConfig) -> None:
 
 
 def reduce(config: ReduceConfig) -> None:
+    from vlmerge.files.grams import reduce_files, save_grams
+
     check_outputs(with_sidecar("--out", config.out), [f for p in config.shards for f in with_sidecar("--reduce", p)])
     grams, record = reduce_files(config.shards)
     record["provenance"] = provenance("grams", {"reduce": [str(p) for p in config.shards], "out": str(config.out)})

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from vlmerge.data.readers import CaptionPairs, NLVR2Dataset, VQADataset
 from vlmerge.data.schema import FILES
 from vlmerge.data.transforms import eval_transform
-from vlmerge.grams.hooks import GramCollector
+from vlmerge.grams.hooks import GramCollector, ProductDtype
 from vlmerge.merging.grams import GramStats
 from vlmerge.model import VLModel
 from vlmerge.runtime import Progress
@@ -52,13 +52,22 @@ _TENSORS = ("text_ids", "text_mask", "image", "image_0", "image_1")
 
 @torch.no_grad()
 def collect_grams(
-    model: VLModel, batches: Any, task: str, include_pad: bool = False, total: int | None = None
+    model: VLModel,
+    batches: Any,
+    task: str,
+    include_pad: bool = False,
+    total: int | None = None,
+    products: ProductDtype = "float32",
 ) -> GramStats:
-    """Run ``model`` (eval mode, no grad) over ``batches`` with gram hooks; ``total`` sizes the progress bar."""
+    """Run ``model`` (eval mode, no grad) over ``batches`` with gram hooks; ``total`` sizes the progress bar;
+    ``products`` is the dtype of each batch's XᵀX (:mod:`vlmerge.grams.hooks`: its error bound)."""
     model.eval()
     device = next(model.parameters()).device
     route = get_task(task)
-    with GramCollector(model, include_pad) as collector, Progress(total, f"grams {task}", "batch") as progress:
+    with (
+        GramCollector(model, include_pad, products) as collector,
+        Progress(total, f"grams {task}", "batch") as progress,
+    ):
         for batch in batches:
             moved = {k: v.to(device, non_blocking=True) if k in _TENSORS else v for k, v in batch.items()}
             with collector.text(moved["text_mask"]):  # v experts see images only, whatever the mask

@@ -19,3 +19,8 @@ class GramsSettings(Settings):
         False, description="count text pad tokens too, texts padded to the full text length (upstream)"
     )
     image_size: int | None = Field(None, ge=1, description="pixels (None: the checkpoint's; upstream 224)")
+    products: Literal["float32", "float64"] = Field(
+        "float32",
+        description="dtype of each batch's XᵀX before it is added into the float64 sums: float32 (fast, error "
+        "bound in docs/merging.md) or float64 (the reference, several times slower on a CPU)",
+    )

@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from vlmerge.errors import InputError
-from vlmerge.model.checkpoint import save_model
-from vlmerge.model.import_vlmerging import read_vlmerging
 from vlmerge.runtime import atomic_write_json, provenance
 from vlmerge.runtime.outputs import check_outputs, with_sidecar
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
@@ -81,6 +79,10 @@ def read_answers(path: Path, rows: int) -> list[str]:
 
 
 def run(config: ImportConfig) -> None:
+    # torch and the model come with the run alone: ``--help`` stays light.
+    from vlmerge.model.checkpoint import save_model
+    from vlmerge.model.import_vlmerging import read_vlmerging
+
     outputs = [*with_sidecar("--out", config.out), ("--out's VQA answers", answers_path(config.out))]
     check_outputs(outputs, [("--ckpt", config.ckpt), ("--vqa-answers", config.vqa_answers)])
     settings = config.settings

@@ -23,12 +23,6 @@ from typing import Any
 
 from vlmerge.catalog.methods import SELECTION_PARAMS, resolve_selection
 from vlmerge.catalog.params import to_json
-from vlmerge.files.grams import load_grams
-from vlmerge.merging import METHODS, MergeError, get_method, merge_with_report
-from vlmerge.merging.validate import check_grams_task
-from vlmerge.model import Sharing, expert_layout
-from vlmerge.model.checkpoint import CheckpointMeta, load_state, save_checkpoint, sidecar_path
-from vlmerge.runtime import provenance
 from vlmerge.runtime.outputs import check_outputs, with_sidecar
 from vlmerge.runtime.settings import add_experiment_argument
 from vlmerge.runtime.stage import run_stage
@@ -62,6 +56,8 @@ class MergeConfig:
 
 def describe_methods() -> str:
     """The registry as text: every method's summary, paper, inputs and parameters, then the shared options."""
+    from vlmerge.merging import METHODS
+
     lines = []
     for name, spec in sorted(METHODS.items()):
         needs = ["MS"] + (["seed"] if spec.needs_seed else []) + (["grams"] if spec.needs_grams else [])
@@ -130,6 +126,8 @@ def parse_args(argv: list[str] | None) -> MergeConfig | None:
 
 def _check_early(config: MergeConfig) -> None:
     """Method, parameters and required inputs, before any large file is read."""
+    from vlmerge.merging import MergeError, get_method
+
     spec = get_method(config.method)
     shared = {p.name for p in SELECTION_PARAMS}
     spec.resolve({k: v for k, v in config.params.items() if k not in shared})
@@ -140,11 +138,44 @@ def _check_early(config: MergeConfig) -> None:
 
 
 def _verified_sha256(path: Path) -> str:
-    """The weights' sha256 from the sidecar, which ``load_state`` has just checked against the file."""
+    """The weights' sha256 from the sidecar, which ``verify_state`` has just checked against the file."""
+    from vlmerge.model.checkpoint import sidecar_path
+
     return str(json.loads(sidecar_path(path).read_text())["weights_sha256"])
 
 
+def _return_freed_memory() -> None:
+    """Have glibc hand every block of 64 KiB or more back to the system when it is freed.
+
+    A streamed merge allocates and frees tensors of a few sizes, group after group; glibc's adaptive
+    threshold soon serves them from its heap, which keeps freed blocks (×1.3 the peak RSS at the base
+    preset). A fixed threshold maps each large block on its own and unmaps it on free. No-op off glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = getattr(libc, "mallopt", None)
+    except OSError:
+        return
+    if mallopt is not None:
+        mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+        mallopt(-1, 0)  # M_TRIM_THRESHOLD: return the heap's free top at once
+
+
 def run(config: MergeConfig) -> None:
+    _return_freed_memory()
+    from vlmerge.files.grams import open_grams
+    from vlmerge.merging.apply import merge_files
+    from vlmerge.merging.errors import MergeError
+    from vlmerge.merging.stream import TensorFile
+    from vlmerge.merging.validate import check_grams_task
+    from vlmerge.model import Sharing, expert_layout
+    from vlmerge.model.checkpoint import CheckpointMeta, save_checkpoint, verify_state
+    from vlmerge.runtime import provenance
+
     given = [
         *with_sidecar("--ms", config.ms),
         *with_sidecar("--seed", config.seed),
@@ -152,22 +183,23 @@ def run(config: MergeConfig) -> None:
     ]
     check_outputs(with_sidecar("--out", config.out), given)
     _check_early(config)
-    ms_state, meta = load_state(config.ms)
+    meta = verify_state(config.ms)
     if meta.sharing is Sharing.SHARED:
         raise MergeError(f"{config.ms} is a modality-agnostic (MA) checkpoint; --ms needs a modality-specific one")
     inputs = {"ms": _verified_sha256(config.ms)}
-    seed_state = grams = None
+    seed = grams = None
     if config.seed is not None:
-        seed_state, seed_meta = load_state(config.seed)
+        seed_meta = verify_state(config.seed)
         if seed_meta.sharing is not Sharing.SHARED:
             raise MergeError(f"{config.seed} is {seed_meta.sharing.value}; --seed needs the MA seed checkpoint")
         if seed_meta.preset != meta.preset:
             raise MergeError(
                 f"--seed {config.seed} is preset {seed_meta.preset}, --ms {config.ms} is preset {meta.preset}"
             )
+        seed = TensorFile(config.seed, "seed state dict")
         inputs["seed"] = _verified_sha256(config.seed)
     if config.grams is not None:
-        grams, record = load_grams(config.grams)
+        grams, record = open_grams(config.grams)
         if record.get("checkpoint_sha256") != inputs["ms"] and not config.allow_foreign_grams:
             raise MergeError(
                 f"{config.grams} was collected on another checkpoint than {config.ms} "
@@ -178,10 +210,10 @@ def run(config: MergeConfig) -> None:
             check_grams_task(record.get("task"), used["used_experts_only"], str(config.grams))
         inputs["grams"] = record["weights_sha256"]
     try:
-        merged = merge_with_report(
+        merged = merge_files(
             config.method,
-            ms_state,
-            seed_state=seed_state,
+            TensorFile(config.ms, "MS state dict"),
+            seed_file=seed,
             grams=grams,
             layout=expert_layout(meta.config, meta.sharing),
             **config.params,

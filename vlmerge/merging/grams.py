@@ -21,9 +21,9 @@ from vlmerge.merging.validate import is_finite
 class GramStats:
     """Per module name: ``xtx`` [D, D] = Σ xxᵀ, ``sums`` [D] = Σ x (float64), ``counts`` = tokens seen."""
 
-    xtx: dict[str, torch.Tensor]
-    sums: dict[str, torch.Tensor]
-    counts: dict[str, int]
+    xtx: Mapping[str, torch.Tensor]
+    sums: Mapping[str, torch.Tensor]
+    counts: Mapping[str, int]
 
     @property
     def names(self) -> list[str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from vlmerge.model.config import ModelConfig, config_hash, model_config
@@ -207,6 +207,20 @@ def load_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], C
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"cannot read {path} as safetensors (truncated or another format): {err}") from err
     return state, meta
+
+
+def verify_state(path: str | os.PathLike[str]) -> CheckpointMeta:
+    """The sidecar of a checkpoint after the checks of :func:`load_state` (the pair, and a header
+    safetensors accepts), reading no tensor: for readers that stream the file tensor by tensor."""
+    record = _read_sidecar(path)
+    meta = _checked(path, record)
+    verify_pair(path, record)
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"cannot read {path} as safetensors (truncated or another format): {err}") from err
+    return meta
 
 
 def strict_load(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str | os.PathLike[str]) -> None:

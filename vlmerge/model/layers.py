@@ -10,6 +10,7 @@ bias (VLMo). Module and parameter names follow BERT/vl-merging so upstream weigh
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +39,21 @@ class LayerNorm(Shared, nn.LayerNorm):
     pass
 
 
+# How an Attention computes softmax(q·kᵀ/√d + mask)·v: "sdpa" is F.scaled_dot_product_attention with the mask
+# as an additive float attn_mask (on CUDA a fused memory-efficient or cuDNN kernel that takes the
+# relative-position bias), "explicit" the three operations one by one (the reference the tests hold sdpa to).
+AttentionKernel = Literal["sdpa", "explicit"]
+ATTENTION_KERNELS: tuple[AttentionKernel, ...] = ("sdpa", "explicit")
+
+
 class Attention(Shared, nn.Module):
-    """BEiT attention (arXiv 2106.08254): ``qkv`` without bias plus learned q and v biases (k bias is 0)."""
+    """BEiT attention (arXiv 2106.08254): ``qkv`` without bias plus learned q and v biases (k bias is 0).
+
+    ``kernel`` (:data:`AttentionKernel`, set for a whole model by :func:`set_attention_kernel`) picks the
+    softmax-attention computation; fp16 autocast always takes :func:`attention_fp32_logits`.
+    """
+
+    kernel: AttentionKernel = "sdpa"
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -57,6 +71,8 @@ class Attention(Shared, nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, N, D/H]
         if fp16_autocast(x.device.type):
             out = attention_fp32_logits(q, k, v, attn_mask)
+        elif self.kernel == "explicit":
+            out = attention_explicit(q, k, v, attn_mask)
         else:
             # A float mask keeps fused SDPA kernels available on CUDA; it must match the query dtype.
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype))
@@ -66,6 +82,23 @@ class Attention(Shared, nn.Module):
 def fp16_autocast(device_type: str) -> bool:
     """Whether autocast to float16 is on for ``device_type`` (fp16 AMP, ``precision: "16"``)."""
     return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16
+
+
+def set_attention_kernel(model: nn.Module, kernel: AttentionKernel) -> int:
+    """Set ``kernel`` on every :class:`Attention` of ``model``; returns how many were set."""
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"attention kernel {kernel!r}: choose from {ATTENTION_KERNELS}")
+    modules = [m for m in model.modules() if isinstance(m, Attention)]
+    for module in modules:
+        module.kernel = kernel
+    return len(modules)
+
+
+def attention_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """softmax(q·kᵀ/√d + bias)·v written out, in the inputs' dtype. q, k, v: [B, H, N, D/H]; bias: additive
+    [B or 1, H, N, N]. → [B, H, N, D/H]."""
+    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + bias.to(q.dtype)
+    return logits.softmax(dim=-1) @ v
 
 
 def attention_fp32_logits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -87,3 +87,17 @@ class MultiwayTransformer(nn.Module):
         """images: [B, 3, H, W] → [B, 1 + (H/p)·(W/p), D], the CLS token first."""
         patches = self.patch_embed(images)
         return torch.cat([self.cls_token.expand(patches.shape[0], -1, -1), patches], dim=1)
+
+
+def compile_blocks(blocks: nn.ModuleList, backend: str = "inductor", dynamic: bool | None = None) -> int:
+    """``torch.compile`` each block of ``blocks`` in place (``nn.Module.compile``); returns how many.
+
+    The parameters, their names and the state dict stay as they are (no ``_orig_mod.`` segment), so
+    checkpoints, optimiser groups, FSDP's block wrapping and gram hooks see the same modules. Each block
+    compiles its graph per routed modality and stochastic-depth form on first use, recompiling with dynamic
+    sequence lengths when a second text length comes (``dynamic=None``, torch's default). ``backend``:
+    ``inductor`` (fused kernels; the GPU setting) or ``aot_eager``/``eager`` (graph capture only, for checks).
+    """
+    for block in blocks:
+        block.compile(backend=backend, dynamic=dynamic)
+    return len(blocks)

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlmerge.data.arrow import ConvertOptions, prepare_dataset
-from vlmerge.data.schema import DATASETS
+from vlmerge.catalog.names import DATASETS
 from vlmerge.prepare.config import PrepareSettings
 from vlmerge.runtime import provenance
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
@@ -52,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(config: PrepareConfig) -> None:
     """Convert into a staging folder, check, then swap the files in with the manifest last."""
+    from vlmerge.data.arrow import ConvertOptions, prepare_dataset  # imported by the run alone
+
     result, manifest = prepare_dataset(
         config.dataset,
         config.raw,

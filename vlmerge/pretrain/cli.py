@@ -20,38 +20,45 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from lightning.pytorch.utilities import rank_zero_only
-
-from vlmerge.data.tokenizer import vocabulary_file
-from vlmerge.model import Heads
-from vlmerge.model.checkpoint import checkpoint_meta, save_checkpoint
 from vlmerge.pretrain.config import PretrainSettings
-from vlmerge.pretrain.data import PretrainData
-from vlmerge.pretrain.init_weights import initial_model
-from vlmerge.pretrain.module import PretrainModule
-from vlmerge.pretrain.run import PretrainRun, RunPaths, resolve_run
 from vlmerge.runtime import provenance, sha256_file
 from vlmerge.runtime.outputs import check_outputs, with_sidecar
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
 from vlmerge.runtime.stage import run_stage
-from vlmerge.train.errors import require_finished
 from vlmerge.train.settings import add_run_arguments
-from vlmerge.train.trainer import build_trainer, resume_checkpoint
-from vlmerge.train.work_dir import check_resume_checkpoint, claim_work_dir
+
+# torch, Lightning and the model are imported by the functions that run: ``--help`` builds its parser from the
+# torch-free settings alone.
+if TYPE_CHECKING:
+    from vlmerge.pretrain.run import PretrainRun
 
 log = logging.getLogger(__name__)
 
 
 def _inputs(config: PretrainRun) -> dict[str, Path]:
     """Files whose checksums the sidecar records and the work directory's identity includes."""
+    from vlmerge.data.tokenizer import vocabulary_file
+
     tokenizer = {"tokenizer": vocabulary_file(config.data.tokenizer)}
     return tokenizer | ({"init": config.init.path} if config.init.path is not None else {})
 
 
 def train(config: PretrainRun) -> Path | None:
     """Train, then write ``config.out`` on global rank zero; returns it there (None on other ranks)."""
+    import torch
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from vlmerge.model import Heads
+    from vlmerge.model.checkpoint import checkpoint_meta, save_checkpoint
+    from vlmerge.pretrain.data import PretrainData
+    from vlmerge.pretrain.init_weights import initial_model
+    from vlmerge.pretrain.module import PretrainModule
+    from vlmerge.train.errors import require_finished
+    from vlmerge.train.trainer import build_trainer, resume_checkpoint
+    from vlmerge.train.work_dir import check_resume_checkpoint, claim_work_dir
+
     record = provenance("pretrain", config.resolved())
     data = PretrainData(config.data)  # checks the tables and the tokenizer before any model is built
     torch.manual_seed(config.module.seed)
@@ -80,7 +87,7 @@ def train(config: PretrainRun) -> Path | None:
     writer = rank_zero_only.rank == 0  # type: ignore[attr-defined]
     claim_work_dir(config.trainer.work_dir, identity, writer=writer, restart_stale=config.restart_stale)
     trainer.fit(
-        PretrainModule(model, config.module),
+        PretrainModule(model, config.module, config.speed),
         datamodule=data,
         ckpt_path=check_resume_checkpoint(resume_checkpoint(config.trainer.work_dir)),
     )
@@ -120,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
 
     def body() -> None:
+        from vlmerge.pretrain.run import RunPaths, resolve_run
+
         settings = settings_from_args(args, PretrainSettings)
         init = settings.init.partition(":")[2]  # scratch, or the beit:/seed: file
         check_outputs(with_sidecar("--out", args.out), with_sidecar("--init", init) if init else [])

@@ -20,7 +20,7 @@ from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from vlmerge.model import VLModel
 from vlmerge.objectives import MAX_LOGIT_SCALE, ITCGather
 from vlmerge.pretrain.step import itc_terms, itm_term, mlm_term
-from vlmerge.train.optim import OptimConfig, build_optimizer, warmup_linear_schedule
+from vlmerge.train.optim import OptimConfig, SpeedOptions, build_optimizer, loss_scaled, warmup_linear_schedule
 from vlmerge.train.seeds import Stream, derive_seed
 
 
@@ -48,11 +48,17 @@ class PretrainConfig:
 
 
 class PretrainModule(pl.LightningModule):
-    """MLM + ITC + ITM on a built :class:`VLModel` (``self.model``); logs ``train/*`` and ``val/*``."""
+    """MLM + ITC + ITM on a built :class:`VLModel` (``self.model``); logs ``train/*`` and ``val/*``.
 
-    def __init__(self, model: VLModel, config: PretrainConfig) -> None:
+    ``speed`` (attention kernel, compiled blocks, AdamW implementation) is applied to ``model`` here, in place.
+    The step reads no value back to the host: every logged value stays a tensor, which Lightning turns into
+    a number only every ``log_every`` steps.
+    """
+
+    def __init__(self, model: VLModel, config: PretrainConfig, speed: SpeedOptions | None = None) -> None:
         super().__init__()
-        self.model, self.config = model, config
+        self.model, self.config, self.speed = model, config, speed or SpeedOptions()
+        self.speed.apply(model)
 
     def step_generator(self, stream: Stream, batch_idx: int, stage: int) -> torch.Generator:
         """A generator on the module's device seeded from (seed, stream, stage, rank, batch index)."""
@@ -105,6 +111,6 @@ class PretrainModule(pl.LightningModule):
             self.log(f"val/{name}", value, batch_size=batch_size, on_epoch=True, sync_dist=True)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        optimizer = build_optimizer(self.model, self.config.optim)
+        optimizer = build_optimizer(self.model, self.config.optim, self.speed.optimizer, loss_scaled(self))
         schedule = warmup_linear_schedule(optimizer, self.config.warmup_steps, self.config.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

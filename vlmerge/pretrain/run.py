@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from vlmerge.pretrain.init_weights import InitSpec
 from vlmerge.pretrain.module import LossWeights, PretrainConfig
 from vlmerge.runtime import jsonable
 from vlmerge.train.errors import TrainConfigError
-from vlmerge.train.optim import OptimConfig
+from vlmerge.train.optim import OptimConfig, SpeedOptions
 from vlmerge.train.trainer import TrainerConfig, accumulation_steps
 
 # Settings added after runs were recorded, with their defaults: part of a run's identity only when not default.
@@ -48,6 +48,8 @@ class PretrainRun:
     module: PretrainConfig
     trainer: TrainerConfig
     restart_stale: bool = False
+    # How the step runs, not what it computes: recorded, never part of the identity.
+    speed: SpeedOptions = field(default_factory=SpeedOptions)
 
     def resolved(self) -> dict[str, Any]:
         """Everything that determines the run, JSON-ready."""
@@ -60,6 +62,7 @@ class PretrainRun:
             "data": jsonable(dataclasses.asdict(self.data)),
             "module": jsonable(dataclasses.asdict(self.module)),
             "trainer": jsonable(dataclasses.asdict(self.trainer)),
+            "speed": jsonable(dataclasses.asdict(self.speed)),
         }
 
     def identity(self, inputs: dict[str, str], train_files: dict[str, int]) -> dict[str, Any]:
@@ -180,4 +183,5 @@ def resolve_run(settings: PretrainSettings, paths: RunPaths, restart_stale: bool
         module=module,
         trainer=trainer_config(settings, paths.work_dir.resolve(), weights),
         restart_stale=restart_stale,
+        speed=SpeedOptions.from_recipe(settings),
     )

@@ -26,6 +26,7 @@ from vlmerge.objectives import (
     mlm_loss,
     sample_hard_negatives,
 )
+from vlmerge.objectives.gather import is_distributed
 
 
 class ITCTerms(NamedTuple):
@@ -79,7 +80,10 @@ def gather_texts(
     ids: torch.Tensor, mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Local ids/mask padded to the longest text of any rank, and the gathered ids/mask [world·B, T']."""
-    # Ranks pad their batches to different lengths; a gather needs one shape.
+    if not is_distributed():  # one rank: nothing to pad, and no read of the longest length back to the host
+        return ids, mask, ids, mask
+    # Ranks pad their batches to different lengths; a gather needs one shape (a host read: the collective
+    # waits for every rank anyway).
     lengths = all_gather_no_grad(torch.tensor([ids.shape[1]], device=ids.device))
     length = int(lengths.max())
     ids, mask = _pad(ids, length), _pad(mask, length)

@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 from vlmerge.catalog.lineages import SHARINGS, Defaults
-from vlmerge.report.build import build
 from vlmerge.report.config import ReportConfig
 from vlmerge.report.errors import ReportError
 from vlmerge.report.sweeps import Sweep
@@ -78,6 +77,8 @@ def parse_args(argv: list[str] | None) -> ReportConfig:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    from vlmerge.report.build import build  # pandas and matplotlib come with the run alone
+
     setup_logging()
     provenance("report", config.resolved())
     try:

@@ -9,7 +9,6 @@ import argparse
 from collections.abc import Mapping
 from pathlib import Path
 
-from vlmerge.data.synth import generate
 from vlmerge.runtime import provenance
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
 from vlmerge.runtime.stage import run_stage
@@ -35,6 +34,8 @@ def nested_counts(count: Mapping[str, int]) -> dict[str, dict[str, int]]:
 
 def run(out: Path, settings: SynthSettings) -> None:
     """Generate the datasets and say how many images were written (the record is ``<out>/synth.json``)."""
+    from vlmerge.data.synth import generate  # imported by the run alone: ``--help`` stays light
+
     provenance("synth", {"out": str(out), **settings.model_dump()})
     summary = generate(
         out,

@@ -17,12 +17,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from vlmerge.model.layers import AttentionKernel, set_attention_kernel
+from vlmerge.model.transformer import compile_blocks
 from vlmerge.train.errors import TrainConfigError
+from vlmerge.train.settings import TrainingRecipe
+
+# AdamW's implementation: auto is fused on CUDA and foreach elsewhere; fused, foreach and for_loop force one.
+OptimizerImpl = Literal["auto", "fused", "foreach", "for_loop"]
+OPTIMIZER_IMPLS: tuple[OptimizerImpl, ...] = ("auto", "fused", "foreach", "for_loop")
 
 DECAYED_MODULES = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)
 # Name segments that wrappers (FSDP, activation checkpointing) insert between a model's modules.
@@ -106,14 +114,78 @@ def parameter_groups(model: nn.Module, config: OptimConfig) -> list[dict]:
     return list(groups.values())
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over :func:`parameter_groups` of ``model``.
+@dataclass(frozen=True)
+class SpeedOptions:
+    """How a training step runs, not what it computes (equal to the eager reference within float tolerance,
+    ``tests/test_speed_options.py``); none of them enters a run's identity or a checkpoint.
 
-    ``foreach=True``: PyTorch picks the multi-tensor implementation by default only on CUDA; on CPU
-    the per-parameter loop cost 0.18 s against 0.009 s per step for the tiny preset.
+    ``attention``: :data:`~vlmerge.model.layers.AttentionKernel`; ``compile_blocks``: ``torch.compile`` of
+    each transformer block with ``compile_backend``; ``optimizer``: AdamW's :data:`OptimizerImpl`.
     """
+
+    attention: AttentionKernel = "sdpa"
+    compile_blocks: bool = False
+    compile_backend: str = "inductor"
+    optimizer: OptimizerImpl = "auto"
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZER_IMPLS:
+            raise TrainConfigError(f"optimizer implementation {self.optimizer!r}: choose from {OPTIMIZER_IMPLS}")
+
+    @classmethod
+    def from_recipe(cls, recipe: TrainingRecipe) -> SpeedOptions:
+        """The options a stage's settings choose (``attention_kernel``, ``compile_blocks``, ``optimizer_impl``)."""
+        return cls(
+            attention=recipe.attention_kernel, compile_blocks=recipe.compile_blocks, optimizer=recipe.optimizer_impl
+        )
+
+    def apply(self, model: nn.Module) -> None:
+        """Set the attention kernel of every attention layer of ``model`` and compile its transformer blocks
+        (``model.transformer.blocks``) when asked; in place."""
+        try:
+            set_attention_kernel(model, self.attention)
+        except ValueError as e:
+            raise TrainConfigError(str(e)) from None
+        if self.compile_blocks:
+            compile_blocks(model.transformer.blocks, backend=self.compile_backend)  # type: ignore[union-attr,arg-type]
+
+
+def loss_scaled(module: nn.Module) -> bool:
+    """Whether ``module`` (a LightningModule) trains under a Trainer with fp16 AMP's loss scaler."""
+    trainer = getattr(module, "_trainer", None)
+    return trainer is not None and str(trainer.precision) == "16-mixed"
+
+
+def optimizer_flags(impl: OptimizerImpl, device: torch.device, loss_scaled: bool = False) -> dict[str, bool]:
+    """AdamW's ``fused``/``foreach`` keywords for ``impl`` with parameters on ``device``.
+
+    auto: fused on CUDA (one kernel for every parameter) unless the loss is scaled (fp16 AMP: Lightning's
+    scaler cannot unscale, hence clip, the gradients of an optimiser that unscales them itself); foreach
+    otherwise, since PyTorch picks the multi-tensor implementation by default only on CUDA, and on CPU the
+    per-parameter loop cost 0.18 s against 0.009 s per step for the tiny preset.
+    """
+    if impl == "auto":
+        impl = "fused" if device.type == "cuda" and not loss_scaled else "foreach"
+    if impl == "fused":
+        return {"fused": True}
+    return {"foreach": impl == "foreach"}
+
+
+def build_optimizer(
+    model: nn.Module, config: OptimConfig, impl: OptimizerImpl = "auto", loss_scaled: bool = False
+) -> torch.optim.AdamW:
+    """AdamW over :func:`parameter_groups` of ``model``, implemented as ``impl`` (:func:`optimizer_flags`,
+    for the device of the model's first parameter; ``loss_scaled``: the run uses fp16 AMP's loss scaler)."""
+    if impl not in OPTIMIZER_IMPLS:
+        raise TrainConfigError(f"optimizer implementation {impl!r}: choose from {OPTIMIZER_IMPLS}")
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
     return torch.optim.AdamW(
-        parameter_groups(model, config), lr=config.lr, betas=config.betas, eps=config.eps, foreach=True
+        parameter_groups(model, config),
+        lr=config.lr,
+        betas=config.betas,
+        eps=config.eps,
+        **optimizer_flags(impl, device, loss_scaled),
     )
 
 

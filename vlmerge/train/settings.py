@@ -36,6 +36,20 @@ class TrainingRecipe(Settings):
     num_workers: int = Field(2, ge=0, description="data loading processes per device")
     val_batches: int = Field(0, ge=0, description="batches per validation (and side) (0: the whole split)")
     log_every: int = Field(50, ge=1, description="steps between logged training metrics")
+    # How the step runs, not what it computes: each is checked against its eager reference in the tests.
+    attention_kernel: Literal["sdpa", "explicit"] = Field(
+        "sdpa",
+        description="attention: sdpa (scaled_dot_product_attention with the relative-position bias as an additive "
+        "float mask: a fused kernel on CUDA) or explicit (softmax of q.k + bias written out)",
+    )
+    compile_blocks: bool = Field(
+        False, description="torch.compile each transformer block (inductor); weights and checkpoints unchanged"
+    )
+    optimizer_impl: Literal["auto", "fused", "foreach", "for_loop"] = Field(
+        "auto",
+        description="AdamW implementation: auto (fused on CUDA unless precision 16, whose loss scaler clips "
+        "unscaled gradients; foreach otherwise), fused, foreach or for_loop",
+    )
 
 
 class Geometry(Settings):

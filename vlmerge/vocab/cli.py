@@ -22,11 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.compute as pc
-
-from vlmerge.data.ipc import ReaderError, open_ipc
-from vlmerge.data.readers.table import verify_table
-from vlmerge.data.tokenizer import TokenizerError, load_tokenizer, train_wordpiece, write_tokenizer
 from vlmerge.errors import ConfigError
 from vlmerge.runtime import Progress, atomic_write_json, provenance, sha256_file
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
@@ -81,8 +76,20 @@ def config_from(args: argparse.Namespace) -> VocabConfig:
 
 
 def arrow_texts(arrow_dir: Path) -> Iterator[str]:
-    """Every caption and question of the ``*.arrow`` files in ``arrow_dir``, file by file in name order."""
-    files = sorted(arrow_dir.glob("*.arrow"))
+    """Every caption and question of the ``*.arrow`` files in ``arrow_dir``, file by file in name order.
+
+    Tables that repeat rows of another (NLVR2's balanced/unbalanced subsets of dev and test1) are left
+    out, so that no text is counted twice.
+    """
+    # The run's imports stay in the functions that run: ``--help`` never loads pyarrow, torch or tokenizers.
+    import pyarrow.compute as pc
+
+    from vlmerge.data.ipc import ReaderError, open_ipc
+    from vlmerge.data.readers.table import verify_table
+    from vlmerge.data.schema import FILES, OPTIONAL_SPLITS
+
+    subsets = {FILES[dataset][split] for dataset, splits in OPTIONAL_SPLITS.items() for split in splits}
+    files = sorted(p for p in arrow_dir.glob("*.arrow") if p.name not in subsets)
     if not files:
         raise ReaderError(f"no *.arrow files in {arrow_dir}")
     with Progress(len(files), "vocab text", unit="file", logger=log) as progress:
@@ -100,6 +107,8 @@ def arrow_texts(arrow_dir: Path) -> Iterator[str]:
 
 
 def _check_uncased(tokens: list[str], path: Path) -> None:
+    from vlmerge.data.tokenizer import TokenizerError
+
     # A lower-casing tokenizer never produces upper-case tokens: their presence means a cased vocabulary.
     cased = [t for t in tokens if t != t.lower() and not (t.startswith("[") and t.endswith("]"))]
     if cased:
@@ -110,6 +119,8 @@ def _check_uncased(tokens: list[str], path: Path) -> None:
 
 def build(config: VocabConfig, tmp: Path) -> str:
     """Write the tokenizer files into ``tmp``; returns a description of the source."""
+    from vlmerge.data.tokenizer import TokenizerError, load_tokenizer, train_wordpiece, write_tokenizer
+
     if config.bert_vocab is not None:
         vocab = load_tokenizer(config.bert_vocab).backend_tokenizer.get_vocab(with_added_tokens=False)
         tokens = sorted(vocab, key=vocab.__getitem__)
@@ -134,6 +145,8 @@ def _publish(tmp: Path, out: Path) -> None:
 
 
 def run(config: VocabConfig) -> Path:
+    from vlmerge.data.tokenizer import load_tokenizer
+
     config.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{config.out.name}.", dir=config.out.parent))
     try:

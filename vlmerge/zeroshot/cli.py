@@ -27,26 +27,20 @@ import time
 from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
-
-import torch
+from typing import TYPE_CHECKING, Any, cast
 
 from vlmerge.catalog.names import RETRIEVAL_TASKS
-from vlmerge.data.collate import BatchCollator
-from vlmerge.data.tokenizer import load_tokenizer
-from vlmerge.data.transforms import eval_transform
-from vlmerge.model import VLModel, config_hash
-from vlmerge.model.checkpoint import CheckpointMeta, load_model, read_meta
 from vlmerge.runtime import atomic_write_json, provenance
 from vlmerge.runtime.outputs import check_outputs, with_sidecar
 from vlmerge.runtime.settings import add_settings_arguments, settings_from_args
 from vlmerge.runtime.stage import run_stage
-from vlmerge.tasks.errors import TaskError
-from vlmerge.tasks.evaluation import evaluation_rows
-from vlmerge.tasks.lineage import lineage, weights_sha256
-from vlmerge.tasks.model_init import resize
-from vlmerge.tasks.registry import get_task
 from vlmerge.zeroshot.config import ZeroshotSettings
+
+# torch, the model and the tasks are imported by the functions that run (never by ``--help``).
+if TYPE_CHECKING:
+    from vlmerge.data.collate import BatchCollator
+    from vlmerge.model import VLModel
+    from vlmerge.model.checkpoint import CheckpointMeta
 
 log = logging.getLogger(__name__)
 ITC_HEADS = "itc_image_proj, itc_text_proj, logit_scale"
@@ -76,6 +70,8 @@ class ZeroshotConfig:
 
 def check_itc_heads(path: Path, meta: CheckpointMeta) -> None:
     """Refuse a checkpoint without the contrastive heads: a fresh projection would rank at random."""
+    from vlmerge.tasks.errors import TaskError
+
     if not meta.heads.itc:
         trained_for = meta.extra.get("task")
         what = f"it was fine-tuned for {trained_for}" if trained_for else f"it has {meta.heads}"
@@ -88,6 +84,10 @@ def check_itc_heads(path: Path, meta: CheckpointMeta) -> None:
 def load_checked(path: Path, vocab_size: int, image_size: int | None, device: str) -> tuple[VLModel, CheckpointMeta]:
     """The checkpoint as saved, on ``device`` in eval mode, checked to carry the ITC heads and the tokenizer's
     vocabulary; ``image_size`` (when given) resamples the image part of the relative positions."""
+    from vlmerge.model.checkpoint import load_model, read_meta
+    from vlmerge.tasks.errors import TaskError
+    from vlmerge.tasks.model_init import resize
+
     check_itc_heads(path, read_meta(path))  # before reading the weights
     model, meta = load_model(path)
     if vocab_size != model.config.vocab_size:
@@ -101,6 +101,8 @@ def load_checked(path: Path, vocab_size: int, image_size: int | None, device: st
 
 def autocast(device: str) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on CUDA; full precision elsewhere."""
+    import torch
+
     if torch.device(device).type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -126,6 +128,10 @@ def score_dataset(
     dataset: str, model: VLModel, config: ZeroshotConfig, collate: BatchCollator
 ) -> tuple[str, dict[str, Any]]:
     """Recall@K of ``model`` on ``dataset``'s test split, its chance baseline and margin: (split, record)."""
+    from vlmerge.data.transforms import eval_transform
+    from vlmerge.tasks.evaluation import evaluation_rows
+    from vlmerge.tasks.registry import get_task
+
     start = time.perf_counter()
     task = get_task(dataset)
     split = task.test[-1]
@@ -145,6 +151,9 @@ def score_dataset(
 
 
 def checkpoint_record(path: Path, model: VLModel, meta: CheckpointMeta) -> dict[str, Any]:
+    from vlmerge.model import config_hash
+    from vlmerge.tasks.lineage import weights_sha256
+
     return {
         "path": str(path),
         "file": path.name,
@@ -157,6 +166,10 @@ def checkpoint_record(path: Path, model: VLModel, meta: CheckpointMeta) -> dict[
 
 
 def run(config: ZeroshotConfig) -> dict[str, Any]:
+    from vlmerge.data.collate import BatchCollator
+    from vlmerge.data.tokenizer import load_tokenizer
+    from vlmerge.tasks.lineage import lineage
+
     check_outputs(
         [("--out", config.out)], [w for path in set(config.checkpoints.values()) for w in with_sidecar("--ckpt", path)]
     )
@@ -224,6 +237,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def parse_checkpoints(values: list[str], datasets: tuple[str, ...]) -> dict[str, Path]:
     """``--ckpt`` values → the checkpoint of each of ``datasets`` (in their order), each checked to exist."""
+    from vlmerge.tasks.errors import TaskError
+
     default: Path | None = None
     own: dict[str, Path] = {}
     for value in values:
@@ -252,6 +267,10 @@ def parse_checkpoints(values: list[str], datasets: tuple[str, ...]) -> dict[str,
 
 def _device(name: str) -> str:
     """``auto`` made concrete; a name torch does not know is bad input."""
+    import torch
+
+    from vlmerge.tasks.errors import TaskError
+
     device = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
     try:
         torch.device(device)
@@ -262,6 +281,8 @@ def _device(name: str) -> str:
 
 def _resolve(args: argparse.Namespace) -> ZeroshotConfig:
     """The run the parsed command line asks for; raises an InputError (a one-line message)."""
+    from vlmerge.tasks.errors import TaskError
+
     settings = settings_from_args(args, ZeroshotSettings)
     if args.out.suffix != ".json":
         raise TaskError(f"--out {args.out}: expected a .json path")

@@ -1,0 +1,190 @@
+"""Merges streamed from files equal the in-memory merges tensor for tensor, and hold one key group at a time."""
+
+from __future__ import annotations
+
+import json
+import weakref
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from vlmerge.files.grams import load_grams, open_grams, save_grams
+from vlmerge.merge import cli as merge_cli
+from vlmerge.merging import GramsError, GramStats, MergeError, gram_targets, merge_with_report
+from vlmerge.merging.apply import merge_files
+from vlmerge.merging.stream import CACHED_GROUPS, TensorFile
+from vlmerge.model import create_model, expert_layout
+from vlmerge.model.checkpoint import load_state, save_checkpoint, save_model, verify_state
+from vlmerge.runtime import sha256_file
+
+# (method, params, inputs besides MS)
+CASES: list[tuple[str, dict[str, str], str]] = [
+    ("interpolation", {}, ""),
+    ("interpolation", {"ratio": "0.3", "used_experts_only": "vqa"}, ""),
+    ("interpolation", {"layers": "0", "parts": "ffn", "rest_from": "l"}, ""),
+    ("arithmetic", {"lam": "0.75"}, "seed"),
+    ("arithmetic", {"mode": "upstream_sequential", "used_experts_only": "coco"}, "seed"),
+    ("arithmetic", {"single_expert": "copy", "used_experts_only": "vqa"}, "seed"),
+    ("task_arithmetic", {"lam": "0.4", "subset": "v,l"}, "seed"),
+    ("ties", {}, "seed"),
+    ("ties", {"topk_scope": "global", "k": "30", "used_experts_only": "retrieval"}, "seed"),
+    ("dare", {"p": "0.3", "seed": "7"}, "seed"),
+    ("dare", {"consensus": "true", "rescale": "false", "used_experts_only": "nlvr2"}, "seed"),
+    ("regmean", {}, "grams"),
+    ("regmean", {"alpha": "0.9", "normalize": "mean", "used_experts_only": "vqa"}, "grams"),
+    ("regmean", {"unseen": "skip"}, "grams"),
+    ("regmean_exact_bias", {"alpha": "0.5"}, "grams"),
+    ("regmean_exact_bias", {"unseen": "skip", "normalize": "mean"}, "grams"),
+    ("regmean_exact_bias", {"used_experts_only": "vqa"}, "grams"),
+]
+
+
+def _random(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(v.shape, generator=g) * 0.1 for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A pico MS checkpoint with distinct experts, its seed, and grams (the l/v grams of the fusion
+    layers' vl-only inputs saw no tokens, as VQA data leaves them)."""
+    root = tmp_path_factory.mktemp("stream")
+    ms = create_model("pico", "modality_specific")
+    ms.load_state_dict(_random(ms, 0))
+    save_model(root / "ms.safetensors", ms)
+    seed = create_model("pico", "shared")
+    seed.load_state_dict(_random(seed, 1))
+    save_model(root / "seed.safetensors", seed)
+    layout = ms.expert_layout()
+    g = torch.Generator().manual_seed(2)
+    xtx, sums, counts = {}, {}, {}
+    for name, m in gram_targets(layout):
+        dim = ms.config.mlp_dim if name.endswith("fc2") else ms.config.dim
+        x = torch.randn(3 * dim, dim, generator=g, dtype=torch.float64)
+        unseen = m.value != "vl" and int(name.split(".")[2]) >= layout.fusion_start and name.endswith("fc1")
+        xtx[name] = torch.zeros(dim, dim, dtype=torch.float64) if unseen else x.T @ x
+        sums[name], counts[name] = x.sum(0), 0 if unseen else x.shape[0]
+    save_grams(
+        root / "grams.safetensors",
+        GramStats(xtx, sums, counts),
+        {"task": "vqa", "checkpoint_sha256": sha256_file(root / "ms.safetensors")},
+    )
+    return {"ms": root / "ms.safetensors", "seed": root / "seed.safetensors", "grams": root / "grams.safetensors"}
+
+
+def _in_memory(method: str, params: dict[str, str], needs: str, files: dict[str, Path]) -> Any:
+    ms, meta = load_state(files["ms"])
+    return merge_with_report(
+        method,
+        ms,
+        seed_state=load_state(files["seed"])[0] if needs == "seed" else None,
+        grams=load_grams(files["grams"])[0] if needs == "grams" else None,
+        layout=expert_layout(meta.config, meta.sharing),
+        **params,
+    )
+
+
+def _streamed(method: str, params: dict[str, str], needs: str, files: dict[str, Path]) -> Any:
+    meta = verify_state(files["ms"])
+    return merge_files(
+        method,
+        TensorFile(files["ms"], "MS state dict"),
+        seed_file=TensorFile(files["seed"], "seed state dict") if needs == "seed" else None,
+        grams=open_grams(files["grams"])[0] if needs == "grams" else None,
+        layout=expert_layout(meta.config, meta.sharing),
+        **params,
+    )
+
+
+def _expect_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
+        assert torch.equal(a[key], b[key]), key
+
+
+def _skip_unseen(method: str, params: dict[str, str]) -> bool:
+    """RegMean over every expert with unseen grams and ``unseen=error`` is refused by both paths."""
+    return method.startswith("regmean") and "used_experts_only" not in params and params.get("unseen") != "skip"
+
+
+@pytest.mark.parametrize(("method", "params", "needs"), CASES, ids=[f"{m}-{p}" for m, p, _ in CASES])
+def test_streamed_merge_is_the_in_memory_merge(
+    method: str, params: dict[str, str], needs: str, files: dict[str, Path]
+) -> None:
+    if _skip_unseen(method, params):
+        for merge_fn in (_in_memory, _streamed):
+            with pytest.raises(GramsError, match="saw no tokens"):
+                merge_fn(method, params, needs, files)
+        return
+    memory = _in_memory(method, params, needs, files)
+    streamed = _streamed(method, params, needs, files)
+    _expect_equal(memory.state, streamed.state)
+    assert json.dumps(memory.diagnostics, sort_keys=True) == json.dumps(streamed.diagnostics, sort_keys=True)
+
+
+def test_lazy_grams_read_as_the_loaded_ones(files: dict[str, Path]) -> None:
+    loaded, record = load_grams(files["grams"])
+    lazy, lazy_record = open_grams(files["grams"])
+    assert record == lazy_record and lazy.names == loaded.names and dict(lazy.counts) == dict(loaded.counts)
+    for name in loaded.names:
+        assert lazy.shapes[name] == tuple(loaded.xtx[name].shape)
+        assert torch.equal(lazy.xtx[name], loaded.xtx[name]) and torch.equal(lazy.sums[name], loaded.sums[name])
+
+
+def test_a_streamed_merge_holds_a_few_key_groups_not_the_model(files: dict[str, Path]) -> None:
+    """Count the per-expert tensors alive at each read: bounded by the cached groups, far below the model."""
+    meta = verify_state(files["ms"])
+    source = TensorFile(files["ms"], "MS state dict")
+    layout = expert_layout(meta.config, meta.sharing)
+    experts = {k for k in source.keys() if ".v." in k or ".l." in k or ".vl." in k}
+    alive: set[int] = set()
+    peak = 0
+    read = source.load
+
+    def counted(key: str) -> torch.Tensor:
+        nonlocal peak
+        tensor = read(key)
+        if key in experts:
+            alive.add(id(tensor))
+            weakref.finalize(tensor, alive.discard, id(tensor))
+            peak = max(peak, len(alive))
+        return tensor
+
+    source.load = counted  # type: ignore[method-assign]
+    merge_files("interpolation", source, layout=layout)
+    assert 0 < peak <= 3 * CACHED_GROUPS < len(experts) / 4
+
+
+def test_the_cli_writes_the_in_memory_merge_as_a_checkpoint_pair(files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "merged.safetensors"
+    args = ["--method", "regmean_exact_bias", "--param", "used_experts_only=vqa", "--ms", str(files["ms"])]
+    assert merge_cli.main([*args, "--grams", str(files["grams"]), "--out", str(out)]) == 0
+    expected = _in_memory("regmean_exact_bias", {"used_experts_only": "vqa"}, "grams", files)
+    with safe_open(str(out), framework="pt") as f:
+        _expect_equal({k: f.get_tensor(k) for k in f.keys()}, expected.state)
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["weights_sha256"] == sha256_file(out)
+    assert sidecar["extra"]["merge"] == json.loads(json.dumps(expected.diagnostics))
+
+
+def test_non_finite_inputs_are_named_when_streamed(files: dict[str, Path], tmp_path: Path) -> None:
+    """A NaN in an expert the merge leaves out, or in a gram, is still an error naming the key."""
+    state, meta = load_state(files["ms"])
+    bad_key = "transformer.blocks.2.mlp.v.fc1.weight"  # the v expert of a fusion layer: VQA merges vl only
+    state[bad_key] = state[bad_key].clone()
+    state[bad_key][0, 0] = float("nan")
+    save_checkpoint(tmp_path / "ms.safetensors", state, meta)
+    source = TensorFile(tmp_path / "ms.safetensors", "MS state dict")
+    with pytest.raises(MergeError, match=f"MS state dict: {bad_key} contains NaN or Inf"):
+        merge_files("interpolation", source, layout=expert_layout(meta.config, meta.sharing), used_experts_only="vqa")
+    grams, record = load_grams(files["grams"])
+    name = grams.names[0]
+    xtx = dict(grams.xtx) | {name: torch.full_like(grams.xtx[name], float("inf"))}
+    save_grams(tmp_path / "g.safetensors", GramStats(xtx, grams.sums, grams.counts), record)
+    lazy, _ = open_grams(tmp_path / "g.safetensors")
+    with pytest.raises(GramsError, match=f"{name} contains NaN or Inf"):
+        lazy.xtx[name]

@@ -1,0 +1,96 @@
+"""Gram collection against plain forward passes over the same batches, base preset.
+
+One child process builds a random base MS model and a few batches of image+text pairs (224 px, texts of
+8–40 tokens), then times, batch by batch and interleaved so that load on the machine hits every variant
+alike: the plain forward, the forward with gram hooks taking float32 products (the default) and with
+float64 products (the reference). Each figure is the fastest of its repeats, wall time and the process's
+CPU time; collectors are warmed on one batch first, so the one-time allocation of the sums is not counted.
+This module imports no torch at top level.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+VARIANTS = ("plain", "float32", "float64")
+
+
+def _child(function: str, *args: str) -> list[str]:
+    code = f"import sys\nfrom vlmerge.bench.grams import {function}\n{function}(*sys.argv[1:])\n"
+    return [sys.executable, "-c", code, *args]
+
+
+def gram_forward(preset: str = "base", batch_size: str = "8", repeats: str = "2") -> None:
+    """(child) Print JSON: seconds per batch (wall and CPU) of plain forwards and of forwards with gram hooks."""
+    import contextlib
+    import time
+
+    import torch
+
+    from vlmerge.grams.hooks import GramCollector
+    from vlmerge.model import create_model
+
+    torch.manual_seed(0)
+    model = create_model(preset, "modality_specific").eval()
+    n, size, length = int(batch_size), model.config.image_size, model.config.max_text_len
+    mask = (torch.arange(length)[None, :] < torch.randint(8, length + 1, (n, 1))).long()
+    ids = torch.randint(5, model.config.vocab_size, (n, length)) * mask
+    images = torch.randn(n, 3, size, size)
+    collectors = {v: GramCollector(model, products=v) for v in VARIANTS if v != "plain"}  # type: ignore[arg-type]
+
+    def timed(variant: str) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        with contextlib.ExitStack() as stack:
+            for name, collector in collectors.items():
+                stack.enter_context(collector.text(mask))
+                if name != variant:
+                    stack.enter_context(collector.paused())
+            model.encode_pair(ids, mask, images)
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    best = {v: [float("inf"), float("inf")] for v in VARIANTS}
+    with torch.no_grad():
+        for variant in VARIANTS:  # warm-up: kernels, and the sums allocated on first use
+            timed(variant)
+        for _ in range(int(repeats)):
+            for variant in VARIANTS:
+                wall, cpu = timed(variant)
+                best[variant] = [min(best[variant][0], wall), min(best[variant][1], cpu)]
+    for collector in collectors.values():
+        collector.close()
+    tokens = int(mask.sum()) + n * (model.config.grid**2 + 1)
+    print(
+        json.dumps(
+            {
+                "preset": preset,
+                "batch_size": n,
+                "tokens_per_batch": tokens,
+                "threads": torch.get_num_threads(),
+                "seconds": {v: best[v][0] for v in VARIANTS},
+                "cpu_seconds": {v: best[v][1] for v in VARIANTS},
+            }
+        )
+    )
+
+
+def run() -> dict[str, object]:
+    proc = subprocess.run(_child("gram_forward"), capture_output=True, text=True, check=True)
+    r = json.loads(proc.stdout)
+    wall, cpu = r["seconds"], r["cpu_seconds"]
+    print(
+        f"\n## grams: {r['preset']} preset, batch {r['batch_size']} image+text pairs ({r['tokens_per_batch']} tokens), "
+        f"{r['threads']} threads; per batch, fastest of the repeats"
+    )
+    print(f"{'variant':<28} {'wall s':>8} {'x plain':>8} {'CPU s':>8} {'x plain':>8}")
+    for variant, label in [
+        ("plain", "plain forward"),
+        ("float32", "+ grams, float32 products"),
+        ("float64", "+ grams, float64 products"),
+    ]:
+        print(
+            f"{label:<28} {wall[variant]:>8.2f} {wall[variant] / wall['plain']:>8.2f}"
+            f" {cpu[variant]:>8.2f} {cpu[variant] / cpu['plain']:>8.2f}"
+        )
+    return r

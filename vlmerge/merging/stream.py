@@ -1,0 +1,255 @@
+"""Merge inputs read tensor by tensor from their safetensors files, never a whole state dict at once.
+
+A :class:`TensorFile` reads a file lazily (:class:`SafetensorsReader`): names and shapes come from its
+header, a tensor is read when a method asks for it and is checked for NaN/Inf on its first read.
+:class:`ExpertView` and :class:`BaseView` present the per-expert and seed tensors in the shapes the
+methods take (:mod:`vlmerge.merging.registry`), holding only the last few key groups they served, so
+a merge keeps its output (MA-sized) plus about one group of inputs in memory. The checks of
+:mod:`vlmerge.merging.validate` are repeated here from the headers, with the same messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+
+import torch
+
+from vlmerge.merging.errors import GramsError, MergeError
+from vlmerge.merging.grams import GramStats
+from vlmerge.merging.keys import KeyGroup, block_groups, linear_slot
+from vlmerge.merging.validate import is_finite
+from vlmerge.model import ExpertLayout, Modality, Sharing, detect_sharing
+from vlmerge.model.errors import CheckpointError
+
+# Key groups an ExpertView keeps after serving them: a method that reads a weight and then its biases
+# (exact-bias RegMean) finds the weight again without a second read.
+CACHED_GROUPS = 3
+
+
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class SafetensorsReader:
+    """A safetensors file read one tensor at a time with plain reads (its header parsed once).
+
+    ``safe_open`` maps the whole file, and every page a read touches stays in the process's resident set
+    while the mapping lives: streaming a file through it ends with the file's size resident. Reading
+    each tensor's bytes into a fresh buffer leaves only the page cache, which is not the process's.
+    Call after the file has passed ``safe_open``'s own header checks (``verify_state``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        with open(self.path, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(size))
+        header.pop("__metadata__", None)
+        self._start = 8 + size
+        self._entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
+        for key, entry in header.items():
+            if entry["dtype"] not in _DTYPES:
+                raise MergeError(f"{self.path}: {key} has dtype {entry['dtype']}, which merging does not read")
+            begin, end = entry["data_offsets"]
+            self._entries[key] = (_DTYPES[entry["dtype"]], tuple(entry["shape"]), int(begin), int(end))
+
+    def keys(self) -> tuple[str, ...]:
+        return tuple(self._entries)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._entries[key][1]
+
+    def read(self, key: str) -> torch.Tensor:
+        dtype, shape, begin, end = self._entries[key]
+        data = torch.empty(end - begin, dtype=torch.uint8)
+        view = data.numpy().data.cast("B")
+        with open(self.path, "rb", buffering=0) as fh:
+            done = 0
+            while done < len(view):
+                got = os.preadv(fh.fileno(), [view[done:]], self._start + begin + done)
+                if got <= 0:
+                    raise MergeError(f"{self.path}: {key} ends past the end of the file (truncated)")
+                done += got
+        return data.view(dtype).reshape(shape)
+
+
+class TensorFile:
+    """Tensors of one safetensors file read on demand; ``what`` names the file in errors
+    ("MS state dict", "seed state dict"). Every tensor is checked finite the first time it is read."""
+
+    def __init__(self, path: str | os.PathLike[str], what: str) -> None:
+        self._reader = SafetensorsReader(path)
+        self.what = what
+        self._names = self._reader.keys()
+        self._shapes = {k: self._reader.shape(k) for k in self._names}
+        self._checked: set[str] = set()
+
+    def keys(self) -> tuple[str, ...]:
+        return self._names
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._shapes
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._shapes[key]
+
+    def load(self, key: str) -> torch.Tensor:
+        """A fresh CPU tensor (nothing else holds it), finite."""
+        tensor = self._reader.read(key)
+        if key not in self._checked:
+            if not is_finite(tensor):
+                raise MergeError(f"{self.what}: {key} contains NaN or Inf")
+            self._checked.add(key)
+        return tensor
+
+    def check_rest(self) -> None:
+        """Read and check every tensor not read yet (one at a time): a merge leaves no input unchecked."""
+        for key in self._names:
+            if key not in self._checked:
+                self.load(key)
+
+
+class _Group(Mapping[Modality, torch.Tensor]):
+    """One MA key's experts, each read on first use and kept while the group is cached."""
+
+    def __init__(self, source: TensorFile, keys: Mapping[Modality, str]) -> None:
+        self._source, self._keys = source, dict(keys)
+        self._loaded: dict[Modality, torch.Tensor] = {}
+
+    def __getitem__(self, m: Modality) -> torch.Tensor:
+        if m not in self._loaded:
+            self._loaded[m] = self._source.load(self._keys[m])
+        return self._loaded[m]
+
+    def __iter__(self) -> Iterator[Modality]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class ExpertView(Mapping[str, Mapping[Modality, torch.Tensor]]):
+    """``{MA key: {expert: tensor}}`` over a file, in the order given; iterating reads nothing, each
+    group reads its tensors when indexed."""
+
+    def __init__(self, source: TensorFile, groups: Mapping[str, Mapping[Modality, str]]) -> None:
+        self._source, self._groups = source, groups
+        self._cache: OrderedDict[str, _Group] = OrderedDict()
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._source.shape(next(iter(self._groups[key].values())))
+
+    def __getitem__(self, key: str) -> Mapping[Modality, torch.Tensor]:
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        group = _Group(self._source, self._groups[key])
+        self._cache[key] = group
+        while len(self._cache) > CACHED_GROUPS:
+            self._cache.popitem(last=False)
+        return group
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._groups)
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+
+class BaseView(Mapping[str, torch.Tensor]):
+    """The seed's tensors of the merged keys, the last one read kept for the method's next use."""
+
+    def __init__(self, source: TensorFile, keys: tuple[str, ...]) -> None:
+        self._source, self._keys, self._known = source, keys, frozenset(keys)
+        self._last: tuple[str, torch.Tensor] | None = None
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._known or key not in self._source:
+            raise KeyError(key)
+        if self._last is None or self._last[0] != key:
+            self._last = (key, self._source.load(key))
+        return self._last[1]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def check_ms_file(source: TensorFile, layout: ExpertLayout) -> list[KeyGroup]:
+    """:func:`~vlmerge.merging.validate.check_ms_state` from the header (finiteness: on each read)."""
+    groups = block_groups(layout)
+    for group in groups:
+        missing = [k for _, k in group.ms_keys if k not in source]
+        if missing:
+            raise MergeError(
+                f"MS state dict lacks {missing[0]} (layout {layout.sharing.value}, {layout.num_layers} layers)"
+            )
+        shapes = {m.value: source.shape(k) for m, k in group.ms_keys}
+        if len(set(shapes.values())) > 1:
+            raise MergeError(f"experts of {group.ma_key} disagree in shape: {shapes}")
+    expected = {k for g in groups for _, k in g.ms_keys} | {
+        k for layer in range(layout.num_layers) for k in layout.shared_keys(layer)
+    }
+    stray = sorted(k for k in source.keys() if k.startswith("transformer.blocks.") and k not in expected)
+    if stray:
+        raise MergeError(
+            f"MS state dict has block keys outside its layout ({layout.sharing.value}, "
+            f"{layout.num_layers} layers): {stray[:3]}"
+        )
+    return groups
+
+
+def check_seed_file(seed: TensorFile, experts: ExpertView) -> None:
+    """:func:`~vlmerge.merging.validate.check_seed` from the header (finiteness: on each read)."""
+    try:
+        sharing = detect_sharing(seed.keys())
+    except CheckpointError as err:
+        raise MergeError(f"seed state dict: {err}") from err
+    if sharing is not Sharing.SHARED:
+        raise MergeError(f"seed state dict is {sharing.value}, expected a modality-agnostic (shared) one")
+    for key in experts:
+        if key not in seed:
+            raise MergeError(f"seed state dict lacks {key}")
+        shape = experts.shape(key)
+        if seed.shape(key) != shape:
+            raise MergeError(f"seed {key} has shape {seed.shape(key)}, the experts {shape}")
+
+
+def check_grams_shapes(grams: GramStats, experts: ExpertView) -> None:
+    """:func:`~vlmerge.merging.validate.check_grams` without reading a gram (``grams.shapes``)."""
+    shapes: Mapping[str, tuple[int, ...]] = getattr(grams, "shapes", None) or {
+        k: tuple(v.shape) for k, v in grams.xtx.items()
+    }
+    for key, tensors in experts.items():
+        slot = linear_slot(key)
+        if slot is None or len(tensors) < 2:
+            continue
+        dim = experts.shape(key)[1]
+        for m in tensors:
+            name = slot.gram_name(m)
+            if name not in grams.xtx:
+                raise GramsError(
+                    f"grams lack {name}, needed to merge layer {slot.layer} (expert {m.value}); "
+                    "were they collected for this model and task?"
+                )
+            if shapes[name] != (dim, dim):
+                raise GramsError(
+                    f"gram {name} is {shapes[name]} but layer {slot.layer}'s {key} takes {dim} inputs: "
+                    "grams from another model"
+                )
