@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -95,18 +96,40 @@ class SlurmRequeue(pl.Callback):
 
 
 class TerminationCheckpoint(pl.Callback):
-    """On SIGTERM, save a resumable ``hpc_ckpt_<n>.ckpt`` in the work directory before the run stops."""
+    """On SIGTERM or SIGINT, save a resumable ``hpc_ckpt_<n>.ckpt`` in the work directory before the run stops.
+
+    SIGINT (Ctrl-C, or the signal a workflow manager sends its jobs on interrupt) is handled like SIGTERM:
+    the handler only records it, and the run saves and stops after the step in flight. A second SIGINT
+    interrupts at once (Python's ``KeyboardInterrupt``), keeping the last periodic checkpoint.
+    """
 
     def __init__(self, work_dir: Path) -> None:
         self.work_dir = work_dir
         self.saved: Path | None = None
+        self.interrupted = False
+        self._previous: Any = None
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        self.interrupted = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+        log.warning("SIGINT: stopping after the step in flight with a checkpoint (again to stop at once)")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
     def _save(self, trainer: pl.Trainer, when: str) -> None:
         if self.saved is not None or trainer.global_step == 0:
             return  # already saved, or nothing trained yet: a rerun starts from the same place
         self.saved = hpc_checkpoint_path(self.work_dir)
         trainer.save_checkpoint(self.saved)
-        log.warning("SIGTERM %s step %d: saved %s; rerun to resume", when, trainer.global_step, self.saved)
+        name = "SIGINT" if self.interrupted else "SIGTERM"
+        log.warning("%s %s step %d: saved %s; rerun to resume", name, when, trainer.global_step, self.saved)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -115,7 +138,7 @@ class TerminationCheckpoint(pl.Callback):
             return  # mid-accumulation: the loop stops at the next batch; save at an optimizer step only
         # Every rank asks whether any rank got the signal (one boolean all-reduce, as for the SLURM requeue):
         # all of them then save together (a collective under DDP/FSDP) and stop after this step.
-        if trainer.strategy.reduce_boolean_decision(trainer.received_sigterm, all=False):
+        if trainer.strategy.reduce_boolean_decision(trainer.received_sigterm or self.interrupted, all=False):
             self._save(trainer, "after")
             trainer.should_stop = True
 
