@@ -629,6 +629,8 @@ def test_row25_gram_collection(plans: dict[str, Plan]) -> None:
     upstream = {"split": "val", "max_samples": None, "batch_size": 160, "include_pad": True, "image_size": 224}
     fixed = upstream | {"split": "train", "include_pad": False}
     default = {"split": "train", "max_samples": 1000, "batch_size": 32, "include_pad": False, "image_size": None}
+    # How the products are summed is not a fidelity row (float32 products flushed into float64 sums everywhere).
+    upstream, fixed, default = ({**g, "products": "float32"} for g in (upstream, fixed, default))
     for name, want in (("paper", upstream), ("fixed", fixed), ("default", default)):
         assert {t: plans[name].grams(t) for t in TASK_NAMES} == dict.fromkeys(TASK_NAMES, want), name
         normalize = "mean" if name == "default" else "sum"

@@ -52,3 +52,20 @@ def test_progress_logs_rate_and_eta(caplog: pytest.LogCaptureFixture) -> None:
     lines = [r.getMessage() for r in caplog.records]
     assert any("rows: 1/10 row" in line and "ETA" in line for line in lines)
     assert bar.count == 4 and "done" in lines[-1]
+
+
+def test_a_lightning_record_is_printed_once_after_the_stage_sets_up_logging() -> None:
+    """Lightning gives its logger a console handler on import; the training stages import it after the stage's
+    logging set-up, whose root handler prints the same records: each line must appear once."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging\n"
+        "from vlmerge.runtime.logs import setup_logging\n"
+        "setup_logging()\n"
+        "import vlmerge.train.trainer\n"
+        "logging.getLogger('lightning.fabric.utilities.distributed').info('Initializing distributed: once')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stderr.count("Initializing distributed: once") == 1, out.stderr

@@ -280,7 +280,15 @@ def test_paper_profile_merges_with_the_released_settings(tmp_path: Path) -> None
     assert merges["results/merged/coco/regmean.safetensors"] == regmean | {"used_experts_only": "coco"}
     grams = [stage_settings(line) for line in out.stdout.splitlines() if "python -m vlmerge.grams " in line]
     assert len(grams) == 3 and all(
-        g == {"split": "val", "max_samples": None, "batch_size": 160, "include_pad": True, "image_size": 224}
+        g
+        == {
+            "split": "val",
+            "max_samples": None,
+            "batch_size": 160,
+            "include_pad": True,
+            "image_size": 224,
+            "products": "float32",
+        }
         for g in grams
     )
 

@@ -34,6 +34,13 @@ from vlmerge.train.requeue import SlurmRequeue, TerminationCheckpoint
 
 log = logging.getLogger(__name__)
 
+# Lightning gives its "lightning" logger a console handler of its own on import, and its records also reach
+# the root handler each stage sets up (vlmerge.runtime.logs): without this every Lightning line would be
+# printed twice. Imported lazily, after that set-up, so the handler is dropped here.
+for _handler in list(logging.getLogger("lightning").handlers):
+    if isinstance(_handler, logging.StreamHandler):
+        logging.getLogger("lightning").removeHandler(_handler)
+
 STRATEGIES = ("ddp", "fsdp")
 PRECISIONS = ("auto", "32", "bf16", "16")
 
