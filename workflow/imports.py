@@ -14,25 +14,13 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
+from vlmerge.catalog.names import STAGE_NAMES
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "vlmerge"
 # The package's rooms: stages (``python -m vlmerge.<stage>``) on top, libraries below that never import a
 # stage (tests/test_layout.py checks both from the import graph).
-STAGES = (
-    "synth",
-    "prepare",
-    "vocab",
-    "pretrain",
-    "grams",
-    "merge",
-    "distance",
-    "finetune",
-    "evaluate",
-    "zeroshot",
-    "report",
-    "import",
-    "export",
-)
+STAGES = STAGE_NAMES
 LIBRARIES = (
     "catalog",
     "data",

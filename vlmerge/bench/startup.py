@@ -22,23 +22,10 @@ import sys
 from pathlib import Path
 
 from vlmerge.bench.measure import python_module, run_measured
+from vlmerge.catalog.names import STAGE_NAMES
 
 PACKAGE = Path(__file__).resolve().parents[1]  # vlmerge/
-STAGES = (
-    "synth",
-    "prepare",
-    "vocab",
-    "pretrain",
-    "grams",
-    "merge",
-    "distance",
-    "finetune",
-    "evaluate",
-    "zeroshot",
-    "report",
-    "import",
-    "export",
-)
+STAGES = STAGE_NAMES
 
 # Imports a list of names; ``from module import attribute`` also names ``module.attribute``, skipped when
 # ``module`` has that attribute.

@@ -86,3 +86,22 @@ TASK_EXPERTS: dict[str, tuple[Modality, ...]] = {
     "vqa": (Modality.VL,),
     "nlvr2": (Modality.VL,),
 }
+
+
+# The package's stages (``python -m vlmerge.<stage>``), named once: the workflow's code inputs and the start-up
+# benchmark both list them from here.
+STAGE_NAMES = (
+    "synth",
+    "prepare",
+    "vocab",
+    "pretrain",
+    "grams",
+    "merge",
+    "distance",
+    "finetune",
+    "evaluate",
+    "zeroshot",
+    "report",
+    "import",
+    "export",
+)

@@ -216,23 +216,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _device(name: str) -> str:
-    """``auto`` made concrete; a name torch does not know is bad input."""
-    import torch
-
-    from vlmerge.tasks.errors import TaskError
-
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-    try:
-        torch.device(device)
-    except RuntimeError as err:
-        raise TaskError(f"device {name!r}: {err}") from None
-    return device
-
-
 def _resolve(args: argparse.Namespace) -> EvaluateConfig:
     """The evaluation the parsed command line asks for; raises an InputError (a one-line message)."""
     from vlmerge.tasks.errors import TaskError
+    from vlmerge.tasks.evaluation import resolve_device
 
     settings = settings_from_args(args, EvaluateSettings)
     if not args.ckpt.is_file():
@@ -251,7 +238,7 @@ def _resolve(args: argparse.Namespace) -> EvaluateConfig:
         batch_size=settings.batch_size,
         num_workers=settings.num_workers,
         image_size=settings.image_size,
-        device=_device(settings.device),
+        device=resolve_device(settings.device),
         vqa_annotations=args.vqa_annotations.resolve() if args.vqa_annotations else None,
         vqa_submission_split=settings.vqa_submission_split,
         verbose=args.verbose,

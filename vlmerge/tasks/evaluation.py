@@ -22,6 +22,18 @@ from vlmerge.tasks.shards import concat_rows, eval_loader, merge_rows
 log = logging.getLogger(__name__)
 
 
+def resolve_device(name: str) -> str:
+    """A stage's ``--device``: ``auto`` made concrete (CUDA when present); a name torch does not know is bad input."""
+    from vlmerge.tasks.errors import TaskError
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    try:
+        torch.device(device)
+    except RuntimeError as err:
+        raise TaskError(f"device {name!r}: {err}") from None
+    return device
+
+
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 

@@ -265,23 +265,10 @@ def parse_checkpoints(values: list[str], datasets: tuple[str, ...]) -> dict[str,
     return checkpoints
 
 
-def _device(name: str) -> str:
-    """``auto`` made concrete; a name torch does not know is bad input."""
-    import torch
-
-    from vlmerge.tasks.errors import TaskError
-
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-    try:
-        torch.device(device)
-    except RuntimeError as err:
-        raise TaskError(f"device {name!r}: {err}") from None
-    return device
-
-
 def _resolve(args: argparse.Namespace) -> ZeroshotConfig:
     """The run the parsed command line asks for; raises an InputError (a one-line message)."""
     from vlmerge.tasks.errors import TaskError
+    from vlmerge.tasks.evaluation import resolve_device
 
     settings = settings_from_args(args, ZeroshotSettings)
     if args.out.suffix != ".json":
@@ -295,7 +282,7 @@ def _resolve(args: argparse.Namespace) -> ZeroshotConfig:
         batch_size=settings.batch_size,
         num_workers=settings.num_workers,
         image_size=settings.image_size,
-        device=_device(settings.device),
+        device=resolve_device(settings.device),
         verbose=args.verbose,
     )
 
