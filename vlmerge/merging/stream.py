@@ -20,8 +20,8 @@ import torch
 
 from vlmerge.merging.errors import GramsError, MergeError
 from vlmerge.merging.grams import GramStats
-from vlmerge.merging.keys import KeyGroup, block_groups, linear_slot
-from vlmerge.merging.validate import is_finite
+from vlmerge.merging.keys import KeyGroup, linear_slot
+from vlmerge.merging.validate import check_ms_keys, is_finite
 from vlmerge.model import ExpertLayout, Modality, Sharing, detect_sharing
 from vlmerge.model.errors import CheckpointError
 
@@ -192,27 +192,8 @@ class BaseView(Mapping[str, torch.Tensor]):
 
 
 def check_ms_file(source: TensorFile, layout: ExpertLayout) -> list[KeyGroup]:
-    """:func:`~vlmerge.merging.validate.check_ms_state` from the header (finiteness: on each read)."""
-    groups = block_groups(layout)
-    for group in groups:
-        missing = [k for _, k in group.ms_keys if k not in source]
-        if missing:
-            raise MergeError(
-                f"MS state dict lacks {missing[0]} (layout {layout.sharing.value}, {layout.num_layers} layers)"
-            )
-        shapes = {m.value: source.shape(k) for m, k in group.ms_keys}
-        if len(set(shapes.values())) > 1:
-            raise MergeError(f"experts of {group.ma_key} disagree in shape: {shapes}")
-    expected = {k for g in groups for _, k in g.ms_keys} | {
-        k for layer in range(layout.num_layers) for k in layout.shared_keys(layer)
-    }
-    stray = sorted(k for k in source.keys() if k.startswith("transformer.blocks.") and k not in expected)
-    if stray:
-        raise MergeError(
-            f"MS state dict has block keys outside its layout ({layout.sharing.value}, "
-            f"{layout.num_layers} layers): {stray[:3]}"
-        )
-    return groups
+    """:func:`~vlmerge.merging.validate.check_ms_keys` from the header (finiteness: on each read)."""
+    return check_ms_keys({k: tuple(source.shape(k)) for k in source.keys()}, layout)
 
 
 def check_seed_file(seed: TensorFile, experts: ExpertView) -> None:

@@ -33,27 +33,34 @@ def check_finite(state: Mapping[str, torch.Tensor], what: str) -> None:
             raise MergeError(f"{what}: {key} contains NaN or Inf")
 
 
-def check_ms_state(state: Mapping[str, torch.Tensor], layout: ExpertLayout) -> list[KeyGroup]:
-    """Every per-expert key of ``layout`` is present with one shape across experts; returns the groups."""
+def check_ms_keys(shapes: Mapping[str, tuple[int, ...]], layout: ExpertLayout) -> list[KeyGroup]:
+    """Every per-expert key of ``layout`` is among ``shapes`` (key → shape: a state dict's or a file header's)
+    with one shape across experts, and no block key lies outside the layout; returns the groups."""
     groups = block_groups(layout)
     for group in groups:
-        missing = [k for _, k in group.ms_keys if k not in state]
+        missing = [k for _, k in group.ms_keys if k not in shapes]
         if missing:
             raise MergeError(
                 f"MS state dict lacks {missing[0]} (layout {layout.sharing.value}, {layout.num_layers} layers)"
             )
-        shapes = {m.value: tuple(state[k].shape) for m, k in group.ms_keys}
-        if len(set(shapes.values())) > 1:
-            raise MergeError(f"experts of {group.ma_key} disagree in shape: {shapes}")
+        expert_shapes = {m.value: tuple(shapes[k]) for m, k in group.ms_keys}
+        if len(set(expert_shapes.values())) > 1:
+            raise MergeError(f"experts of {group.ma_key} disagree in shape: {expert_shapes}")
     expected = {k for g in groups for _, k in g.ms_keys} | {
         k for layer in range(layout.num_layers) for k in layout.shared_keys(layer)
     }
-    stray = sorted(k for k in state if k.startswith("transformer.blocks.") and k not in expected)
+    stray = sorted(k for k in shapes if k.startswith("transformer.blocks.") and k not in expected)
     if stray:
         raise MergeError(
             f"MS state dict has block keys outside its layout ({layout.sharing.value}, "
             f"{layout.num_layers} layers): {stray[:3]}"
         )
+    return groups
+
+
+def check_ms_state(state: Mapping[str, torch.Tensor], layout: ExpertLayout) -> list[KeyGroup]:
+    """:func:`check_ms_keys` of an MS state dict, and every tensor finite; returns the groups."""
+    groups = check_ms_keys({k: tuple(t.shape) for k, t in state.items()}, layout)
     check_finite(state, "MS state dict")
     return groups
 
