@@ -15,7 +15,7 @@ import torch
 
 from vlmerge.model import Heads, VLModel, create_model
 from vlmerge.model.layers import ATTENTION_KERNELS, Attention, AttentionKernel, attention_explicit
-from vlmerge.objectives import sample_hard_negatives
+from vlmerge.objectives import IGNORE_INDEX, device, mlm_loss, sample_hard_negatives
 from vlmerge.pretrain import step as pretrain_step
 from vlmerge.pretrain.module import PretrainConfig, PretrainModule
 from vlmerge.tasks.registry import get_task
@@ -177,9 +177,10 @@ def test_auto_is_fused_on_cuda_and_foreach_elsewhere() -> None:
 
 # ----------------------------------------------------------------------------- (d) no host reads in the step
 HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
-# The step's one remaining place that reads values back: the hard-negative sampler validates its inputs
-# (index range, finite similarities) with three host reads (vlmerge/objectives/itm.py).
-KNOWN_READS = {"vlmerge/objectives/itm.py:_check"}
+# On the CPU the step reads values back in two places, where a read costs nothing: the hard-negative
+# sampler checks its inputs eagerly, and the MLM head keeps only the masked rows. On CUDA (a device whose
+# reads stall) neither reads: the test below runs that path on the CPU.
+KNOWN_READS = {"vlmerge/objectives/itm.py:_check", "vlmerge/pretrain/step.py:masked_rows"}
 
 
 @contextmanager
@@ -211,7 +212,7 @@ def test_the_guard_sees_a_host_read() -> None:
     sim = torch.randn(3, 3)
     with host_reads() as reads:
         sample_hard_negatives(sim, sim.T, torch.arange(3), torch.Generator().manual_seed(0))
-    assert reads and set(reads) == KNOWN_READS  # the guard finds reads, and names them as KNOWN_READS does
+    assert set(reads) == {"vlmerge/objectives/itm.py:_check"}  # the guard finds reads and names their place
 
 
 def test_the_pretraining_step_reads_nothing_back_and_logs_the_same_values(monkeypatch) -> None:
@@ -231,6 +232,42 @@ def test_the_pretraining_step_reads_nothing_back_and_logs_the_same_values(monkey
         assert isinstance(logged[f"train/{name}"], torch.Tensor)
         torch.testing.assert_close(logged[f"train/{name}"], value.detach(), rtol=0, atol=0, msg=name)
     torch.testing.assert_close(loss.detach(), expected["loss"].detach(), rtol=0, atol=0)
+
+
+def test_on_a_stalling_device_the_step_reads_nothing_and_gives_the_same_losses(monkeypatch) -> None:
+    model = pico()
+    batch = pretrain_batch(model)
+    module = PretrainModule(model, PretrainConfig(10, 0))
+    torch.manual_seed(5)
+    eager = module.losses(batch, module.step_generator(Stream.ITM, 0, stage=0))
+    monkeypatch.setattr(device, "STALLING_DEVICE_TYPES", {"cpu"})
+    torch.manual_seed(5)
+    with host_reads() as reads:
+        stalling = module.losses(batch, module.step_generator(Stream.ITM, 0, stage=0))
+    assert reads == []
+    assert set(stalling) == set(eager)
+    for name, value in eager.items():  # MLM over every position vs the masked rows alone: rounding apart
+        torch.testing.assert_close(stalling[name], value, rtol=1e-6, atol=1e-6, msg=name)
+    with pytest.raises(RuntimeError, match="similarities contain NaN"):  # the checks run on the device
+        sample_hard_negatives(torch.full((3, 3), float("nan")), torch.zeros(3, 3), torch.arange(3))
+
+
+def test_the_mlm_head_on_masked_rows_equals_the_head_on_every_position() -> None:
+    model = pico()
+    batch = pretrain_batch(model)
+    labels = batch["mlm_labels"]
+    assert (labels != IGNORE_INDEX).any() and (labels == IGNORE_INDEX).any()
+    hidden = model.encode_pair(batch["mlm_ids"], batch["text_mask"], batch["image"])[:, : labels.shape[1]]
+    full = mlm_loss(model.mlm_score(hidden), labels)
+    rows, row_labels = pretrain_step.masked_rows(hidden, labels)
+    assert rows.shape[1] == int((labels != IGNORE_INDEX).sum())
+    picked = mlm_loss(model.mlm_score(rows), row_labels)
+    torch.testing.assert_close(picked.loss, full.loss, rtol=1e-6, atol=0)
+    assert (picked.accuracy, picked.count) == (full.accuracy, full.count)
+    none = torch.full_like(labels, IGNORE_INDEX)  # nothing masked: one ignored row, an exact 0 with a gradient
+    rows, row_labels = pretrain_step.masked_rows(hidden, none)
+    empty = mlm_loss(model.mlm_score(rows), row_labels)
+    assert rows.shape[1] == 1 and float(empty.loss) == 0.0 and empty.loss.requires_grad
 
 
 def test_single_rank_text_gather_is_the_batch_itself() -> None:

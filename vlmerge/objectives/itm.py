@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 
 from vlmerge.objectives.classification import ClassificationOutput, classification_loss
+from vlmerge.objectives.device import reads_stall
 from vlmerge.objectives.errors import ObjectiveInputError
 
 
@@ -68,9 +69,19 @@ def _check(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, positive_index: torch.T
         raise ObjectiveInputError(
             f"hard negatives: need at least 2 candidates per row to exclude the positive, got {n_all}"
         )
-    if positive_index.dtype != torch.int64 or bool(((positive_index < 0) | (positive_index >= n_all)).any()):
+    if positive_index.dtype != torch.int64:
         raise ObjectiveInputError(f"hard negatives: positive_index must be int64 in [0, {n_all})")
-    if not (bool(torch.isfinite(sim_i2t).all()) and bool(torch.isfinite(sim_t2i).all())):
+    in_range = ((positive_index >= 0) & (positive_index < n_all)).all()
+    finite = torch.isfinite(sim_i2t).all() & torch.isfinite(sim_t2i).all()
+    if reads_stall(sim_i2t):
+        # Checked on the device: reading the flags back would stall the step on every batch. A failure
+        # surfaces as a device-side assertion, with this message, at the next synchronisation.
+        torch._assert_async(in_range, f"hard negatives: positive_index must be int64 in [0, {n_all})")
+        torch._assert_async(finite, "hard negatives: similarities contain NaN or infinity")
+        return
+    if not bool(in_range):
+        raise ObjectiveInputError(f"hard negatives: positive_index must be int64 in [0, {n_all})")
+    if not bool(finite):
         raise ObjectiveInputError("hard negatives: similarities contain NaN or infinity")
 
 
