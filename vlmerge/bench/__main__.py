@@ -1,4 +1,7 @@
-"""``python -m vlmerge.bench [NAME ...]``: run the named benchmarks (default: all) and print figures."""
+"""``python -m vlmerge.bench [NAME ...]``: run the named benchmarks (default: all) and print figures.
+
+``python -m vlmerge.bench demo [--log FILE]`` runs nothing: it reports where a finished workflow run (by
+default the newest under ``.snakemake/log``) spent its time, rule by rule."""
 
 from __future__ import annotations
 
@@ -15,7 +18,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "names", nargs="*", metavar="NAME", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)"
     )
+    parser.add_argument("--log", help="with `demo`: the Snakemake log to read (default: the newest)")
     args = parser.parse_args(argv)
+    if args.names == ["demo"]:
+        from vlmerge.bench import demo
+
+        setup_logging()
+        demo.run(args.log)
+        return 0
+    if args.log:
+        parser.error("--log goes with `demo` alone")
     unknown = sorted(set(args.names) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
