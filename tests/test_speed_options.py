@@ -12,8 +12,9 @@ from typing import Any, get_args
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from vlmerge.model import Heads, VLModel, create_model
+from vlmerge.model import Heads, VLModel, create_model, layers
 from vlmerge.model.layers import ATTENTION_KERNELS, Attention, AttentionKernel, attention_explicit
 from vlmerge.objectives import IGNORE_INDEX, device, mlm_loss, sample_hard_negatives
 from vlmerge.pretrain import step as pretrain_step
@@ -92,12 +93,28 @@ def test_sdpa_with_an_additive_bias_equals_the_softmax_written_out() -> None:
     torch.testing.assert_close(sdpa, naive, rtol=1e-12, atol=1e-12)
 
 
-def test_the_model_uses_sdpa_by_default_and_the_explicit_kernel_gives_the_same_step() -> None:
+def test_auto_is_explicit_when_training_off_cuda_and_sdpa_otherwise(monkeypatch) -> None:
     model = pico()
-    kernels = {m.kernel for m in model.modules() if isinstance(m, Attention)}
-    assert kernels == {"sdpa"}
+    assert {m.kernel for m in model.modules() if isinstance(m, Attention)} == {"auto"}
     batch = pretrain_batch(model)
-    sdpa = losses_and_grads(PretrainModule(model, PretrainConfig(10, 0)), batch)
+    calls: list[str] = []
+    sdpa_fn, explicit_fn = F.scaled_dot_product_attention, layers.attention_explicit
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append("sdpa") or sdpa_fn(*a, **k))
+    monkeypatch.setattr(layers, "attention_explicit", lambda *a: calls.append("explicit") or explicit_fn(*a))
+    args = batch["text_ids"], batch["text_mask"], batch["image"]
+    model.encode_pair(*args)  # the learned relative-position bias needs a gradient: explicit
+    assert calls and set(calls) == {"explicit"}
+    calls.clear()
+    with torch.no_grad():  # evaluation and gram collection: sdpa's fused kernel takes the mask
+        model.encode_pair(*args)
+    assert calls and set(calls) == {"sdpa"}
+
+
+def test_the_sdpa_and_explicit_kernels_give_the_same_step() -> None:
+    model = pico()
+    batch = pretrain_batch(model)
+    sdpa = losses_and_grads(PretrainModule(model, PretrainConfig(10, 0), SpeedOptions(attention="sdpa")), batch)
+    assert {m.kernel for m in model.modules() if isinstance(m, Attention)} == {"sdpa"}
     module = PretrainModule(model, PretrainConfig(10, 0), SpeedOptions(attention="explicit"))
     assert {m.kernel for m in model.modules() if isinstance(m, Attention)} == {"explicit"}
     explicit = losses_and_grads(module, batch)

@@ -42,8 +42,11 @@ class LayerNorm(Shared, nn.LayerNorm):
 # How an Attention computes softmax(q·kᵀ/√d + mask)·v: "sdpa" is F.scaled_dot_product_attention with the mask
 # as an additive float attn_mask (on CUDA a fused memory-efficient or cuDNN kernel that takes the
 # relative-position bias), "explicit" the three operations one by one (the reference the tests hold sdpa to).
-AttentionKernel = Literal["sdpa", "explicit"]
-ATTENTION_KERNELS: tuple[AttentionKernel, ...] = ("sdpa", "explicit")
+# "auto" is sdpa, except off CUDA when the mask needs a gradient (training: the relative-position bias is
+# learned): there sdpa falls back to its unfused path, which costs more than the explicit one (~6 % of a tiny
+# pre-training step on the CPU).
+AttentionKernel = Literal["auto", "sdpa", "explicit"]
+ATTENTION_KERNELS: tuple[AttentionKernel, ...] = ("auto", "sdpa", "explicit")
 
 
 class Attention(Shared, nn.Module):
@@ -53,7 +56,7 @@ class Attention(Shared, nn.Module):
     softmax-attention computation; fp16 autocast always takes :func:`attention_fp32_logits`.
     """
 
-    kernel: AttentionKernel = "sdpa"
+    kernel: AttentionKernel = "auto"
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -71,7 +74,9 @@ class Attention(Shared, nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, N, D/H]
         if fp16_autocast(x.device.type):
             out = attention_fp32_logits(q, k, v, attn_mask)
-        elif self.kernel == "explicit":
+        elif self.kernel == "explicit" or (
+            self.kernel == "auto" and x.device.type != "cuda" and attn_mask.requires_grad and torch.is_grad_enabled()
+        ):
             out = attention_explicit(q, k, v, attn_mask)
         else:
             # A float mask keeps fused SDPA kernels available on CUDA; it must match the query dtype.

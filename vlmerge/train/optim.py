@@ -123,7 +123,7 @@ class SpeedOptions:
     each transformer block with ``compile_backend``; ``optimizer``: AdamW's :data:`OptimizerImpl`.
     """
 
-    attention: AttentionKernel = "sdpa"
+    attention: AttentionKernel = "auto"
     compile_blocks: bool = False
     compile_backend: str = "inductor"
     optimizer: OptimizerImpl = "auto"

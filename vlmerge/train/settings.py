@@ -37,10 +37,11 @@ class TrainingRecipe(Settings):
     val_batches: int = Field(0, ge=0, description="batches per validation (and side) (0: the whole split)")
     log_every: int = Field(50, ge=1, description="steps between logged training metrics")
     # How the step runs, not what it computes: each is checked against its eager reference in the tests.
-    attention_kernel: Literal["sdpa", "explicit"] = Field(
-        "sdpa",
+    attention_kernel: Literal["auto", "sdpa", "explicit"] = Field(
+        "auto",
         description="attention: sdpa (scaled_dot_product_attention with the relative-position bias as an additive "
-        "float mask: a fused kernel on CUDA) or explicit (softmax of q.k + bias written out)",
+        "float mask: a fused kernel on CUDA), explicit (softmax of q.k + bias written out) or auto (sdpa, but "
+        "explicit when training off CUDA, where sdpa cannot fuse a mask that needs a gradient)",
     )
     compile_blocks: bool = Field(
         False, description="torch.compile each transformer block (inductor); weights and checkpoints unchanged"
