@@ -4,6 +4,12 @@ Magnitude trimming keeps the top-k % of |τ| (k in percent, TIES' convention): t
 largest magnitude is the threshold and every entry at or above it survives (ties at the threshold
 can keep a few more). ``per_tensor`` takes n over one tensor; ``global`` over every merged tensor
 of that expert's task vector, as the TIES paper flattens the whole model.
+
+:class:`MagnitudeSelect` finds that threshold exactly without holding (or sorting) all magnitudes:
+a random sample brackets the rank, one counting pass over the magnitudes (streamed in parts) keeps
+the count above the bracket and the few values inside it, and the threshold is selected among
+those. A bracket that misses the rank (a sample far off, about 1 in 10⁹) is widened and counted
+again, down to the whole range: the value is always the one :func:`magnitude_threshold` returns.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 
+import numpy as np
 import torch
 
 from vlmerge.model import Modality
@@ -28,6 +35,68 @@ def magnitude_threshold(magnitudes: torch.Tensor, k: float) -> float:
     if keep == 0:
         return math.inf
     return float(torch.kthvalue(flat, flat.numel() - keep + 1).values)
+
+
+# Sample sizes of the bracket (per tensor; over a whole task vector) and the margin around the rank
+# in sample standard deviations.
+SAMPLE, GLOBAL_SAMPLE, MARGIN = 1 << 14, 1 << 18, 6.0
+
+
+class MagnitudeSelect:
+    """Exact keep-th largest of ``total`` magnitudes (float64, ≥ 0) given in parts, in bounded memory.
+
+    Use: :meth:`add_sample` on a random sample of the magnitudes (any parts), then repeatedly
+    ``while not sel.done: sel.begin_pass(); [sel.count(part) for every part]; sel.end_pass()``;
+    :attr:`value` is then ``float(kthvalue(all, total - keep + 1))`` (inf when ``keep`` is 0).
+    """
+
+    def __init__(self, total: int, keep: int) -> None:
+        self.total, self.keep = total, keep
+        self.value = math.inf
+        self.done = keep == 0
+        self._samples: list[torch.Tensor] = []
+        self._widen = 1.0
+        self._lo = self._hi = 0.0
+        self._above = self._at = 0
+        self._inside: list[torch.Tensor] = []
+
+    def add_sample(self, magnitudes: torch.Tensor) -> None:
+        self._samples.append(magnitudes.reshape(-1))
+
+    def begin_pass(self) -> None:
+        """Bracket the rank from the sample, widened after every miss (until it is the whole range)."""
+        sample = torch.cat(self._samples).sort().values if self._samples else torch.empty(0, dtype=torch.float64)
+        size, rank = sample.numel(), (self.total - self.keep) / self.total  # answer's ascending quantile
+        pos = rank * size
+        margin = self._widen * (MARGIN * math.sqrt(size * rank * (1 - rank)) + 4)
+        i, j = math.floor(pos - margin), math.ceil(pos + margin)
+        self._lo = float(sample[i]) if 0 <= i < size else -math.inf
+        self._hi = float(sample[j]) if 0 <= j < size else math.inf
+        self._above, self._at, self._inside = 0, 0, []
+
+    def count(self, magnitudes: torch.Tensor) -> None:
+        """Count one part of the magnitudes: above the bracket, and keep those inside it."""
+        flat = magnitudes.detach().reshape(-1).to(torch.float64).numpy()  # numpy's masks are cheaper here
+        above = flat > self._hi
+        self._above += int(np.count_nonzero(above))
+        if self._lo == self._hi:  # one value: its count is enough
+            self._at += int(np.count_nonzero(flat == self._lo))
+        else:
+            inside = np.logical_xor(flat >= self._lo, above, out=above)  # lo ≤ x ≤ hi
+            self._inside.append(torch.from_numpy(flat[inside]))
+
+    def end_pass(self) -> None:
+        """Select the threshold if the bracket holds it, else widen the bracket for another pass."""
+        at = self._at + sum(t.numel() for t in self._inside)
+        if self._above < self.keep <= self._above + at:
+            if self._lo == self._hi:
+                self.value = self._lo
+            else:
+                inside = torch.cat(self._inside)
+                self.value = float(torch.kthvalue(inside, at - (self.keep - self._above) + 1).values)
+            self.done = True
+        self._inside = []
+        self._widen *= 8
 
 
 def trim(tau: torch.Tensor, threshold: float) -> torch.Tensor:

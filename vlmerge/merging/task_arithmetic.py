@@ -3,22 +3,218 @@
 θ = θ₀ + λ·combine_m(sparsify(τ_m)), τ_m = θ_m − θ₀ over a chosen expert subset:
 task arithmetic (no sparsification, sum), TIES (magnitude trim, elect sign, disjoint mean),
 DARE (random drop and rescale, sum; or elect + disjoint mean for DARE-TIES).
+
+Each key is computed in float64 chunks of :data:`CHUNK` elements, written straight into a tensor of
+the base dtype: no whole-tensor float64 copy is made, and the result is bit for bit that of the
+whole-tensor formulas in :mod:`vlmerge.merging.sparsify` (``tests/test_merge_floor.py``). Trim
+thresholds come from :class:`~vlmerge.merging.sparsify.MagnitudeSelect` (exact, equal to ``kthvalue``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 
 from vlmerge.merging.errors import MergeError
 from vlmerge.merging.registry import BaseTensors, ExpertTensors, Merged, register
-from vlmerge.merging.sparsify import dare_drop, disjoint_mean, magnitude_threshold, tensor_seed, trim
+from vlmerge.merging.sparsify import GLOBAL_SAMPLE, SAMPLE, MagnitudeSelect, keep_count, tensor_seed
 from vlmerge.model import Modality
+
+# Elements per chunk: the float64 temporaries of one chunk stay in cache, and no float64 copy of a
+# whole tensor is made.
+CHUNK = 1 << 16
+# Tensors up to this size get their trim threshold from a plain kthvalue.
+SMALL = 1 << 16
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the chunk loops on one intra-op thread: an element-wise op on a cache-sized chunk gains little
+    from a second thread, and when the cores are shared each op's thread hand-off can cost a time slice
+    (measured 3-4 s single-threaded against 18-80 s on two threads for a base-preset TIES merge on a
+    loaded two-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _chosen(tensors: Mapping[Modality, torch.Tensor], subset: tuple[Modality, ...] | None) -> list[Modality]:
     return [m for m in tensors if subset is None or m in subset]
+
+
+def _numel(experts: ExpertTensors, key: str) -> int:
+    shape = getattr(experts, "shape", None)
+    return math.prod(shape(key)) if shape is not None else next(iter(experts[key].values())).numel()
+
+
+class _Chunks:
+    """Float64 work buffers of one chunk, reused for every chunk of every key."""
+
+    def __init__(self, experts: int) -> None:
+        def f64() -> torch.Tensor:
+            return torch.empty(CHUNK, dtype=torch.float64)
+
+        self.base, self.acc, self.count, self.tmp = f64(), f64(), f64(), f64()
+        self.taus = [f64() for _ in range(max(experts, 1))]
+
+    def spans(self, numel: int) -> range:
+        return range(0, numel, CHUNK)
+
+
+class _TaskVectors:
+    """The task vectors τ_m = θ_m − θ₀ of one key, in float64 chunks, dropped (DARE) and trimmed as asked.
+
+    Each chunk is computed with the element-wise operations of the whole-tensor formulas
+    (``e.double() - b.double()``, ``where(keep, τ, 0) / (1 − p)``, ``where(|τ| ≥ t, τ, 0)``), masks
+    applied as float64 0/1 factors (cheaper than boolean masks). The values are the same bits, but
+    for the sign of a zero that is removed before it reaches the result (see :func:`_combine`).
+    """
+
+    def __init__(
+        self,
+        key: str,
+        tensors: Mapping[Modality, torch.Tensor],
+        chosen: list[Modality],
+        base: torch.Tensor,
+        *,
+        drop_p: float,
+        seed: int,
+        rescale: bool,
+    ) -> None:
+        self.base = base.reshape(-1)
+        self.experts = [tensors[m].reshape(-1) for m in chosen]
+        self.numel = self.base.numel()
+        self.keeps: list[torch.Tensor | None] = [None] * len(chosen)
+        self.drop_p, self.rescale = drop_p, rescale
+        if drop_p > 0:  # DARE's mask for the whole tensor, as one generator draws it: 1 kept, 0 dropped
+            for j, m in enumerate(chosen):
+                draw = torch.rand(
+                    self.numel, generator=torch.Generator().manual_seed(tensor_seed(seed, key, m)), dtype=torch.float64
+                )
+                self.keeps[j] = torch.ge(draw, drop_p, out=draw)
+
+    def load_base(self, out: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        return out[: hi - lo].copy_(self.base[lo:hi])
+
+    def tau(self, j: int, base: torch.Tensor, out: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """τ_j over [lo, hi) into ``out`` (``base``: θ₀ over the same span, float64)."""
+        t = out[: hi - lo].copy_(self.experts[j][lo:hi])
+        t.sub_(base)
+        keep = self.keeps[j]
+        if keep is not None:
+            t.mul_(keep[lo:hi])
+            if self.rescale:
+                t.div_(1.0 - self.drop_p)
+        return t
+
+    def magnitudes(self, j: int, index: torch.Tensor) -> torch.Tensor:
+        """|τ_j| at ``index`` (flat positions), the same values the chunks give."""
+        t = self.experts[j][index].to(torch.float64) - self.base[index].to(torch.float64)
+        keep = self.keeps[j]
+        if keep is not None:
+            t.mul_(keep[index])
+            if self.rescale:
+                t.div_(1.0 - self.drop_p)
+        return t.abs_()
+
+    def count(self, j: int, select: MagnitudeSelect, work: _Chunks) -> None:
+        """One counting pass of |τ_j| into ``select``, chunk by chunk."""
+        for lo in work.spans(self.numel):
+            hi = min(lo + CHUNK, self.numel)
+            select.count(self.tau(j, self.load_base(work.base, lo, hi), work.tmp, lo, hi).abs_())
+
+
+def _sample_index(numel: int, size: int) -> torch.Tensor:
+    """``size`` random flat positions out of ``numel`` (fixed seed: the same positions on every run)."""
+    return torch.randint(numel, (size,), generator=torch.Generator().manual_seed(numel))
+
+
+def _tensor_thresholds(vectors: _TaskVectors, k: float, work: _Chunks) -> list[float]:
+    """The per-tensor trim threshold of each τ_j: ``magnitude_threshold(|τ_j|, k)``, exactly (all experts
+    of the key counted in the same pass over the chunks)."""
+    numel, experts = vectors.numel, range(len(vectors.experts))
+    keep = keep_count(numel, k)
+    if keep == 0:
+        return [math.inf for _ in experts]
+    if numel <= SMALL:
+        values = []
+        for j in experts:
+            whole = torch.empty(numel, dtype=torch.float64)
+            for lo in work.spans(numel):
+                hi = min(lo + CHUNK, numel)
+                whole[lo:hi] = vectors.tau(j, vectors.load_base(work.base, lo, hi), work.tmp, lo, hi).abs_()
+            values.append(float(torch.kthvalue(whole, numel - keep + 1).values))
+        return values
+    selects = [MagnitudeSelect(numel, keep) for _ in experts]
+    index = _sample_index(numel, SAMPLE)
+    for j in experts:
+        selects[j].add_sample(vectors.magnitudes(j, index))
+    while not all(s.done for s in selects):
+        pending = [j for j in experts if not selects[j].done]
+        for j in pending:
+            selects[j].begin_pass()
+        for lo in work.spans(numel):
+            hi = min(lo + CHUNK, numel)
+            b = vectors.load_base(work.base, lo, hi)
+            for j in pending:
+                selects[j].count(vectors.tau(j, b, work.tmp, lo, hi).abs_())
+        for j in pending:
+            selects[j].end_pass()
+    return [s.value for s in selects]
+
+
+def _combine(
+    vectors: _TaskVectors, thresholds: list[float] | None, lam: float, consensus: bool, work: _Chunks
+) -> torch.Tensor:
+    """θ₀ + λ·(Σ_m τ̂_m or disjoint_mean), chunk by chunk, into a tensor of the base dtype.
+
+    The same values as the whole-tensor formulas: Σ is ((τ̂_1 + τ̂_2) + τ̂_3); the disjoint mean elects
+    γ = sign(Σ τ̂) and averages the τ̂ that agree with it. Written as p_m = max(γ·τ̂_m, 0) (γ = ±1: the
+    agreeing |τ̂_m|, else 0), it is γ·(Σ p_m / max(Σ sign p_m, 1)): negation commutes with rounding, so
+    this is the sum of the agreeing τ̂ in expert order divided by their count, bit for bit. A zero
+    result is made +0 (``+ 0.0``), as the formulas' ``where(…, 0)`` give; ``add_(·, alpha=λ)`` adds to
+    θ₀ in float64 before the cast.
+    """
+    base = vectors.base
+    out = torch.empty_like(base)
+    if not vectors.experts:
+        return out.copy_(base)
+    for lo in work.spans(vectors.numel):
+        hi = min(lo + CHUNK, vectors.numel)
+        b = vectors.load_base(work.base, lo, hi)
+        tmp = work.tmp[: hi - lo]
+        taus = []
+        for j in range(len(vectors.experts)):
+            t = vectors.tau(j, b, work.taus[j], lo, hi)
+            if thresholds is not None:  # τ·[|τ| ≥ threshold]
+                t.mul_(torch.ge(torch.abs(t, out=tmp), thresholds[j], out=tmp))
+            taus.append(t)
+        total = work.acc[: hi - lo].copy_(taus[0])
+        for t in taus[1:]:
+            total.add_(t)
+        if consensus:
+            elected = total.sign_()
+            count = work.count[: hi - lo]
+            for j, t in enumerate(taus):
+                agreeing = t.mul_(elected).clamp_(min=0)
+                if j == 0:
+                    torch.sign(agreeing, out=count)
+                else:
+                    count.add_(torch.sign(agreeing, out=tmp))
+            mean = tmp.copy_(taus[0])
+            for t in taus[1:]:
+                mean.add_(t)
+            total = mean.div_(count.clamp_(min=1)).mul_(elected)
+        total.add_(0.0)
+        b.add_(total, alpha=lam)
+        out[lo:hi] = b
+    return out
 
 
 def generalized_task_arithmetic(
@@ -38,35 +234,83 @@ def generalized_task_arithmetic(
 
     Task vectors are float64; a key whose layer has no expert of ``subset`` stays θ₀. Inputs: every
     tensor of ``experts[key]`` has the shape of ``base[key]``.
+
+    Computed in float64 chunks of :data:`CHUNK` elements written straight into a tensor of the base
+    dtype: the result is the same, bit for bit, as the whole-tensor formulas of :mod:`sparsify`
+    (:func:`trim`, :func:`disjoint_mean`, :func:`dare_drop`, :func:`magnitude_threshold`). Trim thresholds
+    are selected exactly by :class:`MagnitudeSelect`; with ``topk_scope="global"`` it streams every
+    tensor of an expert's task vector twice (a sample, then a count) instead of holding it whole.
     """
     if base is None:
         raise MergeError("task-vector methods need the seed (MA) checkpoint θ₀")
+    with one_thread():
+        return _generalized(experts, base, lam, subset, trim_k, topk_scope, drop_p, seed, rescale, consensus)
 
-    def task_vector(key: str, m: Modality) -> torch.Tensor:
-        tau = experts[key][m].to(torch.float64) - base[key].to(torch.float64)
-        return dare_drop(tau, drop_p, tensor_seed(seed, key, m), rescale) if drop_p > 0 else tau
+
+def _generalized(
+    experts: ExpertTensors,
+    base: Mapping[str, torch.Tensor],
+    lam: float,
+    subset: tuple[Modality, ...] | None,
+    trim_k: float | None,
+    topk_scope: str,
+    drop_p: float,
+    seed: int,
+    rescale: bool,
+    consensus: bool,
+) -> Merged:
+    widest = max((len(_chosen(experts[k], subset)) for k in experts), default=1)
+    work = _Chunks(widest)
+
+    def vectors(key: str) -> tuple[list[Modality], _TaskVectors]:
+        chosen = _chosen(experts[key], subset)
+        return chosen, _TaskVectors(key, experts[key], chosen, base[key], drop_p=drop_p, seed=seed, rescale=rescale)
 
     thresholds: dict[Modality, float] = {}
     if trim_k is not None and topk_scope == "global":
-        for m in Modality:
-            keys = [k for k, t in experts.items() if m in _chosen(t, subset)]
-            if keys:
-                thresholds[m] = magnitude_threshold(
-                    torch.cat([task_vector(k, m).abs().reshape(-1) for k in keys]), trim_k
-                )
+        thresholds = _global_thresholds(experts, subset, trim_k, vectors, work)
     state = {}
-    for key, tensors in experts.items():
-        taus = [task_vector(key, m) for m in _chosen(tensors, subset)]
+    for key in experts:
+        chosen, tvs = vectors(key)
+        cut = None
         if trim_k is not None:
-            taus = [
-                trim(t, thresholds[m] if topk_scope == "global" else magnitude_threshold(t.abs(), trim_k))
-                for t, m in zip(taus, _chosen(tensors, subset))
-            ]
-        theta = base[key].to(torch.float64, copy=True)  # added to in place: never the caller's tensor
-        if taus:
-            theta.add_(disjoint_mean(taus) if consensus else sum(taus[1:], taus[0]), alpha=lam)
-        state[key] = theta.to(base[key].dtype)
+            cut = [thresholds[m] for m in chosen] if topk_scope == "global" else _tensor_thresholds(tvs, trim_k, work)
+        state[key] = _combine(tvs, cut, lam, consensus, work).reshape(base[key].shape)
     return Merged(state, {"global_thresholds": {m.value: t for m, t in thresholds.items()}} if thresholds else {})
+
+
+def _global_thresholds(
+    experts: ExpertTensors,
+    subset: tuple[Modality, ...] | None,
+    k: float,
+    vectors: Callable[[str], tuple[list[Modality], _TaskVectors]],
+    work: _Chunks,
+) -> dict[Modality, float]:
+    """Each expert's threshold over its whole task vector (every key it merges), exactly: a sample of
+    every tensor, then counting passes over the tensors again; only the sample and the magnitudes
+    inside the bracket are held."""
+    sizes: dict[Modality, int] = {}
+    for key, tensors in experts.items():
+        for m in _chosen(tensors, subset):
+            sizes[m] = sizes.get(m, 0) + _numel(experts, key)
+    selects = {m: MagnitudeSelect(n, keep_count(n, k)) for m, n in sizes.items()}
+    for key in experts:
+        chosen, tvs = vectors(key)
+        for j, m in enumerate(chosen):
+            size = max(1, math.ceil(tvs.numel * GLOBAL_SAMPLE / sizes[m]))
+            selects[m].add_sample(tvs.magnitudes(j, _sample_index(tvs.numel, size)))
+    while not all(s.done for s in selects.values()):
+        pending = {m: s for m, s in selects.items() if not s.done}
+        for s in pending.values():
+            s.begin_pass()
+        for key in experts:
+            chosen, tvs = vectors(key)
+            for j, m in enumerate(chosen):
+                if m in pending:
+                    tvs.count(j, pending[m], work)
+        for s in pending.values():
+            s.end_pass()
+    return {m: selects[m].value for m in Modality if m in selects}
 
 
 @register("task_arithmetic")
