@@ -8,7 +8,10 @@ stage, each the best of a few child processes:
 - run path: a child that imports every module ``python -m vlmerge.<stage>`` may import, i.e. the project modules
   of its import closure and every third-party module they name, function-level imports included (read with
   :mod:`ast`, nothing imported here): what a real run loads before its first step, as an upper bound, since
-  every branch counts (prepare's includes torch, which only the metrics package's retrieval functions import).
+  every branch counts (prepare's includes torch, which only the metrics package's retrieval functions import;
+  evaluate's, zeroshot's and grams' include torchvision and transformers, which only the training transforms
+  and the training tokenizer loader import: a real run of these stages loads neither, nor pandas, as
+  tests/test_light_path.py checks).
 
 The floor is ``python -c "import torch"`` measured in the same run; figures are printed as ratios to it. A
 training stage's run path is torch + Lightning (which itself loads torchmetrics, torchvision and

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch.utils.data import get_worker_info
 
-from vlmerge.data.tokenizer import MAX_TEXT_LEN
+from vlmerge.data.tokenizer import MAX_TEXT_LEN, TextTokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -43,12 +43,25 @@ class TextBatch:
 
 
 def encode_texts(
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: PreTrainedTokenizerBase | TextTokenizer,
     texts: Sequence[str],
     max_length: int = MAX_TEXT_LEN,
     pad_to_max_length: bool = False,
 ) -> TextBatch:
-    """Tokenise ``texts`` to at most ``max_length`` tokens ([CLS] … [SEP]), padded to the longest (or to max)."""
+    """Tokenise ``texts`` to at most ``max_length`` tokens ([CLS] … [SEP]), padded to the longest (or to max).
+
+    A :class:`~vlmerge.data.tokenizer.TextTokenizer` (the evaluation stages') and transformers' tokenizer
+    give the same batch."""
+    if isinstance(tokenizer, TextTokenizer):
+        encodings = tokenizer.encode_batch(list(texts), max_length, pad_to_max_length)
+        shape = (len(encodings), len(encodings[0]) if encodings else 0)
+        return TextBatch(
+            torch.tensor([e.ids for e in encodings], dtype=torch.long).reshape(shape),
+            torch.tensor([e.attention_mask for e in encodings], dtype=torch.long).reshape(shape),
+            torch.tensor([[-1 if w is None else w for w in e.word_ids] for e in encodings], dtype=torch.long).reshape(
+                shape
+            ),
+        )
     enc = tokenizer(
         list(texts),
         padding="max_length" if pad_to_max_length else "longest",
@@ -78,7 +91,7 @@ class WholeWordMaskCollator:
 
     def __init__(
         self,
-        tokenizer: PreTrainedTokenizerBase,
+        tokenizer: PreTrainedTokenizerBase | TextTokenizer,
         mlm_prob: float = 0.25,
         seed: int = 0,
         masking: MaskingMode = "bernoulli_words",
@@ -175,7 +188,7 @@ class BatchCollator:
 
     def __init__(
         self,
-        tokenizer: PreTrainedTokenizerBase,
+        tokenizer: PreTrainedTokenizerBase | TextTokenizer,
         max_length: int = MAX_TEXT_LEN,
         mlm: WholeWordMaskCollator | None = None,
         pad_to_max: bool = False,

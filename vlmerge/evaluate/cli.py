@@ -70,12 +70,12 @@ class Evaluation:
 
     def __init__(self, config: EvaluateConfig) -> None:
         from vlmerge.data.collate import BatchCollator
-        from vlmerge.data.tokenizer import load_tokenizer
+        from vlmerge.data.tokenizer import load_text_tokenizer
         from vlmerge.data.transforms import eval_transform
         from vlmerge.tasks.registry import get_task
 
         self.config, self.task = config, get_task(config.task)
-        tokenizer = load_tokenizer(config.tokenizer)
+        tokenizer = load_text_tokenizer(config.tokenizer)
         self.model, self.meta = _load(config, self.task, len(tokenizer))
         self.collate = BatchCollator(tokenizer, self.model.config.max_text_len)
         self.transform = eval_transform(self.model.config.image_size)

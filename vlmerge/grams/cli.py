@@ -121,13 +121,13 @@ def collect(config: CollectConfig) -> None:
     from torch.utils.data import DataLoader, Subset
 
     from vlmerge.data.collate import BatchCollator
-    from vlmerge.data.tokenizer import load_tokenizer
+    from vlmerge.data.tokenizer import load_text_tokenizer
     from vlmerge.files.grams import save_grams
     from vlmerge.grams.collect import SPLITS, collect_grams, sample_indices, task_dataset
 
     check_outputs(with_sidecar("--out", config.out), with_sidecar("--ckpt", config.ckpt))
     model = _prepare_model(config)
-    tokenizer = load_tokenizer(config.tokenizer, max_length=model.config.max_text_len)
+    tokenizer = load_text_tokenizer(config.tokenizer, max_length=model.config.max_text_len)
     data = task_dataset(config.task, config.settings.split, config.arrow, model.config.image_size)
     indices = sample_indices(len(cast(Sized, data)), config.settings.max_samples, config.shard)
     loader = DataLoader(

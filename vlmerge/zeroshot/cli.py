@@ -167,7 +167,7 @@ def checkpoint_record(path: Path, model: VLModel, meta: CheckpointMeta) -> dict[
 
 def run(config: ZeroshotConfig) -> dict[str, Any]:
     from vlmerge.data.collate import BatchCollator
-    from vlmerge.data.tokenizer import load_tokenizer
+    from vlmerge.data.tokenizer import load_text_tokenizer
     from vlmerge.tasks.lineage import lineage
 
     check_outputs(
@@ -175,7 +175,7 @@ def run(config: ZeroshotConfig) -> dict[str, Any]:
     )
     start = time.perf_counter()
     record = provenance("zeroshot", config.resolved())
-    tokenizer = load_tokenizer(config.tokenizer)
+    tokenizer = load_text_tokenizer(config.tokenizer)
     checkpoints = Checkpoints(config, len(tokenizer))
     datasets: dict[str, Any] = {}
     for dataset, path in config.checkpoints.items():

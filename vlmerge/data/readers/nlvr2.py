@@ -40,15 +40,16 @@ class NLVR2Dataset(Dataset):
     def _labels(self) -> np.ndarray:
         """ "True"/"False" strings → int64 [statements] of 1/0; anything else is an error."""
         flat = pc.list_flatten(self.tables.column("answers"))
-        is_true, is_false = pc.equal(flat, "True"), pc.equal(flat, "False")
-        valid = pc.fill_null(pc.or_(is_true, is_false), False).to_numpy(zero_copy_only=False)
+        # Compared in Python: a string scalar for pyarrow.compute would load pandas (see numpy_values).
+        answers = flat.to_pylist()
+        valid = np.array([answer in ("True", "False") for answer in answers], dtype=bool)
         if not valid.all():
             index = int(np.flatnonzero(~valid)[0])
             raise ReaderError(
                 f"{self.tables.where(int(self.row[index]))}: answer {flat[index].as_py()!r} "
                 "is neither 'True' nor 'False'"
             )
-        return is_true.to_numpy(zero_copy_only=False).astype(np.int64)
+        return np.array([answer == "True" for answer in answers], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.row)

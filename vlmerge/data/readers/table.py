@@ -160,6 +160,47 @@ def _read_columns(path: Path, schema: pa.Schema, columns: Sequence[str], verify:
     return out
 
 
+_FLOATS = {"halffloat": "float16", "float": "float32", "double": "float64"}
+
+
+def _bits(buffer: pa.Buffer, offset: int, length: int) -> np.ndarray:
+    """bool [length]: an Arrow bitmap (least significant bit first) from bit ``offset``."""
+    return np.unpackbits(np.frombuffer(buffer, np.uint8), bitorder="little")[offset : offset + length].astype(bool)
+
+
+def numpy_values(values: pa.Array | pa.ChunkedArray, null: float | None = None, what: str = "a column") -> np.ndarray:
+    """A boolean or fixed-width numeric column as a numpy array, read from its Arrow buffers.
+
+    pyarrow's own ``to_numpy`` imports pandas on first use (about 0.1 s per process). Nulls become ``null``
+    (``np.nan`` gives float64 with NaN at nulls, as ``to_numpy`` does); with ``null=None`` a null is a
+    :class:`ReaderError` naming ``what``.
+    """
+    kind = values.type
+    if pa.types.is_boolean(kind):
+        dtype = np.dtype(bool)
+    elif pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        dtype = np.dtype(_FLOATS.get(str(kind), str(kind)))
+    else:
+        raise TypeError(f"numpy_values takes a boolean or numeric column, got {kind}")
+    parts = []
+    for chunk in values.chunks if isinstance(values, pa.ChunkedArray) else [values]:
+        offset, length = chunk.offset, len(chunk)
+        validity, data = chunk.buffers()[:2]
+        if length == 0:
+            continue
+        if pa.types.is_boolean(kind):
+            part = _bits(data, offset, length)
+        else:
+            part = np.frombuffer(data, dtype, count=offset + length)[offset:]
+        if chunk.null_count:
+            if null is None:
+                raise ReaderError(f"{what}: {chunk.null_count} null values")
+            part = part.astype(np.result_type(part.dtype, np.asarray(null).dtype))
+            part[~_bits(validity, offset, length)] = null
+        parts.append(part)
+    return np.concatenate(parts) if parts else np.empty(0, dtype)
+
+
 class ArrowTables:
     """Rows of several arrow files as one table (``paths`` in the order given).
 
@@ -201,8 +242,7 @@ class ArrowTables:
 
     def list_lengths(self, name: str) -> np.ndarray:
         """Length of each row's list in column ``name`` (null lists count 0): int64 [rows]."""
-        lengths = pc.fill_null(pc.list_value_length(self.column(name)), 0)
-        return lengths.to_numpy().astype(np.int64)
+        return numpy_values(pc.list_value_length(self.column(name)), null=0).astype(np.int64)
 
     def image(self, row: int, name: str = "image") -> Image.Image:
         """Decode the encoded image bytes at ``row`` as an RGB PIL image."""

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import Dataset
 
-from vlmerge.data.readers.table import ArrowTables, ReaderError, flat_index
+from vlmerge.data.readers.table import ArrowTables, ReaderError, flat_index, numpy_values
 from vlmerge.data.schema import VQA
 
 if TYPE_CHECKING:
@@ -41,8 +41,8 @@ def label_answer_pairs(path: Path) -> dict[int, str]:
     """
     tables = ArrowTables([path], VQA, ("answers", "answer_labels"))
     per_question = {name: pc.list_flatten(tables.column(name)) for name in ("answers", "answer_labels")}
-    lengths = [pc.fill_null(pc.list_value_length(c), 0).to_numpy() for c in per_question.values()]
-    if not np.array_equal(*lengths):
+    lengths = [numpy_values(pc.list_value_length(c), null=0) for c in per_question.values()]
+    if not np.array_equal(lengths[0], lengths[1]):
         raise ReaderError(f"{path}: a question has unequal answer and label lists")
     answers, labels = (pc.list_flatten(c) for c in per_question.values())
     if answers.null_count or labels.null_count:
@@ -114,7 +114,8 @@ class VQADataset(Dataset):
         questions = self.tables.list_lengths("questions")
         self._check_row_lengths(questions)
         self.row, self.position = flat_index(questions)
-        self.question_id = pc.list_flatten(self.tables.column("question_id")).to_numpy().astype(np.int64)
+        question_id = pc.list_flatten(self.tables.column("question_id"))
+        self.question_id = numpy_values(question_id, what=f"{[str(p) for p in paths]} question_id").astype(np.int64)
         self._check_labels()
 
     def _check_row_lengths(self, questions: np.ndarray) -> None:
@@ -135,8 +136,8 @@ class VQADataset(Dataset):
     def _check_labels(self) -> None:
         """Every question has as many scores as labels, and labels index the answer vocabulary."""
         per_question = {name: pc.list_flatten(self.tables.column(name)) for name in ("answer_labels", "answer_scores")}
-        counts = [pc.list_value_length(c).to_numpy(zero_copy_only=False) for c in per_question.values()]
-        if not np.array_equal(*counts):
+        counts = [numpy_values(pc.list_value_length(c), null=np.nan) for c in per_question.values()]
+        if not np.array_equal(counts[0], counts[1]):
             raise ReaderError(f"{[str(p) for p in self.tables.paths]}: a question has unequal label and score lists")
         labels = pc.list_flatten(per_question["answer_labels"])
         if len(labels) == 0:
