@@ -139,8 +139,9 @@ def merge_files(
     The method sees lazy views (:mod:`vlmerge.merging.stream`): each expert group, seed tensor and gram
     is read when the method reaches it and dropped after, so memory holds the MA-sized output and about
     one key group of inputs (RegMean: one layer's grams; TIES with ``topk_scope=global`` reads every
-    tensor again to count magnitudes for its exact threshold, holding only a sample and a bracket). The MS tensors the method never reads (experts
-    ``used_experts_only`` leaves out) are read once at the end and checked finite.
+    tensor again to count magnitudes for its exact threshold, holding only a sample and a bracket). The
+    MS tensors the method never reads (experts ``used_experts_only`` leaves out) are read once at the end
+    and checked finite.
     """
     spec, selection, resolved = _resolve(method, params)
     layout = layout or infer_layout(ms.keys())
