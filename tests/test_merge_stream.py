@@ -136,14 +136,16 @@ def test_lazy_grams_read_as_the_loaded_ones(files: dict[str, Path]) -> None:
 
 
 def test_a_streamed_merge_holds_a_few_key_groups_not_the_model(files: dict[str, Path]) -> None:
-    """Count the per-expert tensors alive at each read: bounded by the cached groups, far below the model."""
+    """Count the per-expert tensors alive at each read (prefetched ones included): bounded by the cached
+    groups and the one group read ahead, far below the model."""
     meta = verify_state(files["ms"])
     source = TensorFile(files["ms"], "MS state dict")
     layout = expert_layout(meta.config, meta.sharing)
     experts = {k for k in source.keys() if ".v." in k or ".l." in k or ".vl." in k}
     alive: set[int] = set()
     peak = 0
-    read = source.load
+    reader = source._reader
+    read = reader.read
 
     def counted(key: str) -> torch.Tensor:
         nonlocal peak
@@ -154,9 +156,9 @@ def test_a_streamed_merge_holds_a_few_key_groups_not_the_model(files: dict[str, 
             peak = max(peak, len(alive))
         return tensor
 
-    source.load = counted  # type: ignore[method-assign]
+    reader.read = counted  # type: ignore[method-assign]
     merge_files("interpolation", source, layout=layout)
-    assert 0 < peak <= 3 * CACHED_GROUPS < len(experts) / 4
+    assert 0 < peak <= 3 * (CACHED_GROUPS + 1) < len(experts) / 4
 
 
 def test_the_cli_writes_the_in_memory_merge_as_a_checkpoint_pair(files: dict[str, Path], tmp_path: Path) -> None:
@@ -188,3 +190,36 @@ def test_non_finite_inputs_are_named_when_streamed(files: dict[str, Path], tmp_p
     lazy, _ = open_grams(tmp_path / "g.safetensors")
     with pytest.raises(GramsError, match=f"{name} contains NaN or Inf"):
         lazy.xtx[name]
+
+
+@pytest.mark.parametrize("which", ["ms", "seed", "grams"])
+def test_the_cli_writes_nothing_when_an_input_is_not_the_file_its_sidecar_describes(
+    which: str, files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The inputs' checksums are checked on a second thread while the merge reads them; a weights file
+    swapped under its sidecar (same layout, other values) is still refused before anything is written."""
+    inputs = {}
+    for name, path in files.items():
+        inputs[name] = tmp_path / path.name
+        inputs[name].write_bytes(path.read_bytes())
+        inputs[name].with_suffix(".json").write_bytes(path.with_suffix(".json").read_bytes())
+    if which == "grams":
+        grams, record = load_grams(files["grams"])
+        save_grams(
+            tmp_path / "other.safetensors",
+            GramStats({k: 2 * v for k, v in grams.xtx.items()}, grams.sums, grams.counts),
+            record,
+        )
+    else:
+        state, meta = load_state(files[which])
+        save_checkpoint(tmp_path / "other.safetensors", {k: v + 1 for k, v in state.items()}, meta)
+    inputs[which].write_bytes((tmp_path / "other.safetensors").read_bytes())  # the old sidecar stays
+    method, extra = ("regmean", ["--param", "used_experts_only=vqa"]) if which == "grams" else ("ties", [])
+    out = tmp_path / "merged.safetensors"
+    args = ["--method", method, *extra, "--ms", str(inputs["ms"]), "--out", str(out)]
+    args += ["--grams", str(inputs["grams"])] if which == "grams" else ["--seed", str(inputs["seed"])]
+    code = merge_cli.main(args)
+    assert code != 0 and not out.exists() and not out.with_suffix(".json").exists()
+    error = capsys.readouterr().err
+    assert str(inputs[which]) in error and "different writes" in error, error
+    assert not list(tmp_path.glob(".tmp-*"))

@@ -24,6 +24,7 @@ from vlmerge.merging.stream import SafetensorsReader
 from vlmerge.merging.validate import is_finite
 from vlmerge.runtime import sha256_file
 from vlmerge.runtime.atomic import atomic_pair
+from vlmerge.runtime.checksums import BackgroundChecksums
 from vlmerge.runtime.experiment import check_experiment, experiment_record
 
 # Fields that must agree between shards (and that describe what the statistics mean).
@@ -50,8 +51,9 @@ def load_grams(path: str | os.PathLike[str]) -> tuple[GramStats, dict[str, Any]]
     return GramStats.from_tensors(tensors, str(path)), record
 
 
-def _checked_record(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The sidecar record of gram file ``path``, from this experiment and describing these very bytes."""
+def _checked_record(path: str | os.PathLike[str], checksums: BackgroundChecksums | None = None) -> dict[str, Any]:
+    """The sidecar record of gram file ``path``, from this experiment and describing these very bytes
+    (that check queued on ``checksums`` when given)."""
     sidecar = sidecar_path(path)
     if Path(path).suffix == ".json" or Path(path).is_dir():
         raise GramsError(f"gram file {path}: expected the .safetensors file beside its sidecar")
@@ -64,11 +66,17 @@ def _checked_record(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not Path(path).is_file():
         raise GramsError(f"gram file {path} does not exist")
     check_experiment(path, record)
-    if record.get("weights_sha256") != sha256_file(path):
-        raise GramsError(
+
+    def mismatch(_: str) -> GramsError:
+        return GramsError(
             f"{path} does not match the weights_sha256 in {sidecar}: the gram file and its sidecar are from "
             "different writes"
         )
+
+    if checksums is not None:
+        checksums.add(path, str(record.get("weights_sha256")), mismatch)
+    elif record.get("weights_sha256") != sha256_file(path):
+        raise mismatch("")
     return record
 
 
@@ -101,10 +109,13 @@ class LazyGramStats(GramStats):
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
 
-def open_grams(path: str | os.PathLike[str]) -> tuple[LazyGramStats, dict[str, Any]]:
+def open_grams(
+    path: str | os.PathLike[str], checksums: BackgroundChecksums | None = None
+) -> tuple[LazyGramStats, dict[str, Any]]:
     """:func:`load_grams` reading nothing but the header and the token counts: the same checks of the
-    sidecar, checksum and layout (names, shapes, counts); each gram's finiteness when it is read."""
-    record = _checked_record(path)
+    sidecar, checksum and layout (names, shapes, counts); each gram's finiteness when it is read. With
+    ``checksums`` the checksum is queued there (the caller must ``checksums.verify()`` before writing)."""
+    record = _checked_record(path, checksums)
     source = str(path)
     try:
         with safe_open(source, framework="pt"):  # the header checks of safetensors itself

@@ -23,6 +23,7 @@ from typing import Any
 
 from vlmerge.catalog.methods import SELECTION_PARAMS, resolve_selection
 from vlmerge.catalog.params import to_json
+from vlmerge.runtime.checksums import BackgroundChecksums
 from vlmerge.runtime.outputs import check_outputs, with_sidecar
 from vlmerge.runtime.settings import add_experiment_argument
 from vlmerge.runtime.stage import run_stage
@@ -138,7 +139,7 @@ def _check_early(config: MergeConfig) -> None:
 
 
 def _verified_sha256(path: Path) -> str:
-    """The weights' sha256 from the sidecar, which ``verify_state`` has just checked against the file."""
+    """The weights' sha256 from the sidecar, which ``verify_state`` checks (or queues a check of)."""
     from vlmerge.model.checkpoint import sidecar_path
 
     return str(json.loads(sidecar_path(path).read_text())["weights_sha256"])
@@ -167,6 +168,15 @@ def _return_freed_memory() -> None:
 
 def run(config: MergeConfig) -> None:
     _return_freed_memory()
+    from vlmerge.model.checkpoint import background_checksums
+
+    # The inputs' sha256 checks run on a second thread while the merge streams the same files; every
+    # check has passed before anything is written.
+    with background_checksums() as checksums:
+        _merge(config, checksums)
+
+
+def _merge(config: MergeConfig, checksums: BackgroundChecksums) -> None:
     from vlmerge.files.grams import open_grams
     from vlmerge.merging.apply import merge_files
     from vlmerge.merging.errors import MergeError
@@ -183,13 +193,13 @@ def run(config: MergeConfig) -> None:
     ]
     check_outputs(with_sidecar("--out", config.out), given)
     _check_early(config)
-    meta = verify_state(config.ms)
+    meta = verify_state(config.ms, checksums)
     if meta.sharing is Sharing.SHARED:
         raise MergeError(f"{config.ms} is a modality-agnostic (MA) checkpoint; --ms needs a modality-specific one")
     inputs = {"ms": _verified_sha256(config.ms)}
     seed = grams = None
     if config.seed is not None:
-        seed_meta = verify_state(config.seed)
+        seed_meta = verify_state(config.seed, checksums)
         if seed_meta.sharing is not Sharing.SHARED:
             raise MergeError(f"{config.seed} is {seed_meta.sharing.value}; --seed needs the MA seed checkpoint")
         if seed_meta.preset != meta.preset:
@@ -199,7 +209,7 @@ def run(config: MergeConfig) -> None:
         seed = TensorFile(config.seed, "seed state dict")
         inputs["seed"] = _verified_sha256(config.seed)
     if config.grams is not None:
-        grams, record = open_grams(config.grams)
+        grams, record = open_grams(config.grams, checksums)
         if record.get("checkpoint_sha256") != inputs["ms"] and not config.allow_foreign_grams:
             raise MergeError(
                 f"{config.grams} was collected on another checkpoint than {config.ms} "
@@ -220,6 +230,7 @@ def run(config: MergeConfig) -> None:
         )
     except MergeError as err:
         raise MergeError(f"{config.ms}: {err}") from err
+    checksums.verify()
     extra = {"merge": merged.diagnostics, "provenance": provenance("merge", config.resolved())}
     out_meta = CheckpointMeta(
         meta.preset, meta.overrides, Sharing.SHARED, meta.heads, meta.token_types, meta.steps, inputs, extra

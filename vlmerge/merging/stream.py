@@ -14,7 +14,8 @@ import json
 import os
 import struct
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
@@ -89,7 +90,11 @@ class SafetensorsReader:
 
 class TensorFile:
     """Tensors of one safetensors file read on demand; ``what`` names the file in errors
-    ("MS state dict", "seed state dict"). Every tensor is checked finite the first time it is read."""
+    ("MS state dict", "seed state dict"). Every tensor is checked finite the first time it is read.
+
+    :meth:`prefetch` reads (and checks) the tensors a merge will ask for next on a background thread
+    while it computes on the current ones; the views below call it with the next key group.
+    """
 
     def __init__(self, path: str | os.PathLike[str], what: str) -> None:
         self._reader = SafetensorsReader(path)
@@ -97,6 +102,24 @@ class TensorFile:
         self._names = self._reader.keys()
         self._shapes = {k: self._reader.shape(k) for k in self._names}
         self._checked: set[str] = set()
+        self._pending: dict[str, Future[tuple[torch.Tensor, bool]]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Start reading ``keys`` in the background; a pending read of any other key is dropped (at most
+        one group of tensors waits in memory)."""
+        wanted = [k for k in keys if k in self._shapes]
+        for key in set(self._pending) - set(wanted):
+            self._pending.pop(key).cancel()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        for key in wanted:
+            if key not in self._pending:
+                self._pending[key] = self._pool.submit(self._read_checked, key, key not in self._checked)
+
+    def _read_checked(self, key: str, check: bool) -> tuple[torch.Tensor, bool]:
+        tensor = self._reader.read(key)
+        return tensor, is_finite(tensor) if check else True
 
     def keys(self) -> tuple[str, ...]:
         return self._names
@@ -109,11 +132,14 @@ class TensorFile:
 
     def load(self, key: str) -> torch.Tensor:
         """A fresh CPU tensor (nothing else holds it), finite."""
-        tensor = self._reader.read(key)
-        if key not in self._checked:
-            if not is_finite(tensor):
-                raise MergeError(f"{self.what}: {key} contains NaN or Inf")
-            self._checked.add(key)
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            tensor, finite = pending.result()
+        else:
+            tensor, finite = self._read_checked(key, key not in self._checked)
+        if not finite:
+            raise MergeError(f"{self.what}: {key} contains NaN or Inf")
+        self._checked.add(key)
         return tensor
 
     def check_rest(self) -> None:
@@ -149,6 +175,8 @@ class ExpertView(Mapping[str, Mapping[Modality, torch.Tensor]]):
     def __init__(self, source: TensorFile, groups: Mapping[str, Mapping[Modality, str]]) -> None:
         self._source, self._groups = source, groups
         self._cache: OrderedDict[str, _Group] = OrderedDict()
+        order = list(groups)
+        self._next = dict(zip(order, order[1:]))
 
     def shape(self, key: str) -> tuple[int, ...]:
         return self._source.shape(next(iter(self._groups[key].values())))
@@ -161,6 +189,8 @@ class ExpertView(Mapping[str, Mapping[Modality, torch.Tensor]]):
         self._cache[key] = group
         while len(self._cache) > CACHED_GROUPS:
             self._cache.popitem(last=False)
+        following = self._next.get(key)
+        self._source.prefetch([*self._groups[key].values(), *(self._groups[following].values() if following else ())])
         return group
 
     def __iter__(self) -> Iterator[str]:
@@ -176,11 +206,15 @@ class BaseView(Mapping[str, torch.Tensor]):
     def __init__(self, source: TensorFile, keys: tuple[str, ...]) -> None:
         self._source, self._keys, self._known = source, keys, frozenset(keys)
         self._last: tuple[str, torch.Tensor] | None = None
+        self._next = dict(zip(keys, keys[1:]))
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self._known or key not in self._source:
             raise KeyError(key)
         if self._last is None or self._last[0] != key:
+            self._last = None
+            following = self._next.get(key)
+            self._source.prefetch([key, following] if following else [key])
             self._last = (key, self._source.load(key))
         return self._last[1]
 

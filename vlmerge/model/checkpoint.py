@@ -33,6 +33,7 @@ from vlmerge.model.layout import Sharing
 from vlmerge.model.model import VLModel
 from vlmerge.runtime import sha256_file
 from vlmerge.runtime.atomic import atomic_pair
+from vlmerge.runtime.checksums import BackgroundChecksums
 from vlmerge.runtime.experiment import RECORD_KEY, check_experiment, experiment_record
 from vlmerge.runtime.logs import git_sha
 
@@ -183,18 +184,31 @@ def read_meta(path: str | os.PathLike[str]) -> CheckpointMeta:
     return _checked(path, _read_sidecar(path))
 
 
-def verify_pair(path: str | os.PathLike[str], record: Mapping[str, Any]) -> str:
-    """Check that the weights file ``path`` is the one its sidecar ``record`` describes; returns the sha256."""
+def _pair_error(path: str | os.PathLike[str]) -> CheckpointError:
+    return CheckpointError(
+        f"{path} and {sidecar_path(path)}: weights and sidecar are from different writes "
+        "(the sidecar records another weights_sha256; an interrupted or foreign write — rerun the stage "
+        "that makes it)"
+    )
+
+
+def _check_weights_exist(path: str | os.PathLike[str]) -> None:
     if not Path(path).is_file():
         raise CheckpointError(f"checkpoint weights {path} do not exist (its sidecar {sidecar_path(path)} does)")
+
+
+def verify_pair(path: str | os.PathLike[str], record: Mapping[str, Any]) -> str:
+    """Check that the weights file ``path`` is the one its sidecar ``record`` describes; returns the sha256."""
+    _check_weights_exist(path)
     digest = weights_checksum(path)
     if record.get("weights_sha256") != digest:
-        raise CheckpointError(
-            f"{path} and {sidecar_path(path)}: weights and sidecar are from different writes "
-            "(the sidecar records another weights_sha256; an interrupted or foreign write — rerun the stage "
-            "that makes it)"
-        )
+        raise _pair_error(path)
     return digest
+
+
+def _remember_checksum(path: Path, digest: str) -> None:
+    """``BackgroundChecksums`` callback: cache a checked file's sha256 as :func:`weights_checksum` does."""
+    _VERIFIED[_version(path)] = digest
 
 
 def load_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
@@ -209,18 +223,31 @@ def load_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], C
     return state, meta
 
 
-def verify_state(path: str | os.PathLike[str]) -> CheckpointMeta:
+def verify_state(path: str | os.PathLike[str], checksums: BackgroundChecksums | None = None) -> CheckpointMeta:
     """The sidecar of a checkpoint after the checks of :func:`load_state` (the pair, and a header
-    safetensors accepts), reading no tensor: for readers that stream the file tensor by tensor."""
+    safetensors accepts), reading no tensor: for readers that stream the file tensor by tensor.
+
+    With ``checksums`` the pair check (the weights' sha256 against the sidecar's) is queued there
+    instead of done now; the caller must ``checksums.verify()`` before it writes anything.
+    """
     record = _read_sidecar(path)
     meta = _checked(path, record)
-    verify_pair(path, record)
+    if checksums is None or _version(Path(path)) in _VERIFIED:
+        verify_pair(path, record)
+    else:
+        _check_weights_exist(path)
+        checksums.add(path, str(record.get("weights_sha256")), lambda _: _pair_error(path))
     try:
         with safe_open(str(path), framework="pt"):
             pass
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"cannot read {path} as safetensors (truncated or another format): {err}") from err
     return meta
+
+
+def background_checksums() -> BackgroundChecksums:
+    """A :class:`BackgroundChecksums` whose matched files join this process's checksum cache."""
+    return BackgroundChecksums(_remember_checksum)
 
 
 def strict_load(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str | os.PathLike[str]) -> None:

@@ -1,0 +1,48 @@
+"""BackgroundChecksums: input files hashed on a second thread, mismatches raised where the caller waits."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from vlmerge.runtime.checksums import BLOCK, BackgroundChecksums
+
+
+def _file(path: Path, size: int, fill: int) -> str:
+    data = bytes([fill]) * size + b"tail"
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_matching_files_pass_and_are_reported(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    sums = {a: _file(a, 3 * BLOCK, 1), b: _file(b, 10, 2)}  # several blocks, and less than one
+    seen: dict[Path, str] = {}
+    with BackgroundChecksums(lambda p, d: seen.update({p: d})) as checks:
+        for path, digest in sums.items():
+            checks.add(path, digest, lambda actual: AssertionError(actual))
+        checks.verify()
+    assert seen == sums
+
+
+def test_the_first_mismatch_in_order_is_raised_with_the_actual_digest(tmp_path: Path) -> None:
+    a, b, c = (tmp_path / n for n in ("a.bin", "b.bin", "c.bin"))
+    good, bad_b, bad_c = _file(a, 100, 1), _file(b, 100, 2), _file(c, 100, 3)
+    seen: list[Path] = []
+    with BackgroundChecksums(lambda p, d: seen.append(p)) as checks:
+        checks.add(a, good, lambda actual: ValueError(f"a {actual}"))
+        checks.add(b, "0" * 64, lambda actual: ValueError(f"{b} is {actual}"))
+        checks.add(c, "1" * 64, lambda actual: ValueError(f"{c} is {actual}"))
+        with pytest.raises(ValueError, match=f"{b} is {bad_b}"):
+            checks.verify()
+    assert seen == [a] and bad_c != "1" * 64
+
+
+def test_an_unreadable_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "gone.bin"
+    with BackgroundChecksums() as checks:
+        checks.add(missing, "0" * 64, lambda actual: AssertionError(actual))
+        with pytest.raises(OSError, match=f"cannot read {missing} to check its sha256"):
+            checks.verify()
