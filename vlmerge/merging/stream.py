@@ -181,6 +181,10 @@ class ExpertView(Mapping[str, Mapping[Modality, torch.Tensor]]):
     def shape(self, key: str) -> tuple[int, ...]:
         return self._source.shape(next(iter(self._groups[key].values())))
 
+    def modalities(self, key: str) -> list[Modality]:
+        """The experts of ``key``'s group, in the order indexing it lists them, reading nothing."""
+        return list(self._groups[key])
+
     def __getitem__(self, key: str) -> Mapping[Modality, torch.Tensor]:
         if key in self._cache:
             self._cache.move_to_end(key)

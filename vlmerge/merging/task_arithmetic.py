@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
 import torch
@@ -78,26 +79,19 @@ class _TaskVectors:
 
     def __init__(
         self,
-        key: str,
         tensors: Mapping[Modality, torch.Tensor],
         chosen: list[Modality],
         base: torch.Tensor,
         *,
         drop_p: float,
-        seed: int,
+        keeps: list[torch.Tensor] | None,
         rescale: bool,
     ) -> None:
         self.base = base.reshape(-1)
         self.experts = [tensors[m].reshape(-1) for m in chosen]
         self.numel = self.base.numel()
-        self.keeps: list[torch.Tensor | None] = [None] * len(chosen)
+        self.keeps: list[torch.Tensor | None] = list(keeps) if keeps is not None else [None] * len(chosen)
         self.drop_p, self.rescale = drop_p, rescale
-        if drop_p > 0:  # DARE's mask for the whole tensor, as one generator draws it: 1 kept, 0 dropped
-            for j, m in enumerate(chosen):
-                draw = torch.rand(
-                    self.numel, generator=torch.Generator().manual_seed(tensor_seed(seed, key, m)), dtype=torch.float64
-                )
-                self.keeps[j] = torch.ge(draw, drop_p, out=draw)
 
     def load_base(self, out: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         return out[: hi - lo].copy_(self.base[lo:hi])
@@ -128,6 +122,42 @@ class _TaskVectors:
         for lo in work.spans(self.numel):
             hi = min(lo + CHUNK, self.numel)
             select.count(self.tau(j, self.load_base(work.base, lo, hi), work.tmp, lo, hi).abs_())
+
+
+def _keep_mask(numel: int, p: float, seed: int) -> torch.Tensor:
+    """DARE's mask of one tensor, as one generator draws it for the whole tensor: 1.0 kept, 0.0 dropped."""
+    draw = torch.rand(numel, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return torch.ge(draw, p, out=draw)
+
+
+class _DareMasks:
+    """DARE's masks of each key (one per chosen expert), the next key's drawn on a second thread while
+    the current key is merged: each mask has its own generator, so where it is drawn changes no bit."""
+
+    def __init__(
+        self, experts: ExpertTensors, subset: tuple[Modality, ...] | None, p: float, seed: int, pool: ThreadPoolExecutor
+    ) -> None:
+        self.experts, self.subset, self.p, self.seed, self.pool = experts, subset, p, seed, pool
+        order = list(experts)
+        self._next = dict(zip(order, order[1:]))
+        self._pending: dict[str, Future[list[torch.Tensor]]] = {}
+
+    def _draw(self, key: str, chosen: list[Modality], numel: int) -> list[torch.Tensor]:
+        return [_keep_mask(numel, self.p, tensor_seed(self.seed, key, m)) for m in chosen]
+
+    def take(self, key: str, chosen: list[Modality], numel: int) -> list[torch.Tensor]:
+        pending = self._pending.pop(key, None)
+        for other in self._pending.values():
+            other.cancel()
+        self._pending.clear()
+        following = self._next.get(key)
+        if following is not None:
+            # The next key's experts from the view's listing: indexing it would read its tensors now.
+            listed = getattr(self.experts, "modalities", None)
+            modalities = listed(following) if listed is not None else list(self.experts[following])
+            later = [m for m in modalities if self.subset is None or m in self.subset]
+            self._pending[following] = self.pool.submit(self._draw, following, later, _numel(self.experts, following))
+        return pending.result() if pending is not None else self._draw(key, chosen, numel)
 
 
 def _sample_index(numel: int, size: int) -> torch.Tensor:
@@ -261,10 +291,29 @@ def _generalized(
 ) -> Merged:
     widest = max((len(_chosen(experts[k], subset)) for k in experts), default=1)
     work = _Chunks(widest)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dare") as pool:
+        masks = _DareMasks(experts, subset, drop_p, seed, pool) if drop_p > 0 else None
 
-    def vectors(key: str) -> tuple[list[Modality], _TaskVectors]:
-        chosen = _chosen(experts[key], subset)
-        return chosen, _TaskVectors(key, experts[key], chosen, base[key], drop_p=drop_p, seed=seed, rescale=rescale)
+        def vectors(key: str) -> tuple[list[Modality], _TaskVectors]:
+            chosen = _chosen(experts[key], subset)
+            keeps = masks.take(key, chosen, _numel(experts, key)) if masks is not None else None
+            tvs = _TaskVectors(experts[key], chosen, base[key], drop_p=drop_p, keeps=keeps, rescale=rescale)
+            return chosen, tvs
+
+        return _merge_keys(experts, base, lam, subset, trim_k, topk_scope, consensus, vectors, work)
+
+
+def _merge_keys(
+    experts: ExpertTensors,
+    base: Mapping[str, torch.Tensor],
+    lam: float,
+    subset: tuple[Modality, ...] | None,
+    trim_k: float | None,
+    topk_scope: str,
+    consensus: bool,
+    vectors: Callable[[str], tuple[list[Modality], _TaskVectors]],
+    work: _Chunks,
+) -> Merged:
 
     thresholds: dict[Modality, float] = {}
     if trim_k is not None and topk_scope == "global":
