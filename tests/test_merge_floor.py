@@ -1,4 +1,4 @@
-"""The chunked arithmetic, TIES and DARE merges against their whole-tensor formulas, bit for bit.
+"""The chunked interpolation, arithmetic, TIES and DARE merges against their whole-tensor formulas, bit for bit.
 
 The references below are the formulas written plainly (float64 task vectors, ``torch.kthvalue``
 thresholds over the whole tensor or the concatenated task vector, :func:`trim`, :func:`dare_drop`,
@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from vlmerge.merging import arithmetic as arithmetic_module
+from vlmerge.merging import interpolation as interpolation_module
 from vlmerge.merging import sparsify
 from vlmerge.merging import task_arithmetic as ta
 from vlmerge.merging.arithmetic import arithmetic, upstream_sequential
+from vlmerge.merging.interpolation import interpolation_weights, weighted_sum
 from vlmerge.merging.sparsify import MagnitudeSelect, dare_drop, disjoint_mean, magnitude_threshold, tensor_seed, trim
 from vlmerge.merging.task_arithmetic import dare, generalized_task_arithmetic, task_arithmetic, ties
 from vlmerge.model import Modality
@@ -29,6 +31,7 @@ _INT = {8: torch.int64, 4: torch.int32, 2: torch.int16}
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ta, "CHUNK", 997)  # odd: chunk edges fall anywhere
     monkeypatch.setattr(arithmetic_module, "CHUNK", 997)
+    monkeypatch.setattr(interpolation_module, "CHUNK", 997)
     monkeypatch.setattr(ta, "SMALL", 300)
     monkeypatch.setattr(sparsify, "SAMPLE", 256)
     monkeypatch.setattr(ta, "SAMPLE", 256)
@@ -244,3 +247,16 @@ def test_large_tensor_threshold_takes_one_pass_and_is_exact(monkeypatch: pytest.
     want, _ = reference(experts, base, lam=1.0, trim_k=20.0, consensus=True)
     assert_state(ties(experts, base, lam=1.0, k=20.0, topk_scope="per_tensor", subset=None).state, want)
     assert passes == [4200, 4200]
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.float64])
+def test_interpolation_is_the_same_bits_as_the_whole_tensor_sum(dtype: torch.dtype) -> None:
+    experts, _ = inputs(dtype, 4)
+    for ratio in (0.5, 0.3):
+        for key, tensors in experts.items():
+            weights = interpolation_weights(tuple(tensors), ratio)
+            first, *rest = weights
+            total = tensors[first].to(torch.float64) * weights[first]
+            for m in rest:
+                total.add_(tensors[m], alpha=weights[m])
+            assert same_bits(weighted_sum(tensors, weights), total.to(dtype)), key

@@ -41,6 +41,8 @@ RUNS: tuple[tuple[str, tuple[str, ...], str], ...] = (
 # What a streaming merge should cost against the floor (issue 13): time for the weight-space methods
 # (RegMean adds its solves), peak RSS for every method.
 TIME_GOAL, RSS_GOAL = 1.5, 1.3
+# Rounds of every method and floor; each figure is the fastest of its runs.
+REPEATS = 3
 
 
 def _child(function: str, *args: str) -> list[str]:
@@ -201,22 +203,41 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def _bench_methods(work: Path) -> list[dict[str, object]]:
+def _fastest(runs: list[Measurement]) -> Measurement:
+    """The fastest of repeated runs, with the largest peak RSS among them (time noise is one-sided: a
+    run is slowed, never sped up, by whatever else the machine does)."""
+    return Measurement(min(m.seconds for m in runs), max(m.peak_rss_mb for m in runs))
+
+
+def _bench_methods(work: Path, repeats: int = REPEATS) -> list[dict[str, object]]:
     run_measured(_child("write_inputs", str(work)))
     paths = {name: str(work / f"{name}.safetensors") for name in ("ms", "seed", "grams")}
     out = str(work / "out.safetensors")
-    floors: dict[str, Measurement] = {
-        "ms": run_measured(_child("floor", paths["ms"], out)),
-        "seed": run_measured(_child("floor", paths["ms"], out, paths["seed"])),
-        "grams": run_measured(_child("floor", paths["ms"], out, "", paths["grams"])),
+    floor_argv = {
+        "ms": _child("floor", paths["ms"], out),
+        "seed": _child("floor", paths["ms"], out, paths["seed"]),
+        "grams": _child("floor", paths["ms"], out, "", paths["grams"]),
     }
-    rows = []
+    method_argv = []
     for method, params, needs in RUNS:
         args = ["--method", method, "--ms", paths["ms"], "--out", out]
         args += [f"--{needs}", paths[needs]] if needs != "ms" else []
         for p in params:
             args += ["--param", p]
-        m, f = run_measured(python_module("vlmerge.merge", *args)), floors[needs]
+        method_argv.append(python_module("vlmerge.merge", *args))
+    # Rounds of every floor and every method, so that a slow spell of the machine hits both sides.
+    floor_runs: dict[str, list[Measurement]] = {k: [] for k in floor_argv}
+    method_runs: list[list[Measurement]] = [[] for _ in RUNS]
+    for round_ in range(repeats):
+        log.info("merge benchmark: round %d of %d", round_ + 1, repeats)
+        for kind, argv in floor_argv.items():
+            floor_runs[kind].append(run_measured(argv))
+        for runs, argv in zip(method_runs, method_argv, strict=True):
+            runs.append(run_measured(argv))
+    floors = {kind: _fastest(runs) for kind, runs in floor_runs.items()}
+    rows = []
+    for (method, params, needs), runs in zip(RUNS, method_runs, strict=True):
+        m, f = _fastest(runs), floors[needs]
         rows.append(
             {
                 "method": " ".join([method, *params]),
@@ -236,7 +257,10 @@ def run() -> dict[str, object]:
         rows = _bench_methods(Path(tmp))
     hooks = json.loads(subprocess.run(_child("gram_hooks"), capture_output=True, text=True, check=True).stdout)
     solve = json.loads(subprocess.run(_child("regmean_gemm"), capture_output=True, text=True, check=True).stdout)
-    print("\n## merge: base preset, random weights, synthetic grams (one child process per method)")
+    print(
+        f"\n## merge: base preset, random weights, synthetic grams (one child process per method; "
+        f"fastest of {REPEATS} alternating rounds)"
+    )
     print(f"{'method':<36} {'s':>7} {'peak RSS MB':>12} {'floor s':>8} {'floor MB':>9} {'x floor':>8} {'RSS x':>6}")
     for r in rows:
         print(

@@ -8,18 +8,33 @@ import torch
 
 from vlmerge.merging.errors import MergeError
 from vlmerge.merging.registry import BaseTensors, ExpertTensors, Merged, register
+from vlmerge.merging.task_arithmetic import CHUNK, one_thread
 from vlmerge.model import Modality
 
 V, L, VL = Modality.V, Modality.L, Modality.VL
 
 
 def weighted_sum(tensors: Mapping[Modality, torch.Tensor], weights: Mapping[Modality, float]) -> torch.Tensor:
-    """Σ_m w_m·θ_m accumulated in float64, returned in the experts' dtype; shapes as the inputs."""
+    """Σ_m w_m·θ_m accumulated in float64, returned in the experts' dtype; shapes as the inputs.
+
+    Computed in float64 chunks of :data:`CHUNK` elements on one thread, written straight into the
+    result: element by element the operations of ``(θ_1.double()·w_1).add_(θ_2, alpha=w_2)…`` cast
+    back, hence the same bits, without a float64 copy of the whole tensor.
+    """
     first, *rest = weights
-    total = tensors[first].to(torch.float64) * weights[first]
-    for m in rest:
-        total.add_(tensors[m], alpha=weights[m])  # in place: no float64 copy of each expert
-    return total.to(tensors[first].dtype)
+    ref = tensors[first]
+    sources = [tensors[m].reshape(-1) for m in weights]
+    out = torch.empty(ref.shape, dtype=ref.dtype)
+    flat, numel = out.view(-1), ref.numel()
+    total = torch.empty(min(CHUNK, numel), dtype=torch.float64)
+    with one_thread():
+        for lo in range(0, numel, CHUNK):
+            hi = min(lo + CHUNK, numel)
+            acc = total[: hi - lo].copy_(sources[0][lo:hi]).mul_(weights[first])
+            for m, source in zip(rest, sources[1:], strict=True):
+                acc.add_(source[lo:hi], alpha=weights[m])
+            flat[lo:hi] = acc
+    return out
 
 
 def plain_mean(tensors: Mapping[Modality, torch.Tensor]) -> torch.Tensor:
