@@ -300,32 +300,19 @@ def _generalized(
             tvs = _TaskVectors(experts[key], chosen, base[key], drop_p=drop_p, keeps=keeps, rescale=rescale)
             return chosen, tvs
 
-        return _merge_keys(experts, base, lam, subset, trim_k, topk_scope, consensus, vectors, work)
-
-
-def _merge_keys(
-    experts: ExpertTensors,
-    base: Mapping[str, torch.Tensor],
-    lam: float,
-    subset: tuple[Modality, ...] | None,
-    trim_k: float | None,
-    topk_scope: str,
-    consensus: bool,
-    vectors: Callable[[str], tuple[list[Modality], _TaskVectors]],
-    work: _Chunks,
-) -> Merged:
-
-    thresholds: dict[Modality, float] = {}
-    if trim_k is not None and topk_scope == "global":
-        thresholds = _global_thresholds(experts, subset, trim_k, vectors, work)
-    state = {}
-    for key in experts:
-        chosen, tvs = vectors(key)
-        cut = None
-        if trim_k is not None:
-            cut = [thresholds[m] for m in chosen] if topk_scope == "global" else _tensor_thresholds(tvs, trim_k, work)
-        state[key] = _combine(tvs, cut, lam, consensus, work).reshape(base[key].shape)
-    return Merged(state, {"global_thresholds": {m.value: t for m, t in thresholds.items()}} if thresholds else {})
+        thresholds: dict[Modality, float] = {}
+        if trim_k is not None and topk_scope == "global":
+            thresholds = _global_thresholds(experts, subset, trim_k, vectors, work)
+        state = {}
+        for key in experts:
+            chosen, tvs = vectors(key)
+            cut = None
+            if trim_k is not None and topk_scope == "global":
+                cut = [thresholds[m] for m in chosen]
+            elif trim_k is not None:
+                cut = _tensor_thresholds(tvs, trim_k, work)
+            state[key] = _combine(tvs, cut, lam, consensus, work).reshape(base[key].shape)
+        return Merged(state, {"global_thresholds": {m.value: t for m, t in thresholds.items()}} if thresholds else {})
 
 
 def _global_thresholds(

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -141,9 +142,10 @@ def atomic_write_json(target: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_bytes(target, _json_bytes(obj))
 
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20, stop: threading.Event | None = None) -> str:
+    """The file's sha256, read in blocks of ``chunk`` bytes (with ``stop``: given up once it is set)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        while block := fh.read(chunk):
+        while not (stop is not None and stop.is_set()) and (block := fh.read(chunk)):
             digest.update(block)
     return digest.hexdigest()

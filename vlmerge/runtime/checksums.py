@@ -10,13 +10,14 @@ first, later.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from vlmerge.runtime.atomic import sha256_file
 
 BLOCK = 1 << 20
 
@@ -77,17 +78,10 @@ class BackgroundChecksums:
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:
             try:
-                job.digest = self._hash(job.path)
+                job.digest = sha256_file(job.path, BLOCK, self._stop)
                 if job.digest == job.expected and self._on_digest is not None:
                     self._on_digest(job.path, job.digest)
             except BaseException as err:  # handed to verify(), which re-raises it on the caller's thread
                 job.error = OSError(f"cannot read {job.path} to check its sha256: {err}")
             finally:
                 job.done.set()
-
-    def _hash(self, path: Path) -> str:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while not self._stop.is_set() and (block := fh.read(BLOCK)):
-                digest.update(block)
-        return digest.hexdigest()
