@@ -212,7 +212,10 @@ def test_the_cli_writes_nothing_when_an_input_is_not_the_file_its_sidecar_descri
         )
     else:
         state, meta = load_state(files[which])
-        save_checkpoint(tmp_path / "other.safetensors", {k: v + 1 for k, v in state.items()}, meta)
+        other = {k: v + 1 for k, v in state.items()}
+        if which == "ms":  # the swapped file also fails the merge (NaN): the pair error is the one reported
+            other[next(iter(other))].view(-1)[0] = float("nan")
+        save_checkpoint(tmp_path / "other.safetensors", other, meta)
     inputs[which].write_bytes((tmp_path / "other.safetensors").read_bytes())  # the old sidecar stays
     method, extra = ("regmean", ["--param", "used_experts_only=vqa"]) if which == "grams" else ("ties", [])
     out = tmp_path / "merged.safetensors"

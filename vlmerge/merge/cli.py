@@ -173,7 +173,11 @@ def run(config: MergeConfig) -> None:
     # The inputs' sha256 checks run on a second thread while the merge streams the same files; every
     # check has passed before anything is written.
     with background_checksums() as checksums:
-        _merge(config, checksums)
+        try:
+            _merge(config, checksums)
+        except Exception:
+            checksums.verify()  # an input swapped under its sidecar explains a failure better than its symptom
+            raise
 
 
 def _merge(config: MergeConfig, checksums: BackgroundChecksums) -> None:
