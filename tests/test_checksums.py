@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vlmerge.runtime.checksums import BLOCK, BackgroundChecksums
+from vlmerge.runtime.checksums import BackgroundChecksums
 
 
 def _file(path: Path, size: int, fill: int) -> str:
@@ -18,7 +18,7 @@ def _file(path: Path, size: int, fill: int) -> str:
 
 def test_matching_files_pass_and_are_reported(tmp_path: Path) -> None:
     a, b = tmp_path / "a.bin", tmp_path / "b.bin"
-    sums = {a: _file(a, 3 * BLOCK, 1), b: _file(b, 10, 2)}  # several blocks, and less than one
+    sums = {a: _file(a, 3 << 20, 1), b: _file(b, 10, 2)}  # several 1 MiB read blocks, and less than one
     seen: dict[Path, str] = {}
     with BackgroundChecksums(lambda p, d: seen.update({p: d})) as checks:
         for path, digest in sums.items():

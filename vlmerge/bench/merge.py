@@ -209,7 +209,7 @@ def _fastest(runs: list[Measurement]) -> Measurement:
     return Measurement(min(m.seconds for m in runs), max(m.peak_rss_mb for m in runs))
 
 
-def _bench_methods(work: Path, repeats: int = REPEATS) -> list[dict[str, object]]:
+def _bench_methods(work: Path) -> list[dict[str, object]]:
     run_measured(_child("write_inputs", str(work)))
     paths = {name: str(work / f"{name}.safetensors") for name in ("ms", "seed", "grams")}
     out = str(work / "out.safetensors")
@@ -228,8 +228,8 @@ def _bench_methods(work: Path, repeats: int = REPEATS) -> list[dict[str, object]
     # Rounds of every floor and every method, so that a slow spell of the machine hits both sides.
     floor_runs: dict[str, list[Measurement]] = {k: [] for k in floor_argv}
     method_runs: list[list[Measurement]] = [[] for _ in RUNS]
-    for round_ in range(repeats):
-        log.info("merge benchmark: round %d of %d", round_ + 1, repeats)
+    for round_ in range(REPEATS):
+        log.info("merge benchmark: round %d of %d", round_ + 1, REPEATS)
         for kind, argv in floor_argv.items():
             floor_runs[kind].append(run_measured(argv))
         for runs, argv in zip(method_runs, method_argv, strict=True):

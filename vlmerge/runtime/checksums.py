@@ -19,8 +19,6 @@ from pathlib import Path
 
 from vlmerge.runtime.atomic import sha256_file
 
-BLOCK = 1 << 20
-
 
 @dataclass
 class _Job:
@@ -78,7 +76,7 @@ class BackgroundChecksums:
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:
             try:
-                job.digest = sha256_file(job.path, BLOCK, self._stop)
+                job.digest = sha256_file(job.path, stop=self._stop)
                 if job.digest == job.expected and self._on_digest is not None:
                     self._on_digest(job.path, job.digest)
             except BaseException as err:  # handed to verify(), which re-raises it on the caller's thread
