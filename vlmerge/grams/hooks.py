@@ -264,6 +264,9 @@ class GramCollector:
             model.get_submodule(name).register_forward_pre_hook(functools.partial(self._hook, name, m))
             for name, m in targets
         ]
+        # The hooks see whole [B, N, D] batches: a model that skips pad rows would bypass the attention hook.
+        self._model, self._padding = model, model.text_padding
+        model.text_padding = "compute"
 
     @staticmethod
     def _in_features(module: nn.Module) -> int:
@@ -314,6 +317,7 @@ class GramCollector:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._model.text_padding = self._padding
 
     def __enter__(self) -> GramCollector:
         return self

@@ -72,16 +72,38 @@ class Attention(Shared, nn.Module):
         bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
         qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, N, D/H]
-        if fp16_autocast(x.device.type):
-            out = attention_fp32_logits(q, k, v, attn_mask)
-        elif self.kernel == "explicit" or (
-            self.kernel == "auto" and x.device.type != "cuda" and attn_mask.requires_grad and torch.is_grad_enabled()
-        ):
-            out = attention_explicit(q, k, v, attn_mask)
-        else:
-            # A float mask keeps fused SDPA kernels available on CUDA; it must match the query dtype.
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype))
+        out = self._attend(q, k, v, attn_mask, x.device.type)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor, device_type: str
+    ) -> torch.Tensor:
+        """softmax(q·kᵀ/√d + attn_mask)·v by :attr:`kernel`; q, k, v: [B, H, N, D/H]."""
+        if fp16_autocast(device_type):
+            return attention_fp32_logits(q, k, v, attn_mask)
+        if self.kernel == "explicit" or (
+            self.kernel == "auto" and device_type != "cuda" and attn_mask.requires_grad and torch.is_grad_enabled()
+        ):
+            return attention_explicit(q, k, v, attn_mask)
+        # A float mask keeps fused SDPA kernels available on CUDA; it must match the query dtype.
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype))
+
+    def forward_packed(
+        self, x: torch.Tensor, rows: torch.Tensor, shape: torch.Size, attn_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The same attention on the real tokens alone: x [R, D] holds rows ``rows`` of the flat [B·N]
+        sequence of ``shape`` (B, N, D). Queries, keys and values are scattered into the padded layout for
+        the attention product (padded keys stay masked by ``attn_mask``) and the output is read back at
+        ``rows``, so the projections never touch a pad row. → [R, D]."""
+        b, n, d = shape
+        bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+        qkv = F.linear(x, self.qkv.weight, bias)
+        padded = (
+            qkv.new_zeros(b * n, 3 * d).index_copy(0, rows, qkv).reshape(b, n, 3, self.num_heads, d // self.num_heads)
+        )
+        q, k, v = padded.permute(2, 0, 3, 1, 4).unbind(0)
+        out = self._attend(q, k, v, attn_mask, x.device.type)
+        return self.proj(out.transpose(1, 2).reshape(b * n, d).index_select(0, rows))
 
 
 def fp16_autocast(device_type: str) -> bool:

@@ -35,11 +35,41 @@ from vlmerge.model.heads import (
 from vlmerge.model.layers import TextEmbeddings, init_module, rescale_residual_branches
 from vlmerge.model.layout import ExpertLayout, Modality, Sharing, expert_layout
 from vlmerge.model.relpos import RelPosLayout, image_index, joint_index, resize_image_table, text_index
-from vlmerge.model.transformer import MultiwayBlock, MultiwayTransformer
+from vlmerge.model.transformer import BranchKeep, MultiwayBlock, MultiwayTransformer
 
 # Additive score of a padded key: exp(-1e4) is exactly 0 in float32, and unlike -inf or float32's
 # minimum it stays finite when autocast turns the mask into float16/bfloat16.
 MASKED = -1e4
+
+
+# How the blocks treat text pad tokens (VLModel.text_padding, set_text_padding): "compute" runs every position
+# of the padded [B, N, D] batch; "skip" runs the token-wise layers (norms, projections, MLP) on the real tokens
+# alone; "auto" skips off CUDA and computes on CUDA, where selecting the real rows reads the mask back to the
+# host every forward and changes the shapes a compiled block sees from batch to batch.
+TextPadding = Literal["auto", "compute", "skip"]
+TEXT_PADDINGS: tuple[TextPadding, ...] = ("auto", "compute", "skip")
+
+
+class _Packing:
+    """The real tokens of a padded batch x [B, N, D] (keep [B, N], False = padding) as rows of the flat
+    [B·N] sequence: ``pack`` gathers them [R, D], ``unpack`` scatters them back over x's pad rows."""
+
+    def __init__(self, x: torch.Tensor, keep: torch.Tensor) -> None:
+        self.length = x.shape[1]
+        self.rows = keep.reshape(-1).nonzero().squeeze(1)  # reads the mask on the host: not for CUDA graphs
+        self.sample = self.rows // self.length
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, x.shape[-1]).index_select(0, self.rows)
+
+    def unpack(self, x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, x.shape[-1]).index_copy(0, self.rows, packed).reshape(x.shape)
+
+    def per_row(self, keep: BranchKeep | None) -> BranchKeep | None:
+        """Per-sample stochastic-depth flags [B, 1, 1] → the flags of each packed row [R, 1]."""
+        if keep is None:
+            return None
+        return BranchKeep(*(flags.reshape(-1, 1).index_select(0, self.sample) for flags in keep))
 
 
 class VLModel(nn.Module):
@@ -62,6 +92,12 @@ class VLModel(nn.Module):
     logit_vl_scale: nn.Parameter
     vqa_classifier: nn.Sequential
     nlvr2_classifier: nn.Sequential
+
+    # TextPadding. Under "skip" the real tokens are scattered into the padded layout only for the attention
+    # product. Same values for every real token up to the rounding of differently shaped products (training
+    # sets "auto"; evaluation and gram collection keep "compute"); a pad position's output means nothing in
+    # either mode (under "skip" its input passes through unchanged).
+    text_padding: TextPadding = "compute"
 
     def __init__(self, config: ModelConfig, sharing: Sharing | str, heads: Heads = Heads()) -> None:
         super().__init__()
@@ -186,6 +222,15 @@ class VLModel(nn.Module):
         self, x: torch.Tensor, modality: Modality, layers: range, index: torch.Tensor, keep: torch.Tensor | None
     ) -> torch.Tensor:
         """Blocks ``layers`` on x [B, N, D]; index [N, N] table rows; keep [B, N] (False = padding) or None."""
+        if keep is not None and self._skips_padding(x):
+            packing = _Packing(x, keep)
+            packed = packing.pack(x)
+            for i in layers:
+                block: MultiwayBlock = self.transformer.blocks[i]  # type: ignore[assignment]
+                mask = self._attn_mask(index, i, keep)
+                keep_rows = packing.per_row(block.draw_keep(x))
+                packed = block.forward_packed(packed, packing.rows, x.shape, modality, mask, keep_rows)
+            return packing.unpack(x, packed)
         for i in layers:
             x = self.transformer.blocks[i](x, modality, self._attn_mask(index, i, keep))
         return x
@@ -195,21 +240,34 @@ class VLModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Blocks ``layers`` on the text [B, T, D] and image [B, N, D] halves of a pair, each block's
         stochastic depth drawn once per sample for both halves (``drop_path_mode="per_sample"``)."""
+        packing = _Packing(text, mask) if self._skips_padding(text) else None
+        packed = packing.pack(text) if packing else text
         for i in layers:
             block: MultiwayBlock = self.transformer.blocks[i]  # type: ignore[assignment]
             keep = block.draw_keep(text)
-            text = block(text, Modality.L, self._attn_mask(text_index, i, mask), keep)
+            text_mask = self._attn_mask(text_index, i, mask)
+            if packing:
+                packed = block.forward_packed(
+                    packed, packing.rows, text.shape, Modality.L, text_mask, packing.per_row(keep)
+                )
+            else:
+                packed = block(packed, Modality.L, text_mask, keep)
             image = block(image, Modality.V, self._attn_mask(self.image_index, i, None), keep)
-        return text, image
+        return (packing.unpack(text, packed) if packing else packed), image
+
+    def _skips_padding(self, x: torch.Tensor) -> bool:
+        return self.text_padding == "skip" or (self.text_padding == "auto" and x.device.type != "cuda")
 
     def _attn_mask(self, index: torch.Tensor, layer: int, keep: torch.Tensor | None) -> torch.Tensor:
-        """Additive attention mask [1 or B, H, N, N]: layer's relative position bias, padded keys at -max."""
+        """Additive attention mask [1 or B, H, N, N]: layer's relative position bias, padded keys 1e4 lower."""
         heads = self.config.num_heads
         table = self.relative_position_bias_table[:, layer * heads : (layer + 1) * heads]
         bias = F.embedding(index, table).permute(2, 0, 1).unsqueeze(0)
         if keep is None:
             return bias
-        return torch.where(keep.bool()[:, None, None, :], bias, MASKED)
+        # Added, not substituted: a masked key's weight is exp(-1e4 + …) = 0 either way, and the broadcast add
+        # backpropagates without a [B, H, N, N] selection per layer.
+        return bias + torch.where(keep.bool()[:, None, None, :], 0.0, MASKED)
 
     def _relpos_layout(self) -> RelPosLayout:
         return RelPosLayout(self.config.grid, self.config.max_text_len)
@@ -267,6 +325,17 @@ class VLModel(nn.Module):
 
     def _device(self) -> torch.device:
         return self.relative_position_bias_table.device
+
+
+def set_text_padding(model: nn.Module, mode: TextPadding) -> int:
+    """Set how every :class:`VLModel` in ``model`` treats text pad tokens (:attr:`VLModel.text_padding`);
+    returns how many were set."""
+    if mode not in TEXT_PADDINGS:
+        raise ValueError(f"text padding {mode!r}: choose from {TEXT_PADDINGS}")
+    models = [m for m in model.modules() if isinstance(m, VLModel)]
+    for m in models:
+        m.text_padding = mode
+    return len(models)
 
 
 def create_model(preset: str, sharing: Sharing | str, heads: Heads = Heads(), **overrides: Any) -> VLModel:

@@ -60,6 +60,23 @@ class MultiwayBlock(nn.Module):
         x = x + self._branch(self.gamma_1 * attn(self.norm1.expert(modality)(x), attn_mask), keep, 0)
         return x + self._branch(self.gamma_2 * mlp(self.norm2.expert(modality)(x)), keep, 1)
 
+    def forward_packed(
+        self,
+        x: torch.Tensor,
+        rows: torch.Tensor,
+        shape: torch.Size,
+        modality: Modality,
+        attn_mask: torch.Tensor,
+        keep: BranchKeep | None,
+    ) -> torch.Tensor:
+        """:meth:`forward` on the real tokens alone: x [R, D] holds rows ``rows`` of the flat [B·N] sequence
+        of ``shape`` (B, N, D); keep: per-row stochastic-depth flags [R, 1] (drawn per sample beforehand,
+        see :meth:`draw_keep`), None when this block drops nothing. → [R, D]."""
+        attn, mlp = self.attn.expert(modality), self.mlp.expert(modality)
+        y = attn.forward_packed(self.norm1.expert(modality)(x), rows, shape, attn_mask)  # type: ignore[operator]
+        x = x + self._branch(self.gamma_1 * y, keep, 0)
+        return x + self._branch(self.gamma_2 * mlp(self.norm2.expert(modality)(x)), keep, 1)
+
     def _branch(self, y: torch.Tensor, keep: BranchKeep | None, which: int) -> torch.Tensor:
         if keep is None:
             return self.drop_path(y)

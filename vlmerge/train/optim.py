@@ -24,6 +24,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from vlmerge.model.layers import AttentionKernel, set_attention_kernel
+from vlmerge.model.model import TextPadding, set_text_padding
 from vlmerge.model.transformer import compile_blocks
 from vlmerge.train.errors import TrainConfigError
 from vlmerge.train.settings import TrainingRecipe
@@ -120,13 +121,15 @@ class SpeedOptions:
     ``tests/test_speed_options.py``); none of them enters a run's identity or a checkpoint.
 
     ``attention``: :data:`~vlmerge.model.layers.AttentionKernel`; ``compile_blocks``: ``torch.compile`` of
-    each transformer block with ``compile_backend``; ``optimizer``: AdamW's :data:`OptimizerImpl`.
+    each transformer block with ``compile_backend``; ``optimizer``: AdamW's :data:`OptimizerImpl`;
+    ``text_padding``: :data:`~vlmerge.model.model.TextPadding`.
     """
 
     attention: AttentionKernel = "auto"
     compile_blocks: bool = False
     compile_backend: str = "inductor"
     optimizer: OptimizerImpl = "auto"
+    text_padding: TextPadding = "auto"
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZER_IMPLS:
@@ -134,16 +137,30 @@ class SpeedOptions:
 
     @classmethod
     def from_recipe(cls, recipe: TrainingRecipe) -> SpeedOptions:
-        """The options a stage's settings choose (``attention_kernel``, ``compile_blocks``, ``optimizer_impl``)."""
+        """The options a stage's settings choose (``attention_kernel``, ``compile_blocks``, ``text_padding``,
+        ``optimizer_impl``)."""
         return cls(
-            attention=recipe.attention_kernel, compile_blocks=recipe.compile_blocks, optimizer=recipe.optimizer_impl
+            attention=recipe.attention_kernel,
+            compile_blocks=recipe.compile_blocks,
+            text_padding=recipe.text_padding,
+            optimizer=recipe.optimizer_impl,
         )
 
     def apply(self, model: nn.Module) -> None:
-        """Set the attention kernel of every attention layer of ``model`` and compile its transformer blocks
-        (``model.transformer.blocks``) when asked; in place."""
+        """Set the attention kernel of every attention layer of ``model``, how it treats text padding (``auto``
+        is ``compute`` with compiled blocks) and compile its transformer blocks (``model.transformer.blocks``)
+        when asked; in place."""
+        padding = self.text_padding
+        if self.compile_blocks and padding != "compute":
+            if padding == "skip":
+                raise TrainConfigError(
+                    "text_padding skip runs the blocks' token-wise layers outside their compiled forward: "
+                    "choose compute (or auto) with compile_blocks"
+                )
+            padding = "compute"  # auto: compiled blocks see the padded batch, one shape per text length
         try:
             set_attention_kernel(model, self.attention)
+            set_text_padding(model, padding)
         except ValueError as e:
             raise TrainConfigError(str(e)) from None
         if self.compile_blocks:

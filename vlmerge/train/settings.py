@@ -46,6 +46,12 @@ class TrainingRecipe(Settings):
     compile_blocks: bool = Field(
         False, description="torch.compile each transformer block (inductor); weights and checkpoints unchanged"
     )
+    text_padding: Literal["auto", "skip", "compute"] = Field(
+        "auto",
+        description="text pad tokens: skip (norms, projections and MLP on the real tokens alone; the attention "
+        "product stays padded), compute (every position of the padded batch) or auto (skip off CUDA, compute on "
+        "CUDA, where skipping reads the mask back to the host each forward, and with compile_blocks)",
+    )
     optimizer_impl: Literal["auto", "fused", "foreach", "for_loop"] = Field(
         "auto",
         description="AdamW implementation: auto (fused on CUDA unless precision 16, whose loss scaler clips "
