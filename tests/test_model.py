@@ -22,6 +22,7 @@ from vlmerge.model import (
     expert_layout,
     model_config,
 )
+from vlmerge.model.model import set_text_padding
 from vlmerge.model.relpos import RelPosLayout, joint_index, resize_image_table
 
 SHARINGS = [s.value for s in Sharing]
@@ -404,3 +405,60 @@ def test_token_types_and_task_heads():
         assert model.nlvr2_classifier(torch.cat([pooled, pooled], -1)).shape == (2, 2)
     with pytest.raises(ModelConfigError, match="17 answers"):
         model.add_vqa_head(5)
+
+
+# ----------------------------------------------------------------------------- token 0 alone
+@pytest.mark.parametrize("padding", ["compute", "skip"])
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("encoder", ["pair", "text", "image", "fuse_text", "fuse_image"])
+def test_first_only_is_token_zero_of_the_whole_sequence(padding: str, training: bool, encoder: str) -> None:
+    torch.manual_seed(0)
+    # Stochastic depth at 0.5 in training: the last layer's two branch flags must be drawn as the full path draws.
+    model = create_model("pico", "modality_specific", Heads.pretraining(), drop_path=0.5).train(training)
+    set_text_padding(model, padding)  # type: ignore[arg-type]
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, model.config.vocab_size, (4, 7), generator=g)
+    mask = torch.ones_like(ids)
+    mask[::2, -3:] = 0
+    size = model.config.image_size
+    images = torch.randn(4, 3, size, size, generator=g)
+
+    def encode(first_only: bool) -> torch.Tensor:
+        if encoder == "pair":
+            return model.encode_pair(ids, mask, images, first_only=first_only)
+        if encoder == "text":
+            return model.encode_text(ids, mask, first_only=first_only)
+        if encoder == "image":
+            return model.encode_image(images, first_only=first_only)
+        if encoder == "fuse_text":
+            _, mid = model.encode_text(ids, mask, return_fusion_input=True)
+            return model.fuse_unimodal(mid, mask, Modality.L, first_only=first_only)
+        _, mid = model.encode_image(images, return_fusion_input=True)
+        return model.fuse_unimodal(mid, None, Modality.V, first_only=first_only)
+
+    torch.manual_seed(3)
+    whole = encode(False)
+    torch.manual_seed(3)
+    first = encode(True)
+    assert first.shape == (4, 1, model.config.dim) and whole.shape[1] > 1
+    torch.testing.assert_close(first, whole[:, :1], rtol=1e-5, atol=1e-6)
+    # Gradients reach every parameter the whole sequence's token 0 depends on, with the same values.
+    grads = []
+    for first_only in (False, True):
+        model.zero_grad()
+        torch.manual_seed(3)
+        (encode(first_only)[:, 0] * torch.linspace(-1, 1, model.config.dim)).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_skipping_padding_needs_a_real_first_token() -> None:
+    model = create_model("pico", "modality_specific", Heads()).eval()
+    set_text_padding(model, "skip")
+    ids = torch.randint(5, model.config.vocab_size, (2, 5))
+    mask = torch.ones_like(ids)
+    mask[1, 0] = 0
+    with pytest.raises(ValueError, match="first token is padding"):
+        model.encode_text(ids, mask, first_only=True)

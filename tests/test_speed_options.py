@@ -14,8 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlmerge.model import Heads, VLModel, create_model, layers
+from vlmerge.grams.hooks import GramCollector
+from vlmerge.model import Heads, Modality, VLModel, create_model, layers
 from vlmerge.model.layers import ATTENTION_KERNELS, Attention, AttentionKernel, attention_explicit
+from vlmerge.model.model import TEXT_PADDINGS, set_text_padding
 from vlmerge.objectives import IGNORE_INDEX, device, mlm_loss, sample_hard_negatives
 from vlmerge.pretrain import step as pretrain_step
 from vlmerge.pretrain.module import PretrainConfig, PretrainModule
@@ -149,6 +151,67 @@ def test_compiled_blocks_give_the_eager_step_and_keep_the_state_dict() -> None:
     torch._dynamo.reset()
 
 
+# ----------------------------------------------------------------------------- (b') text padding
+@pytest.mark.parametrize("sharing", ["modality_specific", "shared"])
+@pytest.mark.parametrize("drop_path_mode", ["per_modality", "per_sample"])
+def test_skipping_pad_rows_gives_the_padded_step(sharing: str, drop_path_mode: str) -> None:
+    torch.manual_seed(0)
+    # Rate 0.5: stochastic depth drops branches of some samples, so its flags must reach the packed rows.
+    model = create_model("pico", sharing, Heads.pretraining(), drop_path=0.5, drop_path_mode=drop_path_mode)
+    batch = pretrain_batch(model)
+    runs = {}
+    for mode in ("compute", "skip"):
+        module = PretrainModule(model, PretrainConfig(10, 0), SpeedOptions(text_padding=mode))
+        assert model.text_padding == mode
+        torch.manual_seed(5)  # the same stochastic-depth and dropout draws in both modes
+        runs[mode] = losses_and_grads(module, batch)
+    assert_close_runs(runs["compute"], runs["skip"], rtol=1e-5, atol=1e-6)
+    assert runs["skip"][0]["loss"] > 0
+
+
+def test_skipping_pad_rows_runs_the_token_wise_layers_on_real_tokens_only() -> None:
+    model = pico()
+    batch = pretrain_batch(model)
+    rows: list[int] = []
+    fc1 = model.transformer.blocks[0].mlp.expert(Modality.L).fc1
+    handle = fc1.register_forward_pre_hook(
+        lambda module, args: rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0])
+    )
+    try:
+        for mode in ("compute", "skip"):
+            set_text_padding(model, mode)
+            model.encode_text(batch["text_ids"], batch["text_mask"])
+    finally:
+        handle.remove()
+    assert rows == [BATCH * TEXT, int(batch["text_mask"].sum())] and rows[1] < rows[0]
+
+
+def test_auto_skips_padding_where_reads_are_free_and_not_with_compiled_blocks(monkeypatch) -> None:
+    model = pico()
+    batch = pretrain_batch(model)
+    rows: list[int] = []
+    fc1 = model.transformer.blocks[0].mlp.expert(Modality.L).fc1
+    fc1.register_forward_pre_hook(lambda module, args: rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
+    SpeedOptions().apply(model)
+    assert model.text_padding == "auto"
+    model.encode_text(batch["text_ids"], batch["text_mask"])
+    monkeypatch.setattr(device, "STALLING_DEVICE_TYPES", {"cpu"})  # the CUDA path: no row selection
+    model.encode_text(batch["text_ids"], batch["text_mask"])
+    assert rows == [int(batch["text_mask"].sum()), BATCH * TEXT]
+    with pytest.raises(TrainConfigError, match="text_padding skip"):
+        SpeedOptions(compile_blocks=True, compile_backend="aot_eager", text_padding="skip").apply(pico())
+    with pytest.raises(TrainConfigError, match="text padding 'drop'"):
+        SpeedOptions(text_padding="drop").apply(model)  # type: ignore[arg-type]
+
+
+def test_gram_collection_sees_the_padded_batch_and_restores_the_mode() -> None:
+    model = pico()
+    set_text_padding(model, "skip")
+    with GramCollector(model):
+        assert model.text_padding == "compute"  # the attention hook needs the padded [B, N, D] batch
+    assert model.text_padding == "skip"
+
+
 # ----------------------------------------------------------------------------- (c) AdamW implementations
 def train_steps(impl: str, steps: int = 4) -> dict[str, torch.Tensor]:
     """``steps`` AdamW steps of a pico model's parameter groups (decayed and not) on seeded random gradients."""
@@ -194,10 +257,15 @@ def test_auto_is_fused_on_cuda_and_foreach_elsewhere() -> None:
 
 # ----------------------------------------------------------------------------- (d) no host reads in the step
 HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
-# On the CPU the step reads values back in two places, where a read costs nothing: the hard-negative
-# sampler checks its inputs eagerly, and the MLM head keeps only the masked rows. On CUDA (a device whose
-# reads stall) neither reads: the test below runs that path on the CPU.
-KNOWN_READS = {"vlmerge/objectives/itm.py:_check", "vlmerge/pretrain/step.py:masked_rows"}
+# On the CPU the step reads values back in three places, where a read costs nothing: the hard-negative
+# sampler checks its inputs eagerly, the MLM head keeps only the masked rows, and skipping text padding
+# checks that every text's token 0 is real. On CUDA (a device whose reads stall) none reads: the test below
+# runs that path on the CPU.
+KNOWN_READS = {
+    "vlmerge/objectives/itm.py:_check",
+    "vlmerge/pretrain/step.py:masked_rows",
+    "vlmerge/model/model.py:first_rows",
+}
 
 
 @contextmanager
@@ -308,13 +376,18 @@ def test_the_recipe_offers_the_library_choices_with_today_as_default() -> None:
     fields = TrainingRecipe.model_fields
     assert get_args(fields["attention_kernel"].annotation) == ATTENTION_KERNELS == get_args(AttentionKernel)
     assert get_args(fields["optimizer_impl"].annotation) == OPTIMIZER_IMPLS
+    assert set(get_args(fields["text_padding"].annotation)) == set(TEXT_PADDINGS)
     defaults = SpeedOptions()
-    assert (fields["attention_kernel"].default, fields["compile_blocks"].default, fields["optimizer_impl"].default) == (
+    names = ("attention_kernel", "compile_blocks", "optimizer_impl", "text_padding")
+    assert tuple(fields[k].default for k in names) == (
         defaults.attention,
         defaults.compile_blocks,
         defaults.optimizer,
+        defaults.text_padding,
     )
-    assert all(fields[k].description for k in ("attention_kernel", "compile_blocks", "optimizer_impl"))
-    chosen = TrainingRecipe(attention_kernel="explicit", compile_blocks=True, optimizer_impl="fused")
-    assert SpeedOptions.from_recipe(chosen) == SpeedOptions("explicit", True, "inductor", "fused")
+    assert all(fields[k].description for k in names)
+    chosen = TrainingRecipe(
+        attention_kernel="explicit", compile_blocks=True, optimizer_impl="fused", text_padding="compute"
+    )
+    assert SpeedOptions.from_recipe(chosen) == SpeedOptions("explicit", True, "inductor", "fused", "compute")
     assert SpeedOptions.from_recipe(TrainingRecipe()) == SpeedOptions()

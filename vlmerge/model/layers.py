@@ -88,6 +88,31 @@ class Attention(Shared, nn.Module):
         # A float mask keeps fused SDPA kernels available on CUDA; it must match the query dtype.
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype))
 
+    def forward_first(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor,
+        packed: tuple[torch.Tensor, torch.Tensor, torch.Size] | None = None,
+    ) -> torch.Tensor:
+        """The output at each sample's first token alone: keys and values from every token, the query,
+        the attention row and the output projection of token 0 only. x: [B, N, D], or with ``packed`` =
+        (rows, first, shape) the real rows [R, D] of a flat [B·N] sequence of ``shape`` with ``first`` [B]
+        the packed row of each sample's token 0. → [B, D]."""
+        d = x.shape[-1]
+        head = d // self.num_heads
+        kv = F.linear(x, self.qkv.weight[d:], torch.cat([torch.zeros_like(self.v_bias), self.v_bias]))
+        if packed is None:
+            b, n = x.shape[:2]
+            q = F.linear(x[:, 0], self.qkv.weight[:d], self.q_bias)
+        else:
+            rows, first, (b, n, _) = packed
+            q = F.linear(x.index_select(0, first), self.qkv.weight[:d], self.q_bias)
+            kv = kv.new_zeros(b * n, 2 * d).index_copy(0, rows, kv)
+        k, v = kv.reshape(b, n, 2, self.num_heads, head).permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, N, D/H]
+        q = q.reshape(b, self.num_heads, 1, head)
+        out = self._attend(q, k, v, attn_mask[:, :, :1], x.device.type)  # [B, H, 1, D/H]
+        return self.proj(out.reshape(b, d))
+
     def forward_packed(
         self, x: torch.Tensor, rows: torch.Tensor, shape: torch.Size, attn_mask: torch.Tensor
     ) -> torch.Tensor:

@@ -77,6 +77,24 @@ class MultiwayBlock(nn.Module):
         x = x + self._branch(self.gamma_1 * y, keep, 0)
         return x + self._branch(self.gamma_2 * mlp(self.norm2.expert(modality)(x)), keep, 1)
 
+    def forward_first(
+        self,
+        x: torch.Tensor,
+        modality: Modality,
+        attn_mask: torch.Tensor,
+        keep: BranchKeep | None,
+        packed: tuple[torch.Tensor, torch.Tensor, torch.Size] | None = None,
+    ) -> torch.Tensor:
+        """:meth:`forward`'s output at each sample's first token alone (a last layer read only through its
+        [CLS]): every token enters the keys and values, token 0 alone the query, projection and MLP.
+        x: [B, N, D] or, with ``packed`` (see :meth:`Attention.forward_first`), the real rows [R, D];
+        keep: the stochastic-depth flags of :meth:`draw_keep` as [B, 1] (None: this block drops nothing). → [B, D]."""
+        attn, mlp = self.attn.expert(modality), self.mlp.expert(modality)
+        first = x[:, 0] if packed is None else x.index_select(0, packed[1])
+        y = attn.forward_first(self.norm1.expert(modality)(x), attn_mask, packed)  # type: ignore[operator]
+        first = first + self._branch(self.gamma_1 * y, keep, 0)
+        return first + self._branch(self.gamma_2 * mlp(self.norm2.expert(modality)(first)), keep, 1)
+
     def _branch(self, y: torch.Tensor, keep: BranchKeep | None, which: int) -> torch.Tensor:
         if keep is None:
             return self.drop_path(y)

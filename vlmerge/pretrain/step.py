@@ -79,14 +79,14 @@ def itc_terms(
 ) -> ITCTerms:
     """Both contrastive terms; negatives come from every data-parallel rank (``gather``, ``max_logit_scale``:
     see :func:`vlmerge.objectives.contrastive_loss`)."""
-    image, image_mid = model.encode_image(images, return_fusion_input=True)
-    text, text_mid = model.encode_text(ids, mask, return_fusion_input=True)
+    image, image_mid = model.encode_image(images, return_fusion_input=True, first_only=True)
+    text, text_mid = model.encode_text(ids, mask, return_fusion_input=True, first_only=True)
     options: dict[str, Any] = {"gather": gather, "max_logit_scale": max_logit_scale}
     unimodal = contrastive_loss(
         model.itc_image_proj(image[:, 0]), model.itc_text_proj(text[:, 0]), model.logit_scale, **options
     )
-    vl_image = model.fuse_unimodal(image_mid, None, Modality.V)
-    vl_text = model.fuse_unimodal(text_mid, mask, Modality.L)
+    vl_image = model.fuse_unimodal(image_mid, None, Modality.V, first_only=True)
+    vl_text = model.fuse_unimodal(text_mid, mask, Modality.L, first_only=True)
     fused = contrastive_loss(
         model.itc_vl_image_proj(vl_image[:, 0]), model.itc_vl_text_proj(vl_text[:, 0]), model.logit_vl_scale, **options
     )
@@ -132,5 +132,5 @@ def itm_term(
     pair_ids = torch.cat([ids, ids, all_ids[neg_text]])
     pair_mask = torch.cat([mask, mask, all_mask[neg_text]])
     pair_images = torch.cat([images, all_images[neg_image], images])
-    logits = model.itm_score(model.pooler(model.encode_pair(pair_ids, pair_mask, pair_images)))
+    logits = model.itm_score(model.pooler(model.encode_pair(pair_ids, pair_mask, pair_images, first_only=True)))
     return ITMOutput(itm_loss(logits, itm_labels(images.shape[0], images.device)), negatives)

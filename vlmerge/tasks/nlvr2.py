@@ -24,18 +24,20 @@ from vlmerge.tasks.base import Baseline, Batch, Rows, Task, split_files
 SECOND_IMAGE_TOKEN_TYPE = 2
 
 
-def encode_statement(model: VLModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_statement(model: VLModel, batch: Batch, first_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The statement with each image of the pair: two image+text sequences [B, T+1+G², D], the second
-    image marked with token type 2."""
+    image marked with token type 2 (``first_only``: token 0 alone, [B, 1, D])."""
     ids, mask = batch["text_ids"], batch["text_mask"]
-    first = model.encode_pair(ids, mask, batch["image_0"], image_token_type=1)
-    second = model.encode_pair(ids, mask, batch["image_1"], image_token_type=SECOND_IMAGE_TOKEN_TYPE)
+    first = model.encode_pair(ids, mask, batch["image_0"], image_token_type=1, first_only=first_only)
+    second = model.encode_pair(
+        ids, mask, batch["image_1"], image_token_type=SECOND_IMAGE_TOKEN_TYPE, first_only=first_only
+    )
     return first, second
 
 
 def nlvr2_logits(model: VLModel, batch: Batch) -> torch.Tensor:
     """[B, 2] (False, True) from the two pooled image+text sequences, concatenated."""
-    first, second = encode_statement(model, batch)
+    first, second = encode_statement(model, batch, first_only=True)
     return model.nlvr2_classifier(torch.cat([model.pooler(first), model.pooler(second)], dim=-1))
 
 

@@ -29,12 +29,12 @@ IMAGES, TEXTS = 0, 1  # evaluation sides
 
 def image_features(model: VLModel, images: torch.Tensor) -> torch.Tensor:
     """images [B, 3, S, S] → projected, unnormalised [B, D] (the v experts only)."""
-    return model.itc_image_proj(model.encode_image(images)[:, 0])
+    return model.itc_image_proj(model.encode_image(images, first_only=True)[:, 0])
 
 
 def text_features(model: VLModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """ids, mask [B, T] → projected, unnormalised [B, D] (the l experts only)."""
-    return model.itc_text_proj(model.encode_text(ids, mask)[:, 0])
+    return model.itc_text_proj(model.encode_text(ids, mask, first_only=True)[:, 0])
 
 
 def _complete(rows: Rows, size: int, what: str) -> None:
@@ -82,8 +82,8 @@ class RetrievalTask(Task):
         return model.encode_image(batch["image"]), model.encode_text(batch["text_ids"], batch["text_mask"])
 
     def loss(self, model: VLModel, batch: Batch) -> dict[str, torch.Tensor]:
-        images, texts = self.encode(model, batch)
-        out = retrieval_loss(model.itc_image_proj(images[:, 0]), model.itc_text_proj(texts[:, 0]), model.logit_scale)
+        images = image_features(model, batch["image"])
+        out = retrieval_loss(images, text_features(model, batch["text_ids"], batch["text_mask"]), model.logit_scale)
         return {
             "loss": out.loss,
             "i2t_acc": out.i2t_acc,

@@ -87,14 +87,15 @@ def best_constant_answer(dataset: VQADataset) -> int:
     return int(torch.argmax(totals))  # the first maximum: ties go to the smaller label
 
 
-def encode_question(model: VLModel, batch: Batch) -> tuple[torch.Tensor]:
-    """The image+text sequence [B, T+1+G², D]: text → l and image → v below F, the vl expert from F on."""
-    return (model.encode_pair(batch["text_ids"], batch["text_mask"], batch["image"]),)
+def encode_question(model: VLModel, batch: Batch, first_only: bool = False) -> tuple[torch.Tensor]:
+    """The image+text sequence [B, T+1+G², D]: text → l and image → v below F, the vl expert from F on
+    (``first_only``: token 0 alone, [B, 1, D])."""
+    return (model.encode_pair(batch["text_ids"], batch["text_mask"], batch["image"], first_only=first_only),)
 
 
 def vqa_logits(model: VLModel, batch: Batch) -> torch.Tensor:
     """[B, answers] from the pooled image+text sequence."""
-    (hidden,) = encode_question(model, batch)
+    (hidden,) = encode_question(model, batch, first_only=True)
     return model.vqa_classifier(model.pooler(hidden))
 
 
