@@ -28,3 +28,12 @@ def test_parent_memory_does_not_leak_into_the_figure() -> None:
 def test_failing_command_raises() -> None:
     with pytest.raises(RuntimeError, match="benchmark command failed"):
         run_measured([sys.executable, "-c", "raise SystemExit(3)"])
+
+
+def test_the_padding_benchmark_times_both_modes_on_a_padded_batch() -> None:
+    from vlmerge.bench.pretrain import padding_rows
+
+    rows = padding_rows(repeats=1, rounds=1)
+    assert set(rows) == {"step_compute_s", "step_skip_s", "pair_whole_s", "pair_first_only_s", "real_token_share"}
+    assert all(rows[k] > 0 for k in rows)
+    assert 0.3 < rows["real_token_share"] < 0.8  # padded: the comparison has pad rows to skip

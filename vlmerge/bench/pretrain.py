@@ -5,6 +5,9 @@
    initialisation and the same pre-built batches (data loading is excluded from both).
 2. The base preset (12 layers, 768 wide, 224 px): forward + backward of one full pre-training step
    (MLM + both ITC terms + ITM with hard negatives) per sample, batch 2, and the AdamW step.
+3. How the model runs padded text (tiny preset, batch 32, texts of 6-40 tokens padded to 40, one thread):
+   a pre-training step (``losses`` + backward) with ``text_padding`` compute against skip, and an
+   image+text forward + backward read through token 0 with ``first_only`` against the whole sequence.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vlmerge.model import Heads, create_model
+from vlmerge.model import Heads, VLModel, create_model
+from vlmerge.model.model import TextPadding, set_text_padding
 from vlmerge.pretrain.module import PretrainConfig, PretrainModule
 from vlmerge.train.seeds import Stream
 from vlmerge.train.trainer import TrainerConfig, build_trainer
@@ -114,6 +118,68 @@ def base_step_seconds(batch: int = 2, steps: int = 2) -> tuple[float, float]:
     return fwd_bwd / steps, opt / steps
 
 
+def padded_batch(model: VLModel, batch: int = 32, text_len: int = 40, seed: int = 1) -> dict[str, torch.Tensor]:
+    """One pre-training batch whose texts have 6 to ``text_len`` real tokens (about 55 % real), seeded."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, model.config.vocab_size, (batch, text_len), generator=g)
+    lengths = torch.randint(6, text_len + 1, (batch,), generator=g)
+    mask = (torch.arange(text_len)[None] < lengths[:, None]).long()
+    masked = (torch.rand(batch, text_len, generator=g) < 0.25) & mask.bool()
+    size = model.config.image_size
+    return {
+        "image": torch.randn(batch, 3, size, size, generator=g),
+        "text_ids": ids * mask,
+        "text_mask": mask,
+        "mlm_ids": torch.where(masked, 3, ids * mask),
+        "mlm_labels": torch.where(masked, ids, -100),
+    }
+
+
+def _best(step: Any, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def padding_rows(repeats: int = 5, rounds: int = 3) -> dict[str, float]:
+    """Seconds of a tiny pre-training step per ``text_padding`` mode, and of an image+text forward +
+    backward through token 0 with and without ``first_only`` (fastest of alternating rounds)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        module = _module("tiny", 10)
+        module.train()
+        model, batch = module.model, padded_batch(module.model)
+
+        def step(mode: TextPadding) -> None:
+            set_text_padding(model, mode)
+            model.zero_grad()
+            module.losses(batch, torch.Generator().manual_seed(7))["loss"].backward()
+
+        def pair(first_only: bool) -> None:
+            set_text_padding(model, "compute")
+            model.zero_grad()
+            hidden = model.encode_pair(batch["text_ids"], batch["text_mask"], batch["image"], first_only=first_only)
+            model.pooler(hidden).sum().backward()
+
+        best: dict[str, float] = {}
+        for _ in range(rounds):
+            for name, call in (
+                ("step_compute_s", lambda: step("compute")),
+                ("step_skip_s", lambda: step("skip")),
+                ("pair_whole_s", lambda: pair(False)),
+                ("pair_first_only_s", lambda: pair(True)),
+            ):
+                best[name] = min(best.get(name, float("inf")), _best(call, repeats))
+        best["real_token_share"] = float(batch["text_mask"].float().mean())
+        return best
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run(steps: int = 40, skip: int = 5, batch: int = 32, rounds: int = 2) -> dict[str, float]:
     batches = random_batches(steps, batch, 48, 24, 4096)
     timed = (steps - skip) * batch
@@ -126,6 +192,8 @@ def run(steps: int = 40, skip: int = 5, batch: int = 32, rounds: int = 2) -> dic
     rows["lightning_vs_plain"] = rows["lightning_samples_per_s"] / rows["plain_samples_per_s"]
     fwd_bwd, opt = base_step_seconds()
     rows |= {"base_fwd_bwd_s_per_sample": fwd_bwd / 2, "base_adamw_s_per_step": opt}
+    padding = padding_rows()
+    rows |= padding
     print(
         f"\n## pretrain: tiny preset, batch {batch}, {steps - skip} timed steps, best of {rounds}, "
         f"{torch.get_num_threads()} threads"
@@ -139,4 +207,13 @@ def run(steps: int = 40, skip: int = 5, batch: int = 32, rounds: int = 2) -> dic
         f"forward+backward {rows['base_fwd_bwd_s_per_sample']:.2f} s/sample; AdamW step "
         f"{rows['base_adamw_s_per_step']:.2f} s"
     )
+    share = padding["real_token_share"]
+    print(f"\n## pretrain: padded text, tiny preset, batch 32, {share:.0%} real text tokens, 1 thread, fastest rounds")
+    print(f"{'':>34} {'s':>7} {'× baseline':>11}")
+    print(f"{'step, text_padding compute':>34} {padding['step_compute_s']:>7.3f} {1:>11.2f}")
+    ratio = padding["step_skip_s"] / padding["step_compute_s"]
+    print(f"{'step, text_padding skip':>34} {padding['step_skip_s']:>7.3f} {ratio:>11.2f}")
+    print(f"{'image+text to token 0, whole':>34} {padding['pair_whole_s']:>7.3f} {1:>11.2f}")
+    ratio = padding["pair_first_only_s"] / padding["pair_whole_s"]
+    print(f"{'image+text to token 0, first_only':>34} {padding['pair_first_only_s']:>7.3f} {ratio:>11.2f}")
     return rows
