@@ -9,6 +9,7 @@ sampled bracket, its widening, the single-value bracket) runs on small tensors.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -32,9 +33,7 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ta, "CHUNK", 997)  # odd: chunk edges fall anywhere
     monkeypatch.setattr(arithmetic_module, "CHUNK", 997)
     monkeypatch.setattr(interpolation_module, "CHUNK", 997)
-    monkeypatch.setattr(ta, "SMALL", 300)
     monkeypatch.setattr(sparsify, "SAMPLE", 256)
-    monkeypatch.setattr(ta, "SAMPLE", 256)
     monkeypatch.setattr(ta, "GLOBAL_SAMPLE", 1024)
 
 
@@ -231,22 +230,24 @@ def test_threshold_select_equals_kthvalue(n: int) -> None:
             assert math.isinf(want) == (keep == 0)
 
 
-def test_large_tensor_threshold_takes_one_pass_and_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Per-tensor thresholds above SMALL go through the sample and one count (counted here)."""
-    passes = []
-    end = MagnitudeSelect.end_pass
+def test_per_tensor_thresholds_form_each_task_vector_once_and_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The threshold's partial sort and the combination read one formation of each τ (chunks counted here)."""
+    formed = []
+    form = ta._TaskVectors._form
 
-    def counted(self: MagnitudeSelect) -> None:
-        passes.append(self.total)
-        end(self)
+    def counted(self: ta._TaskVectors, j: int, *args: Any) -> torch.Tensor:
+        formed.append(j)
+        return form(self, j, *args)
 
-    monkeypatch.setattr(MagnitudeSelect, "end_pass", counted)
+    monkeypatch.setattr(ta._TaskVectors, "_form", counted)
     g = torch.Generator().manual_seed(5)
     base = {"w": torch.randn(60, 70, generator=g)}
     experts = {"w": {V: base["w"] + torch.randn(60, 70, generator=g) * 0.01, L: torch.randn(60, 70, generator=g)}}
-    want, _ = reference(experts, base, lam=1.0, trim_k=20.0, consensus=True)
-    assert_state(ties(experts, base, lam=1.0, k=20.0, topk_scope="per_tensor", subset=None).state, want)
-    assert passes == [4200, 4200]
+    for k in (20.0, 0.01, 100.0):
+        formed.clear()
+        want, _ = reference(experts, base, lam=1.0, trim_k=k, consensus=True)
+        assert_state(ties(experts, base, lam=1.0, k=k, topk_scope="per_tensor", subset=None).state, want)
+        assert sorted(formed) == [0] * 5 + [1] * 5  # 4,200 elements in chunks of 997, each expert once
 
 
 @pytest.mark.parametrize("dtype", [*DTYPES, torch.float64])

@@ -6,8 +6,10 @@ DARE (random drop and rescale, sum; or elect + disjoint mean for DARE-TIES).
 
 Each key is computed in float64 chunks of :data:`CHUNK` elements, written straight into a tensor of
 the base dtype: no whole-tensor float64 copy is made, and the result is bit for bit that of the
-whole-tensor formulas in :mod:`vlmerge.merging.sparsify` (``tests/test_merge_floor.py``). Trim
-thresholds come from :class:`~vlmerge.merging.sparsify.MagnitudeSelect` (exact, equal to ``kthvalue``).
+whole-tensor formulas in :mod:`vlmerge.merging.sparsify` (``tests/test_merge_floor.py``). Per-tensor
+trim thresholds come from a partial sort of one key's task vectors, held whole in float64 for that key
+alone (they then feed the combination: each τ is formed once); global ones from
+:class:`~vlmerge.merging.sparsify.MagnitudeSelect`, streaming. Both are exact, equal to ``kthvalue``.
 """
 
 from __future__ import annotations
@@ -21,14 +23,12 @@ import torch
 
 from vlmerge.merging.errors import MergeError
 from vlmerge.merging.registry import BaseTensors, ExpertTensors, Merged, register
-from vlmerge.merging.sparsify import GLOBAL_SAMPLE, SAMPLE, MagnitudeSelect, keep_count, tensor_seed
+from vlmerge.merging.sparsify import GLOBAL_SAMPLE, MagnitudeSelect, keep_count, tensor_seed
 from vlmerge.model import Modality
 
 # Elements per chunk: the float64 temporaries of one chunk stay in cache, and no float64 copy of a
 # whole tensor is made.
 CHUNK = 1 << 16
-# Tensors up to this size get their trim threshold from a plain kthvalue.
-SMALL = 1 << 16
 
 
 @contextmanager
@@ -63,6 +63,18 @@ class _Chunks:
 
         self.base, self.acc, self.count, self.tmp = f64(), f64(), f64(), f64()
         self.taus = [f64() for _ in range(max(experts, 1))]
+        # Whole-key buffers (task vectors and their magnitudes), grown to the largest key and reused: a
+        # fresh allocation per key would fault in every page again.
+        self._whole: list[torch.Tensor] = []
+
+    def whole(self, count: int, numel: int) -> list[torch.Tensor]:
+        """``count`` float64 buffers of ``numel`` elements (views of buffers kept for the next key)."""
+        while len(self._whole) < count:
+            self._whole.append(torch.empty(0, dtype=torch.float64))
+        for i in range(count):
+            if self._whole[i].numel() < numel:
+                self._whole[i] = torch.empty(numel, dtype=torch.float64)
+        return [buffer[:numel] for buffer in self._whole[:count]]
 
     def spans(self, numel: int) -> range:
         return range(0, numel, CHUNK)
@@ -92,12 +104,35 @@ class _TaskVectors:
         self.numel = self.base.numel()
         self.keeps: list[torch.Tensor | None] = list(keeps) if keeps is not None else [None] * len(chosen)
         self.drop_p, self.rescale = drop_p, rescale
+        self.whole: list[torch.Tensor] | None = None
+
+    def materialize(self, work: _Chunks) -> list[torch.Tensor]:
+        """Every τ_j of this key held whole in float64 (in ``work``'s reused buffers), formed chunk by chunk
+        with the same operations (the same bits), and returns each |τ_j| whole; :meth:`tau` then reads the
+        held τ_j, so a threshold and the combination share one formation. :func:`_combine` overwrites them
+        as it goes, and the next key's formation overwrites the magnitudes."""
+        count = len(self.experts)
+        buffers = work.whole(2 * count, self.numel)
+        whole, magnitudes = buffers[:count], buffers[count:]
+        for lo in work.spans(self.numel):
+            hi = min(lo + CHUNK, self.numel)
+            b = self.load_base(work.base, lo, hi)
+            for j in range(count):
+                torch.abs(self._form(j, b, whole[j][lo:hi], lo, hi), out=magnitudes[j][lo:hi])
+        self.whole = whole
+        return magnitudes
 
     def load_base(self, out: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         return out[: hi - lo].copy_(self.base[lo:hi])
 
     def tau(self, j: int, base: torch.Tensor, out: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """τ_j over [lo, hi) into ``out`` (``base``: θ₀ over the same span, float64)."""
+        """τ_j over [lo, hi) into ``out`` (``base``: θ₀ over the same span, float64), or the held τ_j's
+        span itself after :meth:`materialize`."""
+        if self.whole is not None:
+            return self.whole[j][lo:hi]
+        return self._form(j, base, out, lo, hi)
+
+    def _form(self, j: int, base: torch.Tensor, out: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         t = out[: hi - lo].copy_(self.experts[j][lo:hi])
         t.sub_(base)
         keep = self.keeps[j]
@@ -166,37 +201,19 @@ def _sample_index(numel: int, size: int) -> torch.Tensor:
 
 
 def _tensor_thresholds(vectors: _TaskVectors, k: float, work: _Chunks) -> list[float]:
-    """The per-tensor trim threshold of each τ_j: ``magnitude_threshold(|τ_j|, k)``, exactly (all experts
-    of the key counted in the same pass over the chunks)."""
-    numel, experts = vectors.numel, range(len(vectors.experts))
+    """The per-tensor trim threshold of each τ_j: ``magnitude_threshold(|τ_j|, k)``, exactly, by a partial
+    sort (numpy's introselect) of |τ_j| formed from the key's held task vectors (:meth:`_TaskVectors.materialize`)."""
+    numel = vectors.numel
     keep = keep_count(numel, k)
     if keep == 0:
-        return [math.inf for _ in experts]
-    if numel <= SMALL:
-        values = []
-        for j in experts:
-            whole = torch.empty(numel, dtype=torch.float64)
-            for lo in work.spans(numel):
-                hi = min(lo + CHUNK, numel)
-                whole[lo:hi] = vectors.tau(j, vectors.load_base(work.base, lo, hi), work.tmp, lo, hi).abs_()
-            values.append(float(torch.kthvalue(whole, numel - keep + 1).values))
-        return values
-    selects = [MagnitudeSelect(numel, keep) for _ in experts]
-    index = _sample_index(numel, SAMPLE)
-    for j in experts:
-        selects[j].add_sample(vectors.magnitudes(j, index))
-    while not all(s.done for s in selects):
-        pending = [j for j in experts if not selects[j].done]
-        for j in pending:
-            selects[j].begin_pass()
-        for lo in work.spans(numel):
-            hi = min(lo + CHUNK, numel)
-            b = vectors.load_base(work.base, lo, hi)
-            for j in pending:
-                selects[j].count(vectors.tau(j, b, work.tmp, lo, hi).abs_())
-        for j in pending:
-            selects[j].end_pass()
-    return [s.value for s in selects]
+        return [math.inf for _ in vectors.experts]
+    rank = numel - keep  # ascending 0-based position of kthvalue(·, numel - keep + 1)
+    values = []
+    for magnitudes in vectors.materialize(work):
+        flat = magnitudes.numpy()
+        flat.partition(rank)  # in place: the buffer is scratch
+        values.append(float(flat[rank]))
+    return values
 
 
 def _combine(
