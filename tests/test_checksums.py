@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from vlmerge.runtime import sha256_file
 from vlmerge.runtime.checksums import BackgroundChecksums
 
 
@@ -46,3 +47,13 @@ def test_an_unreadable_file_is_an_error_naming_it(tmp_path: Path) -> None:
         checks.add(missing, "0" * 64, lambda actual: AssertionError(actual))
         with pytest.raises(OSError, match=f"cannot read {missing} to check its sha256"):
             checks.verify()
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
+def test_sha256_file_reads_every_block_into_one_buffer_and_hashes_the_whole_file(tmp_path: Path, chunk: int) -> None:
+    data = bytes(range(256)) * 41 + b"tail"  # 10,500 bytes: no chunk size above divides it
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    assert sha256_file(path, chunk) == hashlib.sha256(data).hexdigest()
+    (tmp_path / "empty.bin").write_bytes(b"")
+    assert sha256_file(tmp_path / "empty.bin", chunk) == hashlib.sha256(b"").hexdigest()

@@ -159,15 +159,22 @@ class _TaskVectors:
             select.count(self.tau(j, self.load_base(work.base, lo, hi), work.tmp, lo, hi).abs_())
 
 
-def _keep_mask(numel: int, p: float, seed: int) -> torch.Tensor:
-    """DARE's mask of one tensor, as one generator draws it for the whole tensor: 1.0 kept, 0.0 dropped."""
-    draw = torch.rand(numel, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+def _keep_mask(numel: int, p: float, seed: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """DARE's mask of one tensor, as one generator draws it for the whole tensor: 1.0 kept, 0.0 dropped
+    (into ``out``, float64 [numel], when given: the same bits)."""
+    generator = torch.Generator().manual_seed(seed)
+    draw = torch.rand(numel, generator=generator, dtype=torch.float64, out=out)
     return torch.ge(draw, p, out=draw)
 
 
 class _DareMasks:
     """DARE's masks of each key (one per chosen expert), the next key's drawn on a second thread while
-    the current key is merged: each mask has its own generator, so where it is drawn changes no bit."""
+    the current key is merged: each mask has its own generator, so where it is drawn changes no bit.
+
+    Masks are drawn into float64 buffers reused from key to key (two sets: the current key's and the next
+    key's): a fresh buffer per mask would be mapped and faulted in page by page under the merge's malloc
+    settings, about as long as drawing it.
+    """
 
     def __init__(
         self, experts: ExpertTensors, subset: tuple[Modality, ...] | None, p: float, seed: int, pool: ThreadPoolExecutor
@@ -175,24 +182,50 @@ class _DareMasks:
         self.experts, self.subset, self.p, self.seed, self.pool = experts, subset, p, seed, pool
         order = list(experts)
         self._next = dict(zip(order, order[1:]))
-        self._pending: dict[str, Future[list[torch.Tensor]]] = {}
+        # key → (its masks being drawn, the buffers they are drawn into)
+        self._pending: dict[str, tuple[Future[list[torch.Tensor]], list[torch.Tensor]]] = {}
+        self._free: list[torch.Tensor] = []  # buffers no mask uses now
+        self._current: list[torch.Tensor] = []  # the buffers behind the masks last handed out
 
-    def _draw(self, key: str, chosen: list[Modality], numel: int) -> list[torch.Tensor]:
-        return [_keep_mask(numel, self.p, tensor_seed(self.seed, key, m)) for m in chosen]
+    def _buffers(self, count: int, numel: int) -> list[torch.Tensor]:
+        """``count`` float64 views of ``numel`` elements from the free buffers (grown or made as needed)."""
+        out = []
+        for _ in range(count):
+            buffer = self._free.pop() if self._free else torch.empty(0, dtype=torch.float64)
+            if buffer.numel() < numel:
+                buffer = torch.empty(numel, dtype=torch.float64)
+            out.append(buffer)
+        return out
+
+    def _draw(self, key: str, chosen: list[Modality], numel: int, buffers: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [
+            _keep_mask(numel, self.p, tensor_seed(self.seed, key, m), out=b[:numel])
+            for m, b in zip(chosen, buffers, strict=True)
+        ]
 
     def take(self, key: str, chosen: list[Modality], numel: int) -> list[torch.Tensor]:
+        """The masks of ``key`` (valid until the next call: the key before it is merged by then)."""
         pending = self._pending.pop(key, None)
-        for other in self._pending.values():
-            other.cancel()
+        for draw, buffers in self._pending.values():
+            if draw.cancel():  # not started: its buffers are free again (a started one keeps its own)
+                self._free.extend(buffers)
         self._pending.clear()
+        self._free.extend(self._current)
+        if pending is not None:
+            masks, self._current = pending[0].result(), pending[1]
+        else:
+            self._current = self._buffers(len(chosen), numel)
+            masks = self._draw(key, chosen, numel, self._current)
         following = self._next.get(key)
         if following is not None:
             # The next key's experts from the view's listing: indexing it would read its tensors now.
             listed = getattr(self.experts, "modalities", None)
             modalities = listed(following) if listed is not None else list(self.experts[following])
             later = [m for m in modalities if self.subset is None or m in self.subset]
-            self._pending[following] = self.pool.submit(self._draw, following, later, _numel(self.experts, following))
-        return pending.result() if pending is not None else self._draw(key, chosen, numel)
+            size = _numel(self.experts, following)
+            buffers = self._buffers(len(later), size)
+            self._pending[following] = (self.pool.submit(self._draw, following, later, size, buffers), buffers)
+        return masks
 
 
 def _sample_index(numel: int, size: int) -> torch.Tensor:
