@@ -109,8 +109,9 @@ class VLModel(nn.Module):
 
     # TextPadding. Under "skip" the real tokens are scattered into the padded layout only for the attention
     # product. Same values for every real token up to the rounding of differently shaped products (training
-    # sets "auto"; evaluation and gram collection keep "compute"); a pad position's output means nothing in
-    # either mode (under "skip" its input passes through unchanged).
+    # sets "auto", its validation included; the evaluate and zero-shot stages and gram collection keep
+    # "compute"); a pad position's output means nothing in either mode (under "skip" its input passes
+    # through unchanged).
     text_padding: TextPadding = "compute"
 
     def __init__(self, config: ModelConfig, sharing: Sharing | str, heads: Heads = Heads()) -> None:
