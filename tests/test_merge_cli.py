@@ -141,7 +141,10 @@ def test_grams_cli_routes_each_task_and_records_its_inputs(work: Path) -> None:
 
 
 def test_grams_cli_shards_reduce_to_the_whole(work: Path) -> None:
-    # float64 products: sums exact enough that the shards' order of addition shows only at 1e-10.
+    # float64 products: the sums' order of addition shows only at 1e-10 of an entry; what remains is the
+    # float32 forward itself, whose activations round differently when a sample sits in a batch of another
+    # shape (GEMM blocking), about 1e-7 of |x|: bounded here by 1e-6 of G's largest diagonal entry
+    # (|G_ij| ≤ √(G_ii·G_jj)). A missing or doubled shard moves entries by their own size.
     exact = ("--products", "float64")
     whole, _ = load_grams(collect(work, "vqa", "whole.safetensors", *exact))
     shards = [collect(work, "vqa", f"s{i}.safetensors", "--shard", f"{i}/2", *exact) for i in range(2)]
@@ -152,7 +155,8 @@ def test_grams_cli_shards_reduce_to_the_whole(work: Path) -> None:
     ]
     assert reduced.counts == whole.counts
     for name in whole.names:
-        torch.testing.assert_close(reduced.xtx[name], whole.xtx[name], rtol=1e-10, atol=1e-8)
+        scale = float(whole.xtx[name].diagonal().max())
+        torch.testing.assert_close(reduced.xtx[name], whole.xtx[name], rtol=1e-10, atol=1e-6 * scale)
 
 
 # ---------------------------------------------------------------------------------------------- merge CLI

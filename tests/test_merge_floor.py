@@ -9,6 +9,7 @@ sampled bracket, its widening, the single-value bracket) runs on small tensors.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import pytest
@@ -261,3 +262,28 @@ def test_interpolation_is_the_same_bits_as_the_whole_tensor_sum(dtype: torch.dty
             for m in rest:
                 total.add_(tensors[m], alpha=weights[m])
             assert same_bits(weighted_sum(tensors, weights), total.to(dtype)), key
+
+
+def test_a_keys_chunks_and_partial_sorts_run_on_both_lanes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys of several chunks are formed and combined on this thread and the lane worker, the partial sorts
+    (one per expert) shared out, and the result is the same bits as one lane's."""
+    threads: list[str] = []
+    form = ta._TaskVectors._form
+
+    def recorded(self: ta._TaskVectors, j: int, *args: Any) -> torch.Tensor:
+        threads.append(threading.current_thread().name)
+        return form(self, j, *args)
+
+    monkeypatch.setattr(ta._TaskVectors, "_form", recorded)
+    experts, base = inputs(torch.float32, 6)
+    outputs = []
+    for lanes in (1, 2):
+        monkeypatch.setattr(ta, "LANES", lanes)
+        threads.clear()
+        for scope in ("per_tensor", "global"):
+            outputs.append(ties(experts, base, lam=0.9, k=30.0, topk_scope=scope, subset=None).state)
+        outputs.append(dare(experts, base, lam=0.5, p=0.3, seed=2, rescale=True, consensus=True, subset=None).state)
+        lane_work = {name.startswith("merge-lane") for name in threads}
+        assert lane_work == ({False, True} if lanes == 2 else {False})
+    for one, two in zip(outputs[:3], outputs[3:], strict=True):
+        assert_state(two, one)

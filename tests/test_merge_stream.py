@@ -226,3 +226,59 @@ def test_the_cli_writes_nothing_when_an_input_is_not_the_file_its_sidecar_descri
     error = capsys.readouterr().err
     assert str(inputs[which]) in error and "different writes" in error, error
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int64, torch.bool]
+)
+def test_gather_reads_the_values_at_flat_positions(dtype: torch.dtype, tmp_path: Path) -> None:
+    """A sample read through a mapping of one tensor's bytes: the values ``read`` gives at those positions,
+    for offsets that fall anywhere in a page, an empty tensor and repeated positions."""
+    from safetensors.torch import save_file
+
+    from vlmerge.merging.stream import SafetensorsReader
+
+    g = torch.Generator().manual_seed(3)
+    tensors = {
+        "a": torch.randn(3, generator=g),  # shifts the next tensors off any page boundary
+        "b": (torch.randn(70, 130, generator=g) * 100).to(dtype),
+        "c": torch.empty(0, dtype=dtype),
+        "d": (torch.randn(5000, generator=g) * 100).to(dtype),
+    }
+    save_file(tensors, tmp_path / "t.safetensors")
+    reader = SafetensorsReader(tmp_path / "t.safetensors")
+    for key in ("b", "d"):
+        numel = tensors[key].numel()
+        index = torch.cat([torch.randint(numel, (400,), generator=g), torch.tensor([0, numel - 1, 0])])
+        got = reader.gather(key, index)
+        assert got.dtype == dtype and torch.equal(got, reader.read(key).reshape(-1)[index])
+    assert reader.gather("c", torch.empty(0, dtype=torch.int64)).numel() == 0
+
+
+def test_global_ties_samples_streamed_inputs_without_reading_them(files: dict[str, Path]) -> None:
+    """The sample that brackets the global threshold is gathered (a few values per tensor), so each input
+    tensor is read twice, for the count and the merge, and the result is the in-memory one."""
+    meta = verify_state(files["ms"])
+    sources = {n: TensorFile(files[n], f"{n} state dict") for n in ("ms", "seed")}
+    reads: dict[str, int] = {}
+    gathered: set[str] = set()
+    for name, source in sources.items():
+        reader = source._reader
+        read, gather = reader.read, reader.gather
+
+        def counted(key: str, read: Any = read, name: str = name) -> torch.Tensor:
+            reads[f"{name}:{key}"] = reads.get(f"{name}:{key}", 0) + 1
+            return read(key)
+
+        def sampled(key: str, index: torch.Tensor, gather: Any = gather, name: str = name) -> torch.Tensor:
+            gathered.add(f"{name}:{key}")
+            return gather(key, index)
+
+        reader.read, reader.gather = counted, sampled  # type: ignore[method-assign]
+    params = {"topk_scope": "global", "k": "30"}
+    streamed = merge_files(
+        "ties", sources["ms"], seed_file=sources["seed"], layout=expert_layout(meta.config, meta.sharing), **params
+    )
+    _expect_equal(_in_memory("ties", params, "seed", files).state, streamed.state)
+    merged = {k for k in reads if k in gathered}
+    assert merged and gathered <= set(reads) and all(reads[k] == 2 for k in merged)

@@ -11,12 +11,14 @@ a merge keeps its output (MA-sized) plus about one group of inputs in memory. Th
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 from vlmerge.merging.errors import GramsError, MergeError
@@ -87,6 +89,31 @@ class SafetensorsReader:
                 done += got
         return data.view(dtype).reshape(shape)
 
+    def gather(self, key: str, index: torch.Tensor) -> torch.Tensor:
+        """The values at flat positions ``index`` (int64, in range), read through a mapping of this
+        tensor's bytes alone, unmapped before returning: the pages it touches come from the page cache
+        (no copy of the tensor, no fresh pages) and none stays in the process's resident set."""
+        dtype, _, begin, end = self._entries[key]
+        size = torch.empty((), dtype=dtype).element_size()
+        if end == begin:
+            return torch.empty(0, dtype=dtype)[index]
+        start = self._start + begin
+        skip = start % mmap.ALLOCATIONGRANULARITY
+        with (
+            open(self.path, "rb") as fh,
+            mmap.mmap(fh.fileno(), skip + end - begin, offset=start - skip, access=mmap.ACCESS_READ) as mapped,
+        ):
+            raw = np.frombuffer(mapped, dtype=_INTS[size], count=(end - begin) // size, offset=skip)
+            try:
+                picked = raw[index.numpy()]  # a copy
+            finally:
+                del raw  # the mapping closes only once no array refers to it
+        return torch.from_numpy(picked).view(dtype)
+
+
+# Integer types of each element size: gathered bytes are viewed back as the tensor's dtype.
+_INTS = {1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64}
+
 
 class TensorFile:
     """Tensors of one safetensors file read on demand; ``what`` names the file in errors
@@ -129,6 +156,10 @@ class TensorFile:
 
     def shape(self, key: str) -> tuple[int, ...]:
         return self._shapes[key]
+
+    def gather(self, key: str, index: torch.Tensor) -> torch.Tensor:
+        """``key``'s values at flat positions ``index``, without reading the tensor (unchecked: a sample)."""
+        return self._reader.gather(key, index)
 
     def load(self, key: str) -> torch.Tensor:
         """A fresh CPU tensor (nothing else holds it), finite."""
@@ -185,6 +216,10 @@ class ExpertView(Mapping[str, Mapping[Modality, torch.Tensor]]):
         """The experts of ``key``'s group, in the order indexing it lists them, reading nothing."""
         return list(self._groups[key])
 
+    def gather(self, key: str, m: Modality, index: torch.Tensor) -> torch.Tensor:
+        """Expert ``m``'s values of ``key`` at flat positions ``index``, reading only the pages they lie on."""
+        return self._source.gather(self._groups[key][m], index)
+
     def __getitem__(self, key: str) -> Mapping[Modality, torch.Tensor]:
         if key in self._cache:
             self._cache.move_to_end(key)
@@ -221,6 +256,12 @@ class BaseView(Mapping[str, torch.Tensor]):
             self._source.prefetch([key, following] if following else [key])
             self._last = (key, self._source.load(key))
         return self._last[1]
+
+    def gather(self, key: str, index: torch.Tensor) -> torch.Tensor:
+        """``key``'s values at flat positions ``index``, reading only the pages they lie on."""
+        if key not in self._known or key not in self._source:
+            raise KeyError(key)
+        return self._source.gather(key, index)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)

@@ -6,7 +6,9 @@ DARE (random drop and rescale, sum; or elect + disjoint mean for DARE-TIES).
 
 Each key is computed in float64 chunks of :data:`CHUNK` elements, written straight into a tensor of
 the base dtype: no whole-tensor float64 copy is made, and the result is bit for bit that of the
-whole-tensor formulas in :mod:`vlmerge.merging.sparsify` (``tests/test_merge_floor.py``). Per-tensor
+whole-tensor formulas in :mod:`vlmerge.merging.sparsify` (``tests/test_merge_floor.py``). A key's
+chunks are shared out over :data:`LANES` threads (this one and workers), each with its own chunk
+buffers: the work is element-wise, so where a chunk is computed changes no bit. Per-tensor
 trim thresholds come from a partial sort of one key's task vectors, held whole in float64 for that key
 alone (they then feed the combination: each τ is formed once); global ones from
 :class:`~vlmerge.merging.sparsify.MagnitudeSelect`, streaming. Both are exact, equal to ``kthvalue``.
@@ -15,9 +17,10 @@ alone (they then feed the combination: each τ is formed once); global ones from
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 
@@ -29,6 +32,12 @@ from vlmerge.model import Modality
 # Elements per chunk: the float64 temporaries of one chunk stay in cache, and no float64 copy of a
 # whole tensor is made.
 CHUNK = 1 << 16
+# Threads that compute a key's chunks (this one and LANES - 1 workers), one intra-op thread each. On two
+# cores the merge's own compute took one core while the prefetch and checksum threads left most of the
+# other idle (10.3 s of CPU in 9.4 s for a base-preset TIES merge).
+LANES = 2
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -47,6 +56,13 @@ def one_thread() -> Iterator[None]:
 
 def _chosen(tensors: Mapping[Modality, torch.Tensor], subset: tuple[Modality, ...] | None) -> list[Modality]:
     return [m for m in tensors if subset is None or m in subset]
+
+
+def _listed(experts: ExpertTensors, key: str, subset: tuple[Modality, ...] | None) -> list[Modality]:
+    """The chosen experts of ``key`` from a view's listing, reading nothing (indexing a view reads the group)."""
+    listed = getattr(experts, "modalities", None)
+    modalities = listed(key) if listed is not None else list(experts[key])
+    return [m for m in modalities if subset is None or m in subset]
 
 
 def _numel(experts: ExpertTensors, key: str) -> int:
@@ -76,8 +92,46 @@ class _Chunks:
                 self._whole[i] = torch.empty(numel, dtype=torch.float64)
         return [buffer[:numel] for buffer in self._whole[:count]]
 
-    def spans(self, numel: int) -> range:
-        return range(0, numel, CHUNK)
+
+class _Lanes:
+    """Runs a key's work on :data:`LANES` threads, each with its own :class:`_Chunks`.
+
+    :meth:`over_spans` cuts ``[0, numel)`` into one run of whole chunks per lane (a key of fewer than two
+    chunks per lane stays on this thread); :meth:`run` shares out independent tasks (one per expert).
+    Torch's element-wise ops and numpy's partial sort release the GIL, so the lanes compute at once.
+    """
+
+    def __init__(self, experts: int, pool: ThreadPoolExecutor | None) -> None:
+        self.pool = pool
+        self.works = [_Chunks(experts) for _ in range(LANES if pool is not None else 1)]
+
+    def whole(self, count: int, numel: int) -> list[torch.Tensor]:
+        return self.works[0].whole(count, numel)
+
+    def run(self, tasks: Sequence[Callable[[_Chunks], T]]) -> list[T]:
+        """Each task's result, in order; task i runs on lane i mod the lane count with that lane's buffers."""
+        lanes = min(len(self.works), len(tasks))
+        if self.pool is None or lanes < 2:
+            return [task(self.works[0]) for task in tasks]
+
+        def lane(i: int) -> list[T]:
+            torch.set_num_threads(1)
+            return [task(self.works[i]) for task in tasks[i::lanes]]
+
+        others = [self.pool.submit(lane, i) for i in range(1, lanes)]
+        done = [lane(0), *(f.result() for f in others)]
+        return [done[i % lanes][i // lanes] for i in range(len(tasks))]
+
+    def over_spans(self, numel: int, body: Callable[[_Chunks, int, int], None]) -> None:
+        """``body(work, lo, hi)`` over runs of whole chunks that cover ``[0, numel)``, one run per lane."""
+        chunks = -(-numel // CHUNK)
+        lanes = max(1, min(len(self.works), chunks // 2))
+        edges = [min(numel, (chunks * i // lanes) * CHUNK) for i in range(lanes + 1)]
+
+        def part(lo: int, hi: int) -> Callable[[_Chunks], None]:
+            return lambda work: body(work, lo, hi)
+
+        self.run([part(lo, hi) for lo, hi in zip(edges, edges[1:], strict=False)])
 
 
 class _TaskVectors:
@@ -106,19 +160,22 @@ class _TaskVectors:
         self.drop_p, self.rescale = drop_p, rescale
         self.whole: list[torch.Tensor] | None = None
 
-    def materialize(self, work: _Chunks) -> list[torch.Tensor]:
-        """Every τ_j of this key held whole in float64 (in ``work``'s reused buffers), formed chunk by chunk
-        with the same operations (the same bits), and returns each |τ_j| whole; :meth:`tau` then reads the
-        held τ_j, so a threshold and the combination share one formation. :func:`_combine` overwrites them
-        as it goes, and the next key's formation overwrites the magnitudes."""
+    def materialize(self, lanes: _Lanes) -> list[torch.Tensor]:
+        """Every τ_j of this key held whole in float64 (in reused buffers), formed chunk by chunk with the
+        same operations (the same bits), and returns each |τ_j| whole; :meth:`tau` then reads the held
+        τ_j, so a threshold and the combination share one formation. :func:`_combine` overwrites them as
+        it goes, and the next key's formation overwrites the magnitudes."""
         count = len(self.experts)
-        buffers = work.whole(2 * count, self.numel)
+        buffers = lanes.whole(2 * count, self.numel)
         whole, magnitudes = buffers[:count], buffers[count:]
-        for lo in work.spans(self.numel):
-            hi = min(lo + CHUNK, self.numel)
-            b = self.load_base(work.base, lo, hi)
-            for j in range(count):
-                torch.abs(self._form(j, b, whole[j][lo:hi], lo, hi), out=magnitudes[j][lo:hi])
+
+        def form(work: _Chunks, start: int, stop: int) -> None:
+            for lo, hi in _chunks(start, stop):
+                b = self.load_base(work.base, lo, hi)
+                for j in range(count):
+                    torch.abs(self._form(j, b, whole[j][lo:hi], lo, hi), out=magnitudes[j][lo:hi])
+
+        lanes.over_spans(self.numel, form)
         self.whole = whole
         return magnitudes
 
@@ -154,9 +211,14 @@ class _TaskVectors:
 
     def count(self, j: int, select: MagnitudeSelect, work: _Chunks) -> None:
         """One counting pass of |τ_j| into ``select``, chunk by chunk."""
-        for lo in work.spans(self.numel):
-            hi = min(lo + CHUNK, self.numel)
+        for lo, hi in _chunks(0, self.numel):
             select.count(self.tau(j, self.load_base(work.base, lo, hi), work.tmp, lo, hi).abs_())
+
+
+def _chunks(start: int, stop: int) -> Iterator[tuple[int, int]]:
+    """The chunks ``[lo, hi)`` of ``[start, stop)``: :data:`CHUNK` elements each, the last one shorter."""
+    for lo in range(start, stop, CHUNK):
+        yield lo, min(lo + CHUNK, stop)
 
 
 def _keep_mask(numel: int, p: float, seed: int, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -218,10 +280,7 @@ class _DareMasks:
             masks = self._draw(key, chosen, numel, self._current)
         following = self._next.get(key)
         if following is not None:
-            # The next key's experts from the view's listing: indexing it would read its tensors now.
-            listed = getattr(self.experts, "modalities", None)
-            modalities = listed(following) if listed is not None else list(self.experts[following])
-            later = [m for m in modalities if self.subset is None or m in self.subset]
+            later = _listed(self.experts, following, self.subset)
             size = _numel(self.experts, following)
             buffers = self._buffers(len(later), size)
             self._pending[following] = (self.pool.submit(self._draw, following, later, size, buffers), buffers)
@@ -233,7 +292,7 @@ def _sample_index(numel: int, size: int) -> torch.Tensor:
     return torch.randint(numel, (size,), generator=torch.Generator().manual_seed(numel))
 
 
-def _tensor_thresholds(vectors: _TaskVectors, k: float, work: _Chunks) -> list[float]:
+def _tensor_thresholds(vectors: _TaskVectors, k: float, lanes: _Lanes) -> list[float]:
     """The per-tensor trim threshold of each τ_j: ``magnitude_threshold(|τ_j|, k)``, exactly, by a partial
     sort (numpy's introselect) of |τ_j| formed from the key's held task vectors (:meth:`_TaskVectors.materialize`)."""
     numel = vectors.numel
@@ -241,16 +300,20 @@ def _tensor_thresholds(vectors: _TaskVectors, k: float, work: _Chunks) -> list[f
     if keep == 0:
         return [math.inf for _ in vectors.experts]
     rank = numel - keep  # ascending 0-based position of kthvalue(·, numel - keep + 1)
-    values = []
-    for magnitudes in vectors.materialize(work):
-        flat = magnitudes.numpy()
-        flat.partition(rank)  # in place: the buffer is scratch
-        values.append(float(flat[rank]))
-    return values
+
+    def select(magnitudes: torch.Tensor) -> Callable[[_Chunks], float]:
+        def task(_: _Chunks) -> float:
+            flat = magnitudes.numpy()
+            flat.partition(rank)  # in place: the buffer is scratch
+            return float(flat[rank])
+
+        return task
+
+    return lanes.run([select(m) for m in vectors.materialize(lanes)])
 
 
 def _combine(
-    vectors: _TaskVectors, thresholds: list[float] | None, lam: float, consensus: bool, work: _Chunks
+    vectors: _TaskVectors, thresholds: list[float] | None, lam: float, consensus: bool, lanes: _Lanes
 ) -> torch.Tensor:
     """θ₀ + λ·(Σ_m τ̂_m or disjoint_mean), chunk by chunk, into a tensor of the base dtype.
 
@@ -265,35 +328,38 @@ def _combine(
     out = torch.empty_like(base)
     if not vectors.experts:
         return out.copy_(base)
-    for lo in work.spans(vectors.numel):
-        hi = min(lo + CHUNK, vectors.numel)
-        b = vectors.load_base(work.base, lo, hi)
-        tmp = work.tmp[: hi - lo]
-        taus = []
-        for j in range(len(vectors.experts)):
-            t = vectors.tau(j, b, work.taus[j], lo, hi)
-            if thresholds is not None:  # τ·[|τ| ≥ threshold]
-                t.mul_(torch.ge(torch.abs(t, out=tmp), thresholds[j], out=tmp))
-            taus.append(t)
-        total = work.acc[: hi - lo].copy_(taus[0])
-        for t in taus[1:]:
-            total.add_(t)
-        if consensus:
-            elected = total.sign_()
-            count = work.count[: hi - lo]
-            for j, t in enumerate(taus):
-                agreeing = t.mul_(elected).clamp_(min=0)
-                if j == 0:
-                    torch.sign(agreeing, out=count)
-                else:
-                    count.add_(torch.sign(agreeing, out=tmp))
-            mean = tmp.copy_(taus[0])
+
+    def chunks(work: _Chunks, start: int, stop: int) -> None:
+        for lo, hi in _chunks(start, stop):
+            b = vectors.load_base(work.base, lo, hi)
+            tmp = work.tmp[: hi - lo]
+            taus = []
+            for j in range(len(vectors.experts)):
+                t = vectors.tau(j, b, work.taus[j], lo, hi)
+                if thresholds is not None:  # τ·[|τ| ≥ threshold]
+                    t.mul_(torch.ge(torch.abs(t, out=tmp), thresholds[j], out=tmp))
+                taus.append(t)
+            total = work.acc[: hi - lo].copy_(taus[0])
             for t in taus[1:]:
-                mean.add_(t)
-            total = mean.div_(count.clamp_(min=1)).mul_(elected)
-        total.add_(0.0)
-        b.add_(total, alpha=lam)
-        out[lo:hi] = b
+                total.add_(t)
+            if consensus:
+                elected = total.sign_()
+                count = work.count[: hi - lo]
+                for j, t in enumerate(taus):
+                    agreeing = t.mul_(elected).clamp_(min=0)
+                    if j == 0:
+                        torch.sign(agreeing, out=count)
+                    else:
+                        count.add_(torch.sign(agreeing, out=tmp))
+                mean = tmp.copy_(taus[0])
+                for t in taus[1:]:
+                    mean.add_(t)
+                total = mean.div_(count.clamp_(min=1)).mul_(elected)
+            total.add_(0.0)
+            b.add_(total, alpha=lam)
+            out[lo:hi] = b
+
+    lanes.over_spans(vectors.numel, chunks)
     return out
 
 
@@ -339,9 +405,12 @@ def _generalized(
     rescale: bool,
     consensus: bool,
 ) -> Merged:
-    widest = max((len(_chosen(experts[k], subset)) for k in experts), default=1)
-    work = _Chunks(widest)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dare") as pool:
+    widest = max((len(_listed(experts, k, subset)) for k in experts), default=1)
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="dare") as pool,
+        ThreadPoolExecutor(max_workers=max(1, LANES - 1), thread_name_prefix="merge-lane") as lane_pool,
+    ):
+        lanes = _Lanes(widest, lane_pool if LANES > 1 else None)
         masks = _DareMasks(experts, subset, drop_p, seed, pool) if drop_p > 0 else None
 
         def vectors(key: str) -> tuple[list[Modality], _TaskVectors]:
@@ -352,7 +421,8 @@ def _generalized(
 
         thresholds: dict[Modality, float] = {}
         if trim_k is not None and topk_scope == "global":
-            thresholds = _global_thresholds(experts, subset, trim_k, vectors, work)
+            sample = _gathered_sample(experts, base) if drop_p == 0 else None
+            thresholds = _global_thresholds(experts, subset, trim_k, vectors, lanes, sample)
         state = {}
         for key in experts:
             chosen, tvs = vectors(key)
@@ -360,8 +430,8 @@ def _generalized(
             if trim_k is not None and topk_scope == "global":
                 cut = [thresholds[m] for m in chosen]
             elif trim_k is not None:
-                cut = _tensor_thresholds(tvs, trim_k, work)
-            state[key] = _combine(tvs, cut, lam, consensus, work).reshape(base[key].shape)
+                cut = _tensor_thresholds(tvs, trim_k, lanes)
+            state[key] = _combine(tvs, cut, lam, consensus, lanes).reshape(base[key].shape)
         return Merged(state, {"global_thresholds": {m.value: t for m, t in thresholds.items()}} if thresholds else {})
 
 
@@ -370,33 +440,62 @@ def _global_thresholds(
     subset: tuple[Modality, ...] | None,
     k: float,
     vectors: Callable[[str], tuple[list[Modality], _TaskVectors]],
-    work: _Chunks,
+    lanes: _Lanes,
+    sample: Callable[[str, Modality, torch.Tensor], torch.Tensor] | None,
 ) -> dict[Modality, float]:
     """Each expert's threshold over its whole task vector (every key it merges), exactly: a sample of
     every tensor, then counting passes over the tensors again; only the sample and the magnitudes
-    inside the bracket are held."""
+    inside the bracket are held. ``sample(key, m, index)`` gives |τ_m| at flat positions without
+    reading whole tensors (streamed files without DARE's drop); else the sample reads each key."""
     sizes: dict[Modality, int] = {}
-    for key, tensors in experts.items():
-        for m in _chosen(tensors, subset):
+    for key in experts:
+        for m in _listed(experts, key, subset):
             sizes[m] = sizes.get(m, 0) + _numel(experts, key)
     selects = {m: MagnitudeSelect(n, keep_count(n, k)) for m, n in sizes.items()}
     for key in experts:
+        numel = _numel(experts, key)
+        if sample is not None:
+            for m in _listed(experts, key, subset):
+                size = max(1, math.ceil(numel * GLOBAL_SAMPLE / sizes[m]))
+                selects[m].add_sample(sample(key, m, _sample_index(numel, size)))
+            continue
         chosen, tvs = vectors(key)
         for j, m in enumerate(chosen):
-            size = max(1, math.ceil(tvs.numel * GLOBAL_SAMPLE / sizes[m]))
-            selects[m].add_sample(tvs.magnitudes(j, _sample_index(tvs.numel, size)))
+            size = max(1, math.ceil(numel * GLOBAL_SAMPLE / sizes[m]))
+            selects[m].add_sample(tvs.magnitudes(j, _sample_index(numel, size)))
     while not all(s.done for s in selects.values()):
         pending = {m: s for m, s in selects.items() if not s.done}
         for s in pending.values():
             s.begin_pass()
         for key in experts:
             chosen, tvs = vectors(key)
-            for j, m in enumerate(chosen):
-                if m in pending:
-                    tvs.count(j, pending[m], work)
+            lanes.run([_counting(tvs, j, pending[m]) for j, m in enumerate(chosen) if m in pending])
         for s in pending.values():
             s.end_pass()
     return {m: selects[m].value for m in Modality if m in selects}
+
+
+def _gathered_sample(
+    experts: ExpertTensors, base: Mapping[str, torch.Tensor]
+) -> Callable[[str, Modality, torch.Tensor], torch.Tensor] | None:
+    """|τ_m| of ``key`` at flat positions (the values :meth:`_TaskVectors.magnitudes` gives, in sorted
+    position order: the sample is a multiset) read through the views' ``gather``, or None when the
+    inputs are not streamed files."""
+    from_experts, from_base = getattr(experts, "gather", None), getattr(base, "gather", None)
+    if from_experts is None or from_base is None:
+        return None
+
+    def sample(key: str, m: Modality, index: torch.Tensor) -> torch.Tensor:
+        index = index.sort().values  # pages in file order
+        t = from_experts(key, m, index).to(torch.float64) - from_base(key, index).to(torch.float64)
+        return t.abs_()
+
+    return sample
+
+
+def _counting(vectors: _TaskVectors, j: int, select: MagnitudeSelect) -> Callable[[_Chunks], None]:
+    """A lane task: one counting pass of |τ_j| into ``select`` (each expert's select on one lane)."""
+    return lambda work: vectors.count(j, select, work)
 
 
 @register("task_arithmetic")
