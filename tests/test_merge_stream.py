@@ -282,3 +282,50 @@ def test_global_ties_samples_streamed_inputs_without_reading_them(files: dict[st
     _expect_equal(_in_memory("ties", params, "seed", files).state, streamed.state)
     merged = {k for k in reads if k in gathered}
     assert merged and gathered <= set(reads) and all(reads[k] == 2 for k in merged)
+
+
+def _mappings(path: Path) -> int:
+    """How many of this process's mappings are of ``path``."""
+    return sum(str(path) in line for line in Path("/proc/self/maps").read_text().splitlines())
+
+
+def test_a_read_maps_one_tensor_privately_until_it_is_freed(tmp_path: Path) -> None:
+    """A tensor read from a file is a copy-on-write mapping of its bytes: writing to it never reaches the
+    file, the mapping lives as long as the tensor (or a view of it) and is gone once they are freed."""
+    import gc
+
+    from safetensors.torch import save_file
+
+    from vlmerge.merging.stream import SafetensorsReader
+
+    path = tmp_path / "t.safetensors"
+    save_file({"a": torch.arange(7, dtype=torch.float32), "b": torch.arange(5000, dtype=torch.float64)}, path)
+    before = path.read_bytes()
+    reader = SafetensorsReader(path)
+    tensor = reader.read("b")
+    view = tensor[10:20]
+    assert _mappings(path) == 1 and torch.equal(tensor, torch.arange(5000, dtype=torch.float64))
+    tensor.mul_(-1)
+    assert float(view[0]) == -10.0 and path.read_bytes() == before
+    assert torch.equal(reader.read("b"), torch.arange(5000, dtype=torch.float64))
+    del tensor
+    gc.collect()
+    assert _mappings(path) == 1  # the view still holds it
+    del view
+    gc.collect()
+    assert _mappings(path) == 0
+
+
+def test_a_truncated_file_is_named_not_mapped(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from vlmerge.merging.stream import SafetensorsReader
+
+    path = tmp_path / "t.safetensors"
+    save_file({"a": torch.zeros(3), "b": torch.zeros(5000)}, path)
+    reader = SafetensorsReader(path)
+    with path.open("r+b") as fh:
+        fh.truncate(path.stat().st_size - 4)
+    assert reader.read("a").numel() == 3
+    with pytest.raises(MergeError, match=r"t\.safetensors: b ends past the end of the file \(truncated\)"):
+        reader.read("b")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 
 import numpy as np
 import torch
@@ -59,6 +60,7 @@ class MagnitudeSelect:
         self._lo = self._hi = 0.0
         self._above = self._at = 0
         self._inside: list[torch.Tensor] = []
+        self._lock = threading.Lock()
 
     def add_sample(self, magnitudes: torch.Tensor) -> None:
         self._samples.append(magnitudes.reshape(-1))
@@ -74,16 +76,27 @@ class MagnitudeSelect:
         self._hi = float(sample[j]) if 0 <= j < size else math.inf
         self._above, self._at, self._inside = 0, 0, []
 
-    def count(self, magnitudes: torch.Tensor) -> None:
-        """Count one part of the magnitudes: above the bracket, and keep those inside it."""
+    def count(self, magnitudes: torch.Tensor, scratch: np.ndarray | None = None) -> None:
+        """Count one part of the magnitudes: above the bracket, and keep those inside it. Parts may be
+        counted from several threads at once; ``scratch`` (bool, at least the part's size, one per
+        thread) holds the masks instead of fresh arrays."""
         flat = magnitudes.detach().reshape(-1).to(torch.float64).numpy()  # numpy's masks are cheaper here
-        above = flat > self._hi
-        self._above += int(np.count_nonzero(above))
+        n = flat.size
+        if scratch is None or scratch.size < 2 * n:
+            scratch = np.empty(2 * n, dtype=bool)
+        above, mask = scratch[:n], scratch[n : 2 * n]
+        np.greater(flat, self._hi, out=above)
+        count = int(np.count_nonzero(above))
         if self._lo == self._hi:  # one value: its count is enough
-            self._at += int(np.count_nonzero(flat == self._lo))
+            at, inside = int(np.count_nonzero(np.equal(flat, self._lo, out=mask))), None
         else:
-            inside = np.logical_xor(flat >= self._lo, above, out=above)  # lo ≤ x ≤ hi
-            self._inside.append(torch.from_numpy(flat[inside]))
+            np.greater_equal(flat, self._lo, out=mask)
+            at, inside = 0, torch.from_numpy(flat[np.logical_xor(mask, above, out=mask)])  # lo ≤ x ≤ hi
+        with self._lock:
+            self._above += count
+            self._at += at
+            if inside is not None:
+                self._inside.append(inside)
 
     def end_pass(self) -> None:
         """Select the threshold if the bracket holds it, else widen the bracket for another pass."""

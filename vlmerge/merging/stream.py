@@ -48,12 +48,13 @@ _DTYPES = {
 
 
 class SafetensorsReader:
-    """A safetensors file read one tensor at a time with plain reads (its header parsed once).
+    """A safetensors file read one tensor at a time, each through a mapping of its own bytes (its header
+    parsed once).
 
     ``safe_open`` maps the whole file, and every page a read touches stays in the process's resident set
-    while the mapping lives: streaming a file through it ends with the file's size resident. Reading
-    each tensor's bytes into a fresh buffer leaves only the page cache, which is not the process's.
-    Call after the file has passed ``safe_open``'s own header checks (``verify_state``).
+    while the mapping lives: streaming a file through it ends with the file's size resident. A mapping
+    per tensor lives only as long as that tensor. Call after the file has passed ``safe_open``'s own
+    header checks (``verify_state``).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -77,16 +78,20 @@ class SafetensorsReader:
         return self._entries[key][1]
 
     def read(self, key: str) -> torch.Tensor:
+        """The tensor over a private (copy-on-write) mapping of its bytes alone, unmapped when the tensor
+        and its views are freed: its pages come from the page cache when first touched, with no copy and
+        no fresh zeroed pages; a write to it copies the page it touches and never reaches the file."""
         dtype, shape, begin, end = self._entries[key]
-        data = torch.empty(end - begin, dtype=torch.uint8)
-        view = data.numpy().data.cast("B")
-        with open(self.path, "rb", buffering=0) as fh:
-            done = 0
-            while done < len(view):
-                got = os.preadv(fh.fileno(), [view[done:]], self._start + begin + done)
-                if got <= 0:
-                    raise MergeError(f"{self.path}: {key} ends past the end of the file (truncated)")
-                done += got
+        if end == begin:
+            return torch.empty(shape, dtype=dtype)
+        start = self._start + begin
+        skip = start % mmap.ALLOCATIONGRANULARITY
+        with open(self.path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size < start + end - begin:
+                raise MergeError(f"{self.path}: {key} ends past the end of the file (truncated)")
+            mapped = mmap.mmap(fh.fileno(), skip + end - begin, offset=start - skip, access=mmap.ACCESS_COPY)
+        # The tensor holds the mapping (frombuffer keeps its buffer alive): it is unmapped with the tensor.
+        data = torch.frombuffer(mapped, dtype=torch.uint8, count=end - begin, offset=skip)
         return data.view(dtype).reshape(shape)
 
     def gather(self, key: str, index: torch.Tensor) -> torch.Tensor:
@@ -162,7 +167,7 @@ class TensorFile:
         return self._reader.gather(key, index)
 
     def load(self, key: str) -> torch.Tensor:
-        """A fresh CPU tensor (nothing else holds it), finite."""
+        """A CPU tensor nothing else holds (writes to it stay in this process), finite."""
         pending = self._pending.pop(key, None)
         if pending is not None:
             tensor, finite = pending.result()

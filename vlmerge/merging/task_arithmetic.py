@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
 
+import numpy as np
 import torch
 
 from vlmerge.merging.errors import MergeError
@@ -79,6 +80,7 @@ class _Chunks:
 
         self.base, self.acc, self.count, self.tmp = f64(), f64(), f64(), f64()
         self.taus = [f64() for _ in range(max(experts, 1))]
+        self.masks = np.empty(2 * CHUNK, dtype=bool)  # a threshold count's masks
         # Whole-key buffers (task vectors and their magnitudes), grown to the largest key and reused: a
         # fresh allocation per key would fault in every page again.
         self._whole: list[torch.Tensor] = []
@@ -209,10 +211,17 @@ class _TaskVectors:
                 t.div_(1.0 - self.drop_p)
         return t.abs_()
 
-    def count(self, j: int, select: MagnitudeSelect, work: _Chunks) -> None:
-        """One counting pass of |τ_j| into ``select``, chunk by chunk."""
-        for lo, hi in _chunks(0, self.numel):
-            select.count(self.tau(j, self.load_base(work.base, lo, hi), work.tmp, lo, hi).abs_())
+    def count(self, selects: list[MagnitudeSelect | None], lanes: _Lanes) -> None:
+        """One counting pass of each |τ_j| into ``selects[j]`` (None: not counted), chunk by chunk."""
+
+        def chunks(work: _Chunks, start: int, stop: int) -> None:
+            for lo, hi in _chunks(start, stop):
+                b = self.load_base(work.base, lo, hi)
+                for j, select in enumerate(selects):
+                    if select is not None:
+                        select.count(self.tau(j, b, work.tmp, lo, hi).abs_(), work.masks)
+
+        lanes.over_spans(self.numel, chunks)
 
 
 def _chunks(start: int, stop: int) -> Iterator[tuple[int, int]]:
@@ -469,7 +478,7 @@ def _global_thresholds(
             s.begin_pass()
         for key in experts:
             chosen, tvs = vectors(key)
-            lanes.run([_counting(tvs, j, pending[m]) for j, m in enumerate(chosen) if m in pending])
+            tvs.count([pending.get(m) for m in chosen], lanes)
         for s in pending.values():
             s.end_pass()
     return {m: selects[m].value for m in Modality if m in selects}
@@ -491,11 +500,6 @@ def _gathered_sample(
         return t.abs_()
 
     return sample
-
-
-def _counting(vectors: _TaskVectors, j: int, select: MagnitudeSelect) -> Callable[[_Chunks], None]:
-    """A lane task: one counting pass of |τ_j| into ``select`` (each expert's select on one lane)."""
-    return lambda work: vectors.count(j, select, work)
 
 
 @register("task_arithmetic")
