@@ -394,7 +394,8 @@ def generalized_task_arithmetic(
     dtype: the result is the same, bit for bit, as the whole-tensor formulas of :mod:`sparsify`
     (:func:`trim`, :func:`disjoint_mean`, :func:`dare_drop`, :func:`magnitude_threshold`). Trim thresholds
     are selected exactly by :class:`MagnitudeSelect`; with ``topk_scope="global"`` it streams every
-    tensor of an expert's task vector twice (a sample, then a count) instead of holding it whole.
+    tensor of an expert's task vector once for a count (after a sample gathered from a few values per
+    page) before the merge, instead of holding it whole.
     """
     if base is None:
         raise MergeError("task-vector methods need the seed (MA) checkpoint θ₀")
