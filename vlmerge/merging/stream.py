@@ -80,7 +80,9 @@ class SafetensorsReader:
     def read(self, key: str) -> torch.Tensor:
         """The tensor over a private (copy-on-write) mapping of its bytes alone, unmapped when the tensor
         and its views are freed: its pages come from the page cache when first touched, with no copy and
-        no fresh zeroed pages; a write to it copies the page it touches and never reaches the file."""
+        no fresh zeroed pages; a write to it copies the page it touches and never reaches the file. Each
+        live mapping holds a duplicate of the file's descriptor (CPython's mmap); a merge holds a few dozen
+        at once (the copied keys of its output and the cached groups)."""
         dtype, shape, begin, end = self._entries[key]
         if end == begin:
             return torch.empty(shape, dtype=dtype)
