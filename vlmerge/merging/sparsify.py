@@ -78,8 +78,8 @@ class MagnitudeSelect:
 
     def count(self, magnitudes: torch.Tensor, scratch: np.ndarray | None = None) -> None:
         """Count one part of the magnitudes: above the bracket, and keep those inside it. Parts may be
-        counted from several threads at once; ``scratch`` (bool, at least the part's size, one per
-        thread) holds the masks instead of fresh arrays."""
+        counted from several threads at once; ``scratch`` (bool, at least twice the part's size, one
+        per thread) holds the masks instead of fresh arrays."""
         flat = magnitudes.detach().reshape(-1).to(torch.float64).numpy()  # numpy's masks are cheaper here
         n = flat.size
         if scratch is None or scratch.size < 2 * n:

@@ -464,15 +464,13 @@ def _global_thresholds(
     selects = {m: MagnitudeSelect(n, keep_count(n, k)) for m, n in sizes.items()}
     for key in experts:
         numel = _numel(experts, key)
-        if sample is not None:
-            for m in _listed(experts, key, subset):
-                size = max(1, math.ceil(numel * GLOBAL_SAMPLE / sizes[m]))
-                selects[m].add_sample(sample(key, m, _sample_index(numel, size)))
-            continue
-        chosen, tvs = vectors(key)
+        chosen, tvs = (_listed(experts, key, subset), None) if sample is not None else vectors(key)
         for j, m in enumerate(chosen):
-            size = max(1, math.ceil(numel * GLOBAL_SAMPLE / sizes[m]))
-            selects[m].add_sample(tvs.magnitudes(j, _sample_index(numel, size)))
+            index = _sample_index(numel, max(1, math.ceil(numel * GLOBAL_SAMPLE / sizes[m])))
+            if tvs is not None:
+                selects[m].add_sample(tvs.magnitudes(j, index))
+            elif sample is not None:
+                selects[m].add_sample(sample(key, m, index))
     while not all(s.done for s in selects.values()):
         pending = {m: s for m, s in selects.items() if not s.done}
         for s in pending.values():
