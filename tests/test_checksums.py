@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from vlmerge.runtime import sha256_file
+from vlmerge.runtime import atomic, sha256_file
 from vlmerge.runtime.checksums import BackgroundChecksums
 
 
@@ -50,10 +53,37 @@ def test_an_unreadable_file_is_an_error_naming_it(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
-def test_sha256_file_reads_every_block_into_one_buffer_and_hashes_the_whole_file(tmp_path: Path, chunk: int) -> None:
-    data = bytes(range(256)) * 41 + b"tail"  # 10,500 bytes: no chunk size above divides it
+@pytest.mark.parametrize("window", [mmap.ALLOCATIONGRANULARITY, atomic.HASH_WINDOW])
+def test_sha256_file_hashes_the_whole_file_in_blocks_of_any_size(
+    tmp_path: Path, chunk: int, window: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(atomic, "HASH_WINDOW", window)
+    data = bytes(range(256)) * 41 + b"tail"  # 10,500 bytes: no chunk or window size above divides it
     path = tmp_path / "f.bin"
     path.write_bytes(data)
     assert sha256_file(path, chunk) == hashlib.sha256(data).hexdigest()
     (tmp_path / "empty.bin").write_bytes(b"")
     assert sha256_file(tmp_path / "empty.bin", chunk) == hashlib.sha256(b"").hexdigest()
+
+
+def test_sha256_file_maps_one_window_at_a_time_and_stops_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(atomic, "HASH_WINDOW", mmap.ALLOCATIONGRANULARITY)
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(256)) * 64)  # 16 KiB: several windows
+    mapped: list[int] = []
+    real_mmap = mmap.mmap
+
+    def counting(fileno: int, length: int, **kwargs: Any) -> mmap.mmap:
+        mapped.append(length)
+        return real_mmap(fileno, length, **kwargs)
+
+    monkeypatch.setattr(atomic.mmap, "mmap", counting)
+    assert sha256_file(path, 1000) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert mapped and max(mapped) == mmap.ALLOCATIONGRANULARITY and sum(mapped) == path.stat().st_size
+    stop = threading.Event()
+    stop.set()
+    mapped.clear()
+    assert sha256_file(path, 1000, stop=stop) == hashlib.sha256(b"").hexdigest()
+    assert len(mapped) == 1  # given up before the first block

@@ -13,6 +13,7 @@ import errno
 import hashlib
 import json
 import logging
+import mmap
 import os
 import tempfile
 import threading
@@ -142,15 +143,31 @@ def atomic_write_json(target: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_bytes(target, _json_bytes(obj))
 
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20, stop: threading.Event | None = None) -> str:
-    """The file's sha256, read in blocks of ``chunk`` bytes (with ``stop``: given up once it is set).
+# Bytes of a file mapped at once while it is hashed (a multiple of every mmap allocation granularity).
+HASH_WINDOW = 8 << 20
 
-    Every block is read into one reused buffer: a fresh block per read is a fresh allocation, which the
-    merge's malloc settings map and unmap each time (a page fault per 4 KiB of the file).
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20, stop: threading.Event | None = None) -> str:
+    """The file's sha256, hashed in blocks of ``chunk`` bytes straight from read-only mappings of the
+    file (with ``stop``: given up, between blocks, once it is set).
+
+    Mappings hash the page cache in place: reading into a buffer first copied every byte once more,
+    about a third of the hashing time (system time of the copy). The file is mapped
+    :data:`HASH_WINDOW` bytes at a time, each window unmapped once hashed, so its pages count in the
+    process's resident set one window at a time. A file shortened by another process while it is hashed
+    ends the process with SIGBUS, as it would a merge that maps its inputs.
     """
     digest = hashlib.sha256()
-    view = memoryview(bytearray(chunk))
     with open(path, "rb", buffering=0) as fh:
-        while not (stop is not None and stop.is_set()) and (got := fh.readinto(view)):
-            digest.update(view[:got])
+        size = os.fstat(fh.fileno()).st_size
+        for offset in range(0, size, HASH_WINDOW):
+            length = min(HASH_WINDOW, size - offset)
+            with (
+                mmap.mmap(fh.fileno(), length, offset=offset, access=mmap.ACCESS_READ) as mapped,
+                memoryview(mapped) as view,
+            ):
+                for start in range(0, length, chunk):
+                    if stop is not None and stop.is_set():
+                        return digest.hexdigest()
+                    digest.update(view[start : start + chunk])
     return digest.hexdigest()
