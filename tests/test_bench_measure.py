@@ -37,3 +37,17 @@ def test_the_padding_benchmark_times_both_modes_on_a_padded_batch() -> None:
     assert set(rows) == {"step_compute_s", "step_skip_s", "pair_whole_s", "pair_first_only_s", "real_token_share"}
     assert all(rows[k] > 0 for k in rows)
     assert 0.3 < rows["real_token_share"] < 0.8  # padded: the comparison has pad rows to skip
+
+
+def test_the_checksum_benchmark_hashes_every_file_both_ways(tmp_path) -> None:
+    from vlmerge.bench.merge import _hashing
+
+    paths = []
+    for i, size in enumerate((3 << 20, 5000)):
+        path = tmp_path / f"f{i}.bin"
+        path.write_bytes(bytes([i + 1]) * size)
+        paths.append(str(path))
+    figures = _hashing(paths)
+    assert figures["bytes"] == (3 << 20) + 5000
+    assert figures["read_s"] > 0 and figures["mapped_s"] > 0
+    assert figures["ratio"] == figures["mapped_s"] / figures["read_s"]

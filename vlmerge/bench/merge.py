@@ -5,6 +5,8 @@ Each method runs as its own ``python -m vlmerge.merge`` child on a random base-s
 quoted against the floor of a child that only loads the same inputs and writes an output of the
 same size. Gram collection is timed against plain forward passes over the same batches (tiny preset),
 and RegMean's float64 solves against their essential flops at the float64 GEMM rate of the same run.
+The inputs' checksums (as every stage hashes a file: through read-only mappings) are timed against
+reading the same files into a buffer.
 
 Everything heavy runs in children and this module imports no torch at top level: on Linux a
 child's peak RSS (``wait4``) is at least its parent's RSS at spawn time, so a parent holding the
@@ -195,6 +197,37 @@ def regmean_gemm(blocks: str = "3", repeats: str = "2") -> None:
     )
 
 
+def hashing(kind: str, *paths: str) -> None:
+    """(child) Print the seconds to sha256 ``paths`` once, as the stages do (``kind`` "mapped":
+    :func:`sha256_file`, read-only mappings) or by reading each file into one reused 1 MiB buffer and
+    hashing that ("read": the copy a read makes). A stage hashes each input once per process, so each
+    figure is a fresh process's first pass (later passes over the same files cost less either way)."""
+    import hashlib
+
+    from vlmerge.runtime import sha256_file
+
+    def read_copy(path: str) -> None:
+        digest, view = hashlib.sha256(), memoryview(bytearray(1 << 20))
+        with open(path, "rb", buffering=0) as fh:
+            while got := fh.readinto(view):
+                digest.update(view[:got])
+
+    one = sha256_file if kind == "mapped" else read_copy
+    print(json.dumps(_timed(lambda: [one(p) for p in paths])))
+
+
+def _hashing(paths: list[str]) -> dict[str, float]:
+    """:func:`hashing` of ``paths`` both ways in 3 alternating rounds of fresh children; the fastest of each."""
+    runs: dict[str, list[float]] = {"read": [], "mapped": []}
+    for _ in range(REPEATS):
+        for kind, seconds in runs.items():
+            child = subprocess.run(_child("hashing", kind, *paths), capture_output=True, text=True, check=True)
+            seconds.append(float(child.stdout))
+    read, mapped = min(runs["read"]), min(runs["mapped"])
+    size = sum(Path(p).stat().st_size for p in paths)
+    return {"bytes": size, "read_s": read, "mapped_s": mapped, "ratio": mapped / read}
+
+
 def _timed(fn: Callable[[], object]) -> float:
     import time
 
@@ -209,7 +242,7 @@ def _fastest(runs: list[Measurement]) -> Measurement:
     return Measurement(min(m.seconds for m in runs), max(m.peak_rss_mb for m in runs))
 
 
-def _bench_methods(work: Path) -> list[dict[str, object]]:
+def _bench_methods(work: Path) -> tuple[list[dict[str, object]], dict[str, float]]:
     run_measured(_child("write_inputs", str(work)))
     paths = {name: str(work / f"{name}.safetensors") for name in ("ms", "seed", "grams")}
     out = str(work / "out.safetensors")
@@ -235,6 +268,7 @@ def _bench_methods(work: Path) -> list[dict[str, object]]:
         for runs, argv in zip(method_runs, method_argv, strict=True):
             runs.append(run_measured(argv))
     floors = {kind: _fastest(runs) for kind, runs in floor_runs.items()}
+    hashed = _hashing([paths["ms"], paths["seed"]])
     rows = []
     for (method, params, needs), runs in zip(RUNS, method_runs, strict=True):
         m, f = _fastest(runs), floors[needs]
@@ -249,12 +283,12 @@ def _bench_methods(work: Path) -> list[dict[str, object]]:
                 "rss_vs_floor": m.peak_rss_mb / f.peak_rss_mb,
             }
         )
-    return rows
+    return rows, hashed
 
 
 def run() -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="vlmerge-bench-") as tmp:
-        rows = _bench_methods(Path(tmp))
+        rows, hashed = _bench_methods(Path(tmp))
     hooks = json.loads(subprocess.run(_child("gram_hooks"), capture_output=True, text=True, check=True).stdout)
     solve = json.loads(subprocess.run(_child("regmean_gemm"), capture_output=True, text=True, check=True).stdout)
     print(
@@ -275,6 +309,10 @@ def run() -> dict[str, object]:
         f"every method RSS x <= {RSS_GOAL} (worst {worst_rss:.2f})"
     )
     print(
+        f"checksums of the MS and seed inputs ({hashed['bytes'] / 2**30:.2f} GiB, page cache): "
+        f"{hashed['mapped_s']:.2f} s mapped vs {hashed['read_s']:.2f} s read into a buffer (x{hashed['ratio']:.2f})"
+    )
+    print(
         f"\n## grams: tiny preset, batch 32 image+text pairs: plain forward "
         f"{hooks['plain_s_per_batch'] * 1e3:.0f} ms, with gram hooks {hooks['grams_s_per_batch'] * 1e3:.0f} ms "
         f"per batch (x{hooks['ratio']:.2f})"
@@ -284,4 +322,4 @@ def run() -> dict[str, object]:
         f"{solve['seconds']:.2f} s vs floor {solve['floor_s']:.2f} s ({solve['gflop']:.0f} GFLOP essential at "
         f"{solve['gemm_gflops']:.0f} GFLOP/s float64 GEMM, {solve['threads']} threads): x{solve['ratio']:.2f}"
     )
-    return {"methods": rows, "grams": hooks, "regmean_solve": solve}
+    return {"methods": rows, "checksums": hashed, "grams": hooks, "regmean_solve": solve}
