@@ -332,7 +332,9 @@ def test_collection_runs_the_tasks_own_encode(task: str, monkeypatch: pytest.Mon
 def test_the_gram_benchmark_times_plain_and_both_product_dtypes(capsys: pytest.CaptureFixture[str]) -> None:
     from vlmerge.bench.grams import VARIANTS, gram_forward
 
-    gram_forward("tiny", "2", "1")
+    gram_forward("tiny", "2", "3")
     figures = json.loads(capsys.readouterr().out)
-    assert set(figures["seconds"]) == set(figures["cpu_seconds"]) == set(VARIANTS)
+    assert set(figures["seconds"]) == set(figures["median_seconds"]) == set(figures["cpu_seconds"]) == set(VARIANTS)
     assert all(v > 0 for v in figures["seconds"].values()) and figures["batch_size"] == 2
+    assert figures["rounds"] == 3
+    assert all(figures["median_seconds"][v] >= figures["seconds"][v] for v in VARIANTS)

@@ -8,9 +8,12 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from vlmerge.bench import grams, merge
 from vlmerge.runtime import setup_logging
 
 BENCHMARKS = ("prepare", "merge", "grams", "pretrain", "startup")
+# Benchmarks whose figures are the fastest and median of repeated rounds: ``--rounds`` sets how many.
+ROUNDED = ("merge", "grams")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +22,15 @@ def main(argv: list[str] | None = None) -> int:
         "names", nargs="*", metavar="NAME", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)"
     )
     parser.add_argument("--log", help="with `demo`: the Snakemake log to read (default: the newest)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help=f"with {' and '.join(ROUNDED)}: rounds of every timed variant (default: merge {merge.ROUNDS}, "
+        f"grams {grams.ROUNDS}); each figure is the fastest and the median round",
+    )
     args = parser.parse_args(argv)
+    if args.rounds is not None and (args.rounds < 1 or not set(args.names) <= set(ROUNDED) or not args.names):
+        parser.error(f"--rounds is a positive count and goes with {' or '.join(ROUNDED)} alone")
     if args.names == ["demo"]:
         from vlmerge.bench import demo
 
@@ -33,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     setup_logging()
     for name in args.names or BENCHMARKS:
-        importlib.import_module(f"vlmerge.bench.{name}").run()
+        module = importlib.import_module(f"vlmerge.bench.{name}")
+        if args.rounds is None:
+            module.run()
+        else:
+            module.run(rounds=args.rounds)
     return 0
 
 

@@ -3,8 +3,8 @@
 One child process builds a random base MS model and a few batches of image+text pairs (224 px, texts of
 8–40 tokens), then times, batch by batch and interleaved so that load on the machine hits every variant
 alike: the plain forward, the forward with gram hooks taking float32 products (the default) and with
-float64 products (the reference). Each figure is the fastest of its repeats, wall time and the process's
-CPU time; collectors are warmed on one batch first, so the one-time allocation of the sums is not counted.
+float64 products (the reference). Each figure is the fastest and the median of its rounds, wall time and
+the process's CPU time; collectors are warmed on one batch first, so the one-time allocation of the sums is not counted.
 This module imports no torch at top level.
 """
 
@@ -14,7 +14,11 @@ import json
 import subprocess
 import sys
 
+from vlmerge.bench.measure import Spread
+
 VARIANTS = ("plain", "float32", "float64")
+# Rounds of every variant (``--rounds``); each figure is the fastest and the median of its rounds.
+ROUNDS = 5
 
 
 def _child(function: str, *args: str) -> list[str]:
@@ -22,7 +26,7 @@ def _child(function: str, *args: str) -> list[str]:
     return [sys.executable, "-c", code, *args]
 
 
-def gram_forward(preset: str = "base", batch_size: str = "8", repeats: str = "2") -> None:
+def gram_forward(preset: str = "base", batch_size: str = "8", rounds: str = str(ROUNDS)) -> None:
     """(child) Print JSON: seconds per batch (wall and CPU) of plain forwards and of forwards with gram hooks."""
     import contextlib
     import time
@@ -50,14 +54,16 @@ def gram_forward(preset: str = "base", batch_size: str = "8", repeats: str = "2"
             model.encode_pair(ids, mask, images)
         return time.perf_counter() - wall, time.process_time() - cpu
 
-    best = {v: [float("inf"), float("inf")] for v in VARIANTS}
+    walls: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    cpus: dict[str, list[float]] = {v: [] for v in VARIANTS}
     with torch.no_grad():
         for variant in VARIANTS:  # warm-up: kernels, and the sums allocated on first use
             timed(variant)
-        for _ in range(int(repeats)):
+        for _ in range(int(rounds)):
             for variant in VARIANTS:
                 wall, cpu = timed(variant)
-                best[variant] = [min(best[variant][0], wall), min(best[variant][1], cpu)]
+                walls[variant].append(wall)
+                cpus[variant].append(cpu)
     for collector in collectors.values():
         collector.close()
     tokens = int(mask.sum()) + n * (model.config.grid**2 + 1)
@@ -68,22 +74,24 @@ def gram_forward(preset: str = "base", batch_size: str = "8", repeats: str = "2"
                 "batch_size": n,
                 "tokens_per_batch": tokens,
                 "threads": torch.get_num_threads(),
-                "seconds": {v: best[v][0] for v in VARIANTS},
-                "cpu_seconds": {v: best[v][1] for v in VARIANTS},
+                "rounds": int(rounds),
+                "seconds": {v: min(walls[v]) for v in VARIANTS},
+                "median_seconds": {v: Spread.of(walls[v]).median for v in VARIANTS},
+                "cpu_seconds": {v: min(cpus[v]) for v in VARIANTS},
             }
         )
     )
 
 
-def run() -> dict[str, object]:
-    proc = subprocess.run(_child("gram_forward"), capture_output=True, text=True, check=True)
+def run(rounds: int = ROUNDS) -> dict[str, object]:
+    proc = subprocess.run(_child("gram_forward", "base", "8", str(rounds)), capture_output=True, text=True, check=True)
     r = json.loads(proc.stdout)
-    wall, cpu = r["seconds"], r["cpu_seconds"]
+    wall, median, cpu = r["seconds"], r["median_seconds"], r["cpu_seconds"]
     print(
         f"\n## grams: {r['preset']} preset, batch {r['batch_size']} image+text pairs ({r['tokens_per_batch']} tokens), "
-        f"{r['threads']} threads; per batch, fastest of the repeats"
+        f"{r['threads']} threads; per batch, the fastest of {r['rounds']} rounds (wall, CPU) and the median (wall)"
     )
-    print(f"{'variant':<28} {'wall s':>8} {'x plain':>8} {'CPU s':>8} {'x plain':>8}")
+    print(f"{'variant':<28} {'wall s':>8} {'x plain':>8} {'med s':>8} {'x plain':>8} {'CPU s':>8} {'x plain':>8}")
     for variant, label in [
         ("plain", "plain forward"),
         ("float32", "+ grams, float32 products"),
@@ -91,6 +99,7 @@ def run() -> dict[str, object]:
     ]:
         print(
             f"{label:<28} {wall[variant]:>8.2f} {wall[variant] / wall['plain']:>8.2f}"
+            f" {median[variant]:>8.2f} {median[variant] / median['plain']:>8.2f}"
             f" {cpu[variant]:>8.2f} {cpu[variant] / cpu['plain']:>8.2f}"
         )
     return r

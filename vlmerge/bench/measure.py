@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 # Linux carries a process's RSS high-water mark across exec, so a child forked from a large parent
@@ -28,6 +30,27 @@ sys.exit(os.waitstatus_to_exitcode(status))
 class Measurement:
     seconds: float
     peak_rss_mb: float
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The fastest and the median of repeated timings of one thing. The fastest is the least disturbed run
+    (time noise is one-sided: a run is slowed, never sped up, by whatever else the machine does); the median
+    shows how typical it was, and a ratio that holds for both does not hang on one lucky run."""
+
+    fastest: float
+    median: float
+    runs: int
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Spread:
+        if not seconds:
+            raise ValueError("no timings to summarise")
+        return cls(min(seconds), statistics.median(seconds), len(seconds))
+
+    def over(self, baseline: Spread) -> tuple[float, float]:
+        """(fastest / baseline's fastest, median / baseline's median)."""
+        return self.fastest / baseline.fastest, self.median / baseline.median
 
 
 def run_measured(argv: list[str], env: dict[str, str] | None = None) -> Measurement:

@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from vlmerge.bench.measure import Measurement, python_module, run_measured
+from vlmerge.bench.measure import Measurement, Spread, python_module, run_measured
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ RUNS: tuple[tuple[str, tuple[str, ...], str], ...] = (
 # What a streaming merge should cost against the floor (issue 13): time for the weight-space methods
 # (RegMean adds its solves), peak RSS for every method.
 TIME_GOAL, RSS_GOAL = 1.5, 1.3
-# Rounds of every method and floor; each figure is the fastest of its runs.
-REPEATS = 3
+# Rounds of every method and floor (``--rounds``); each figure is the fastest and the median of its runs.
+ROUNDS = 3
 
 
 def _child(function: str, *args: str) -> list[str]:
@@ -101,9 +101,12 @@ def floor(ms: str, out: str, seed: str = "", grams: str = "") -> None:
     save_checkpoint(out, merged, CheckpointMeta(meta.preset, meta.overrides, Sharing.SHARED, meta.heads))
 
 
-def gram_hooks(batches: str = "12", batch_size: str = "32") -> None:
-    """(child) Print JSON: seconds per batch of image+text forwards (tiny preset), plain and with gram hooks."""
-    import time
+def gram_hooks(batches: str = "12", batch_size: str = "32", rounds: str = "5") -> None:
+    """(child) Print JSON: seconds per batch of image+text forwards (tiny preset), plain and with gram hooks.
+
+    Each batch runs plain (hooks paused) and hooked back to back, so that a slow spell of the machine hits
+    both; a round is one pass over the batches, and each figure is the fastest and the median round."""
+    import functools
 
     import torch
 
@@ -118,23 +121,35 @@ def gram_hooks(batches: str = "12", batch_size: str = "32") -> None:
         mask = (torch.arange(length)[None, :] < torch.randint(8, length + 1, (n, 1))).long()
         ids = torch.randint(5, model.config.vocab_size, (n, length)) * mask
         data.append((ids, mask, torch.randn(n, 3, size, size)))
-
-    def timed(collector: GramCollector | None) -> float:
-        start = time.perf_counter()
-        for ids, mask, images in data:
-            if collector is None:
+    plain: list[float] = []
+    hooked: list[float] = []
+    with torch.no_grad(), GramCollector(model) as collector:
+        for ids, mask, images in data[:2]:  # warm-up: kernels, and the sums allocated on first use
+            with collector.text(mask):
                 model.encode_pair(ids, mask, images)
-            else:
+        for _ in range(int(rounds)):
+            times = {"plain": 0.0, "hooked": 0.0}
+            for ids, mask, images in data:
                 with collector.text(mask):
-                    model.encode_pair(ids, mask, images)
-        return (time.perf_counter() - start) / len(data)
-
-    with torch.no_grad():
-        model.encode_pair(*data[0])  # warm-up
-        plain = timed(None)
-        with GramCollector(model) as collector:
-            hooked = timed(collector)
-    print(json.dumps({"plain_s_per_batch": plain, "grams_s_per_batch": hooked, "ratio": hooked / plain}))
+                    forward = functools.partial(model.encode_pair, ids, mask, images)
+                    with collector.paused():
+                        times["plain"] += _timed(forward)
+                    times["hooked"] += _timed(forward)
+            plain.append(times["plain"] / len(data))
+            hooked.append(times["hooked"] / len(data))
+    p, h = Spread.of(plain), Spread.of(hooked)
+    fastest, median = h.over(p)
+    print(
+        json.dumps(
+            {
+                "plain_s_per_batch": p.fastest,
+                "grams_s_per_batch": h.fastest,
+                "ratio": fastest,
+                "ratio_median": median,
+                "rounds": p.runs,
+            }
+        )
+    )
 
 
 def regmean_gemm(blocks: str = "3", repeats: str = "2") -> None:
@@ -216,10 +231,10 @@ def hashing(kind: str, *paths: str) -> None:
     print(json.dumps(_timed(lambda: [one(p) for p in paths])))
 
 
-def _hashing(paths: list[str]) -> dict[str, float]:
-    """:func:`hashing` of ``paths`` both ways in 3 alternating rounds of fresh children; the fastest of each."""
+def _hashing(paths: list[str], rounds: int = ROUNDS) -> dict[str, float]:
+    """:func:`hashing` of ``paths`` both ways in alternating rounds of fresh children; the fastest of each."""
     runs: dict[str, list[float]] = {"read": [], "mapped": []}
-    for _ in range(REPEATS):
+    for _ in range(rounds):
         for kind, seconds in runs.items():
             child = subprocess.run(_child("hashing", kind, *paths), capture_output=True, text=True, check=True)
             seconds.append(float(child.stdout))
@@ -236,13 +251,38 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def _fastest(runs: list[Measurement]) -> Measurement:
-    """The fastest of repeated runs, with the largest peak RSS among them (time noise is one-sided: a
-    run is slowed, never sped up, by whatever else the machine does)."""
-    return Measurement(min(m.seconds for m in runs), max(m.peak_rss_mb for m in runs))
+def _summary(runs: list[Measurement]) -> tuple[Spread, float]:
+    """The fastest and median time of repeated runs, and the largest peak RSS among them."""
+    return Spread.of([m.seconds for m in runs]), max(m.peak_rss_mb for m in runs)
 
 
-def _bench_methods(work: Path) -> tuple[list[dict[str, object]], dict[str, float]]:
+def method_rows(
+    floor_runs: dict[str, list[Measurement]], method_runs: list[list[Measurement]]
+) -> list[dict[str, object]]:
+    """One row per entry of :data:`RUNS`: its time (fastest, median) and peak RSS against its floor's."""
+    floors = {kind: _summary(runs) for kind, runs in floor_runs.items()}
+    rows = []
+    for (method, params, needs), runs in zip(RUNS, method_runs, strict=True):
+        (spread, rss), (floor, floor_rss) = _summary(runs), floors[needs]
+        fastest, median = spread.over(floor)
+        rows.append(
+            {
+                "method": " ".join([method, *params]),
+                "seconds": spread.fastest,
+                "median_s": spread.median,
+                "peak_rss_mb": rss,
+                "floor_s": floor.fastest,
+                "floor_median_s": floor.median,
+                "floor_rss_mb": floor_rss,
+                "time_vs_floor": fastest,
+                "time_vs_floor_median": median,
+                "rss_vs_floor": rss / floor_rss,
+            }
+        )
+    return rows
+
+
+def _bench_methods(work: Path, rounds: int) -> tuple[list[dict[str, object]], dict[str, float]]:
     run_measured(_child("write_inputs", str(work)))
     paths = {name: str(work / f"{name}.safetensors") for name in ("ms", "seed", "grams")}
     out = str(work / "out.safetensors")
@@ -261,52 +301,41 @@ def _bench_methods(work: Path) -> tuple[list[dict[str, object]], dict[str, float
     # Rounds of every floor and every method, so that a slow spell of the machine hits both sides.
     floor_runs: dict[str, list[Measurement]] = {k: [] for k in floor_argv}
     method_runs: list[list[Measurement]] = [[] for _ in RUNS]
-    for round_ in range(REPEATS):
-        log.info("merge benchmark: round %d of %d", round_ + 1, REPEATS)
+    for round_ in range(rounds):
+        log.info("merge benchmark: round %d of %d", round_ + 1, rounds)
         for kind, argv in floor_argv.items():
             floor_runs[kind].append(run_measured(argv))
         for runs, argv in zip(method_runs, method_argv, strict=True):
             runs.append(run_measured(argv))
-    floors = {kind: _fastest(runs) for kind, runs in floor_runs.items()}
-    hashed = _hashing([paths["ms"], paths["seed"]])
-    rows = []
-    for (method, params, needs), runs in zip(RUNS, method_runs, strict=True):
-        m, f = _fastest(runs), floors[needs]
-        rows.append(
-            {
-                "method": " ".join([method, *params]),
-                "seconds": m.seconds,
-                "peak_rss_mb": m.peak_rss_mb,
-                "floor_s": f.seconds,
-                "floor_rss_mb": f.peak_rss_mb,
-                "time_vs_floor": m.seconds / f.seconds,
-                "rss_vs_floor": m.peak_rss_mb / f.peak_rss_mb,
-            }
-        )
-    return rows, hashed
+    return method_rows(floor_runs, method_runs), _hashing([paths["ms"], paths["seed"]], rounds)
 
 
-def run() -> dict[str, object]:
+def run(rounds: int = ROUNDS) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="vlmerge-bench-") as tmp:
-        rows, hashed = _bench_methods(Path(tmp))
+        rows, hashed = _bench_methods(Path(tmp), rounds)
     hooks = json.loads(subprocess.run(_child("gram_hooks"), capture_output=True, text=True, check=True).stdout)
     solve = json.loads(subprocess.run(_child("regmean_gemm"), capture_output=True, text=True, check=True).stdout)
     print(
         f"\n## merge: base preset, random weights, synthetic grams (one child process per method; "
-        f"fastest of {REPEATS} alternating rounds)"
+        f"{rounds} alternating rounds; times: the fastest and the median run, each against the floor's)"
     )
-    print(f"{'method':<36} {'s':>7} {'peak RSS MB':>12} {'floor s':>8} {'floor MB':>9} {'x floor':>8} {'RSS x':>6}")
+    print(
+        f"{'method':<36} {'s':>6} {'med s':>6} {'peak RSS MB':>12} {'floor s':>8} {'med':>6} {'floor MB':>9}"
+        f" {'x floor':>8} {'med x':>6} {'RSS x':>6}"
+    )
     for r in rows:
         print(
-            f"{r['method']:<36} {r['seconds']:>7.1f} {r['peak_rss_mb']:>12.0f} {r['floor_s']:>8.1f}"
-            f" {r['floor_rss_mb']:>9.0f} {r['time_vs_floor']:>8.2f} {r['rss_vs_floor']:>6.2f}"
+            f"{r['method']:<36} {r['seconds']:>6.1f} {r['median_s']:>6.1f} {r['peak_rss_mb']:>12.0f}"
+            f" {r['floor_s']:>8.1f} {r['floor_median_s']:>6.1f} {r['floor_rss_mb']:>9.0f}"
+            f" {r['time_vs_floor']:>8.2f} {r['time_vs_floor_median']:>6.2f} {r['rss_vs_floor']:>6.2f}"
         )
     weight_space = [r for r in rows if not str(r["method"]).startswith("regmean")]
     worst_time = max(float(r["time_vs_floor"]) for r in weight_space)  # type: ignore[arg-type]
+    worst_median = max(float(r["time_vs_floor_median"]) for r in weight_space)  # type: ignore[arg-type]
     worst_rss = max(float(r["rss_vs_floor"]) for r in rows)  # type: ignore[arg-type]
     print(
-        f"goals: weight-space methods x floor <= {TIME_GOAL} (worst {worst_time:.2f}), "
-        f"every method RSS x <= {RSS_GOAL} (worst {worst_rss:.2f})"
+        f"goals: weight-space methods x floor <= {TIME_GOAL} (worst {worst_time:.2f} fastest, "
+        f"{worst_median:.2f} median), every method RSS x <= {RSS_GOAL} (worst {worst_rss:.2f})"
     )
     print(
         f"checksums of the MS and seed inputs ({hashed['bytes'] / 2**30:.2f} GiB, page cache): "
@@ -315,7 +344,8 @@ def run() -> dict[str, object]:
     print(
         f"\n## grams: tiny preset, batch 32 image+text pairs: plain forward "
         f"{hooks['plain_s_per_batch'] * 1e3:.0f} ms, with gram hooks {hooks['grams_s_per_batch'] * 1e3:.0f} ms "
-        f"per batch (x{hooks['ratio']:.2f})"
+        f"per batch in the fastest of {hooks['rounds']} rounds (x{hooks['ratio']:.2f}; x{hooks['ratio_median']:.2f} "
+        "the median rounds)"
     )
     print(
         f"\n## RegMean solves: {solve['layers']} base-size linear layers (qkv, proj, fc1, fc2), 2 experts, float64: "
