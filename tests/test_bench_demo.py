@@ -107,3 +107,33 @@ def test_the_newest_log_is_read_and_a_missing_one_is_named(tmp_path, monkeypatch
     monkeypatch.chdir(elsewhere)  # an explicit log: job logs are read beside its .snakemake/
     demo.run(str(tmp_path / ".snakemake" / "log" / "2026-11-30T100000.snakemake.log"))
     assert "  pretrain              1     100          6       90" in capsys.readouterr().out
+
+
+def test_a_run_against_a_baseline_run(tmp_path, capsys) -> None:
+    """``--against``: both reports, then job-seconds rule by rule and the wall time as ratios of the baseline's."""
+    base_log = write_run(tmp_path / "before")
+    this_log = write_run(tmp_path / "after")
+    # after: pretrain ends at 10:00:50 instead of 10:01:40, and the coco fine-tune never finishes
+    text = this_log.read_text().replace("[Mon Nov 30 10:02:40 2026]\nFinished jobid: 3", "")
+    this_log.write_text(text.replace("10:01:40 2026]\nFinished", "10:00:50 2026]\nFinished"))
+    text = demo.compare(demo.parse_run(this_log, tmp_path / "after"), demo.parse_run(base_log, tmp_path / "before"))
+    lines = text.splitlines()
+    # after: pretrain 10:00:00-10:00:50, finetune vqa 10:01:40-10:02:20, coco 0 s (unfinished)
+    assert lines[0] == (
+        "against 2026-11-30T100000.snakemake.log: wall 140 s vs 160 s (x0.88), job-seconds 90 vs 190 (x0.47)"
+    )
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert rows == {"pretrain": ["50", "100", "x0.50"], "finetune": ["40", "90", "x0.44"]}
+    demo.run(str(this_log), str(base_log))
+    out = capsys.readouterr().out
+    assert out.count("jobs on 2 cores") == 2 and "baseline workflow run" in out and lines[0] in out
+
+
+def test_a_missing_baseline_is_named_without_a_traceback(tmp_path, capsys) -> None:
+    from vlmerge.bench.__main__ import main
+
+    log = write_run(tmp_path)
+    assert main(["demo", "--log", str(log), "--against", str(tmp_path / "nope.log")]) == 2
+    assert "--against " in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["merge", "--against", str(log)])  # a usage error: --against goes with demo alone

@@ -1,7 +1,8 @@
 """``python -m vlmerge.bench [NAME ...]``: run the named benchmarks (default: all) and print figures.
 
-``python -m vlmerge.bench demo [--log FILE]`` runs nothing: it reports where a finished workflow run (by
-default the newest under ``.snakemake/log``) spent its time, rule by rule."""
+``python -m vlmerge.bench demo [--log FILE] [--against FILE]`` runs nothing: it reports where a finished
+workflow run (by default the newest under ``.snakemake/log``) spent its time, rule by rule, and with
+``--against`` how it compares with a baseline run's log."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--log", help="with `demo`: the Snakemake log to read (default: the newest)")
     parser.add_argument(
+        "--against", metavar="LOG", help="with `demo`: a baseline run's Snakemake log, compared rule by rule"
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         help=f"with {' and '.join(ROUNDED)}: rounds of every timed variant (default: merge {merge.ROUNDS}, "
@@ -33,12 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--rounds is a positive count and goes with {' or '.join(ROUNDED)} alone")
     if args.names == ["demo"]:
         from vlmerge.bench import demo
+        from vlmerge.runtime.stage import run_stage
 
-        setup_logging()
-        demo.run(args.log)
-        return 0
-    if args.log:
-        parser.error("--log goes with `demo` alone")
+        return run_stage("bench", lambda: demo.run(args.log, args.against))
+    if args.log or args.against:
+        parser.error("--log and --against go with `demo` alone")
     unknown = sorted(set(args.names) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")

@@ -1,4 +1,4 @@
-"""Where a finished workflow run spent its time: ``python -m vlmerge.bench demo [--log FILE]``.
+"""Where a finished workflow run spent its time: ``python -m vlmerge.bench demo [--log FILE] [--against FILE]``.
 
 Reads the run's Snakemake log (by default the newest ``.snakemake/log/*.snakemake.log`` under the current
 directory) and each job's own log. Per rule it sums the jobs' wall time and splits it three ways:
@@ -11,6 +11,11 @@ directory) and each job's own log. Per rule it sums the jobs' wall time and spli
 It also reports how many jobs ran at once over the run: seconds with no job, one job and several, and the
 job-seconds as a share of cores × wall time (how well the run filled the machine). Times come from the logs'
 one-second timestamps, so figures are good to about a second per job. Nothing is run.
+
+``--against`` names a baseline run's log (another checkout's run of the same workflow, e.g. an older
+commit's on the same machine): both reports are printed, then each rule's job-seconds and the run's wall
+time and job-seconds as ratios of the baseline's, which carry from one machine to another where the
+absolute figures do not.
 """
 
 from __future__ import annotations
@@ -156,9 +161,47 @@ def report(run: Run) -> str:
     return "\n".join(lines)
 
 
-def run(log: str | None = None) -> None:
-    """Print the report of ``log`` (default: the newest run under the current directory). Job logs are
-    read relative to the directory that holds ``.snakemake/``."""
-    path = Path(log).resolve() if log else newest_log(Path.cwd())
+def compare(run: Run, baseline: Run) -> str:
+    """Each rule's job-seconds, the wall time and the job-seconds of ``run`` against ``baseline``'s."""
+
+    def per_rule(r: Run) -> dict[str, float]:
+        seconds: dict[str, float] = defaultdict(float)
+        for job in r.jobs:
+            seconds[job.rule] += job.seconds
+        return seconds
+
+    ours, theirs = per_rule(run), per_rule(baseline)
+
+    def ratio(a: float, b: float) -> str:
+        return f"x{a / b:.2f}" if b > 0 else "new"
+
+    total, base_total = sum(ours.values()), sum(theirs.values())
+    lines = [
+        f"against {baseline.path.name}: wall {run.wall:.0f} s vs {baseline.wall:.0f} s "
+        f"({ratio(run.wall, baseline.wall)}), job-seconds {total:.0f} vs {base_total:.0f} ({ratio(total, base_total)})",
+        f"  {'rule':18s} {'job-s':>7s} {'baseline':>9s} {'ratio':>6s}",
+    ]
+    for rule in sorted(ours.keys() | theirs.keys(), key=lambda r: -max(ours.get(r, 0.0), theirs.get(r, 0.0))):
+        a, b = ours.get(rule, 0.0), theirs.get(rule, 0.0)
+        lines.append(f"  {rule:18s} {a:7.0f} {b:9.0f} {ratio(a, b) if a > 0 else 'gone':>6s}")
+    return "\n".join(lines)
+
+
+def _read(path: Path) -> Run:
+    """A run from its Snakemake log; job logs are read relative to the directory that holds ``.snakemake/``."""
     root = path.parents[2] if path.parent.name == "log" and path.parent.parent.name == ".snakemake" else Path.cwd()
-    print(report(parse_run(path, root)))
+    return parse_run(path, root)
+
+
+def run(log: str | None = None, against: str | None = None) -> None:
+    """Print the report of ``log`` (default: the newest run under the current directory), and with
+    ``against`` the baseline run's report and the comparison of the two."""
+    this = _read(Path(log).resolve() if log else newest_log(Path.cwd()))
+    print(report(this))
+    if against is not None:
+        path = Path(against).resolve()
+        if not path.is_file():
+            raise InputError(f"--against {against}: no such Snakemake log")
+        baseline = _read(path)
+        print("\nbaseline " + report(baseline))
+        print("\n" + compare(this, baseline))
