@@ -34,7 +34,8 @@ def test_cpu_smoke_prints_the_mfu_table() -> None:
         timeout=600,
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    table = [line for line in run.stdout.splitlines() if line.startswith("| ")]
+    mfu_part, grams_part = run.stdout.split("grams on cpu:")
+    table = [line for line in mfu_part.splitlines() if line.startswith("| ")]
     header = [c.strip() for c in table[0].strip("|").split("|")]
     assert header == ["step", "options", "batch", "size", "GFLOP/sample", "samples/s", "TFLOPS", "MFU"]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[1:]]
@@ -51,6 +52,36 @@ def test_cpu_smoke_prints_the_mfu_table() -> None:
     flops = {(r[0], r[4]) for r in rows}
     assert len(flops) == 2  # one count per step, whatever the options
     assert "MFU against n/a" in run.stdout and "0 failure(s)" in run.stdout
+    grams = [
+        [c.strip() for c in line.strip("|").split("|")] for line in grams_part.splitlines() if line.startswith("| ")
+    ]
+    assert [row[0] for row in grams] == [
+        "variant",
+        "plain forward",
+        "+ grams, float32 products",
+        "+ grams, float64 products",
+    ]
+    assert grams[1][2] == grams[1][4] == "1.00" and all(float(v) > 0 for row in grams[1:] for v in row[1:])
+    assert "PASS grams float32 vs float64 products" in grams_part
+
+
+def test_grams_check_fails_when_the_float32_products_are_rounded_coarsely(check: ModuleType, monkeypatch) -> None:
+    """The section's numeric check can fail: float32-product grams off by TF32-sized rounding (2⁻¹¹ relative)."""
+    measure = check.measure_grams
+
+    def coarse(*args: object, **kwargs: object) -> dict:
+        figures = measure(*args, **kwargs)
+        fast = figures["grams"]["float32"]
+        noise = {n: g * (1 + 2.0**-11 * torch.randn(g.shape, dtype=g.dtype)) for n, g in fast.xtx.items()}
+        figures["grams"]["float32"] = type(fast)(noise, fast.sums, fast.counts)
+        return figures
+
+    monkeypatch.setattr(check, "FAILURES", [])
+    check.grams("cpu", check.SMOKE.preset, check.SMOKE.overrides, 2, rounds=1)
+    assert check.FAILURES == []
+    monkeypatch.setattr(check, "measure_grams", coarse)
+    check.grams("cpu", check.SMOKE.preset, check.SMOKE.overrides, 2, rounds=1)
+    assert check.FAILURES == ["grams float32 vs float64 products"]
 
 
 def test_each_combination_adds_one_option_and_compiles_with_the_benchs_backend(check: ModuleType) -> None:

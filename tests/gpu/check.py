@@ -16,11 +16,15 @@ Run on a machine with one CUDA GPU (not collected by pytest):
    samples/s and the model FLOP utilisation against the device's dense bf16 peak (:data:`PEAK_TFLOPS`,
    or ``VLMERGE_PEAK_TFLOPS``; "n/a" where neither knows the device), in bf16 autocast at the paper's
    per-GPU batch (22) and at the largest batch that fits (doubling until out of memory).
+5. Grams: gram collection (the hooks of ``python -m vlmerge.grams``) against a plain forward of the same
+   batch, base MS model in fp32 at batch 32, float32 and float64 products (fastest and median of 5 rounds);
+   the float32-product grams are checked against the float64 ones of the same passes (relative difference
+   under 1e-5: the products must run in IEEE float32, not TF32).
 Exit status 1 if any check fails.
 
-Without a GPU, ``--cpu-smoke`` runs section 4 alone on the CPU (a 3-layer, width-32 tiny model at 48 px,
-fp32, batches 2 and at most 4, compiled blocks on the ``eager`` backend): the same table, for testing
-this script; its figures say nothing about a GPU.
+Without a GPU, ``--cpu-smoke`` runs sections 4 and 5 alone on the CPU (a 3-layer, width-32 tiny model at 48 px,
+fp32, batches 2 and at most 4, compiled blocks on the ``eager`` backend; grams of the same model at batch
+4): the same tables, for testing this script; their figures say nothing about a GPU.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from vlmerge.bench.grams import measure as measure_grams
 from vlmerge.model import Heads, VLModel, create_model
 from vlmerge.pretrain.module import PretrainConfig, PretrainModule
 from vlmerge.tasks.registry import get_task
@@ -331,6 +336,51 @@ def mfu(bench: Bench, combos: list[str]) -> list[tuple[str, ...]]:
     return rows
 
 
+GRAMS_TOLERANCE = 1e-5  # float32 vs float64 products, relative Frobenius difference (TF32 gives ~1e-3)
+
+
+def grams(device: str, preset: str, overrides: dict, batch: int, rounds: int = 5) -> dict[str, float]:
+    """Section 5: the gram hooks' forward against a plain one on ``device`` (fp32 model), as × the plain
+    forward's fastest and median time; the float32-product grams checked against the float64 ones."""
+    torch.manual_seed(0)
+    model = create_model(preset, "modality_specific", **overrides).eval().to(device)
+    r = measure_grams(model, batch, rounds, device)
+    wall, median = r["seconds"], r["median_seconds"]
+    print(
+        f"grams on {device}: {preset} MS model, fp32, batch {batch} ({r['tokens_per_batch']} tokens), "
+        f"fastest and median of {rounds} rounds",
+        flush=True,
+    )
+    rows = [("variant", "fastest ms", "x plain", "median ms", "x plain")]
+    ratios: dict[str, float] = {}
+    for variant in ("plain", "float32", "float64"):
+        ratios[variant] = wall[variant] / wall["plain"]
+        label = "plain forward" if variant == "plain" else f"+ grams, {variant} products"
+        rows.append(
+            (
+                label,
+                f"{1e3 * wall[variant]:.1f}",
+                f"{ratios[variant]:.2f}",
+                f"{1e3 * median[variant]:.1f}",
+                f"{median[variant] / median['plain']:.2f}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |", flush=True)
+    fast, ref = r["grams"]["float32"], r["grams"]["float64"]
+    seen = [name for name in ref.names if ref.counts[name]]
+    worst = max(float((fast.xtx[n] - ref.xtx[n]).norm() / ref.xtx[n].norm()) for n in seen)
+    same_counts = all(fast.counts[n] == ref.counts[n] for n in ref.names)
+    check(
+        "grams float32 vs float64 products",
+        bool(seen) and same_counts and worst < GRAMS_TOLERANCE,
+        f"{len(seen)} hook points, largest relative difference {worst:.2e} (limit {GRAMS_TOLERANCE:g}), "
+        f"counts {'equal' if same_counts else 'differ'}",
+    )
+    return ratios
+
+
 def cli(work: Path, name: str, *args: str) -> None:
     start = time.perf_counter()
     log = work / f"{name}.log"
@@ -426,12 +476,12 @@ def pipeline(work: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, help="scratch folder of the pipeline section")
-    p.add_argument("--skip", default="", help="comma list of numerics,throughput,pipeline,mfu")
+    p.add_argument("--skip", default="", help="comma list of numerics,throughput,pipeline,mfu,grams")
     p.add_argument(
         "--options", default=",".join(COMBOS), help=f"comma list of MFU option combinations of {list(COMBOS)}"
     )
     p.add_argument("--max-batch", type=int, help="upper end of the largest-batch search (default: 2048; smoke: 4)")
-    p.add_argument("--cpu-smoke", action="store_true", help="section 4 alone on the CPU at the tiny preset")
+    p.add_argument("--cpu-smoke", action="store_true", help="sections 4 and 5 alone on the CPU, tiny model")
     a = p.parse_args()
     combos = [c for c in a.options.split(",") if c]
     if unknown := sorted(set(combos) - set(COMBOS)):
@@ -440,12 +490,16 @@ def main() -> int:
         bench = SMOKE if a.max_batch is None else dataclasses.replace(SMOKE, max_batch=a.max_batch)
         torch.set_num_threads(min(2, torch.get_num_threads()))
         mfu(bench, combos)
+        grams("cpu", SMOKE.preset, SMOKE.overrides, 4)
         print(f"{len(FAILURES)} failure(s): {FAILURES}")
         return 1 if FAILURES else 0
     if a.work is None:
         p.error("--work is required (except with --cpu-smoke)")
     if not torch.cuda.is_available():
-        print("no CUDA device: this check needs a GPU (--cpu-smoke runs the MFU table on the CPU)", file=sys.stderr)
+        print(
+            "no CUDA device: this check needs a GPU (--cpu-smoke runs the MFU and grams tables on the CPU)",
+            file=sys.stderr,
+        )
         return 2
     print(f"device {torch.cuda.get_device_name()} torch {torch.__version__}", flush=True)
     a.work.mkdir(parents=True, exist_ok=True)
@@ -458,6 +512,8 @@ def main() -> int:
     if "mfu" not in skip:
         bench = GPU if a.max_batch is None else dataclasses.replace(GPU, max_batch=a.max_batch)
         mfu(bench, combos)
+    if "grams" not in skip:
+        grams("cuda", "base", {}, 32)
     if "pipeline" not in skip:
         pipeline(a.work)
     print(f"{len(FAILURES)} failure(s): {FAILURES}")
